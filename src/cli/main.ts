@@ -1,0 +1,240 @@
+#!/usr/bin/env node
+/**
+ * pg-live-sync: the engine headless. Every failure is one line on stderr naming the problem and
+ * the fix; exit 1 for failures, 2 for usage errors.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { connect } from '../engine/connection';
+import { formatBytes } from '../engine/copy';
+import { SyncEngine } from '../engine/engine';
+import { errorMessage, SyncError } from '../engine/errors';
+import { formatLsn } from '../engine/lsn';
+import { dropSlotIfExists, slotInfo, slotNameFor, validateSubscriptionName } from '../engine/slot';
+import { deleteSubscriptionRows, loadSubscription, loadTableProgress, stateSchemaExists } from '../engine/state';
+import { parseTableMap } from '../engine/tablemap';
+import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
+
+const USAGE = `usage:
+  pg-live-sync run    --source URL --target URL --publication NAME [--publication NAME]...
+                      --subscription NAME [--table-map JSON]... [--table-sync-workers N]
+                      [--copy-data true|false]
+  pg-live-sync status --subscription NAME --target URL [--source URL] [--json]
+  pg-live-sync drop   --subscription NAME --source URL --target URL
+--source and --target default to the SOURCE and TARGET environment variables.`;
+
+class UsageError extends Error {}
+
+function log(level: LogLevel, message: string): void {
+  if (level === 'debug' && !process.env.PG_LIVE_SYNC_DEBUG) return;
+  process.stderr.write(`${new Date().toISOString()} ${level.padEnd(5)} ${message}\n`);
+}
+
+function required(value: string | undefined, flag: string, env?: string): string {
+  if (value) return value;
+  throw new UsageError(`missing --${flag}${env ? ` (or the ${env} environment variable)` : ''}`);
+}
+
+function parse(args: string[], options: NonNullable<ParseArgsConfig['options']>) {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | string[] | boolean | undefined>;
+  } catch (err) {
+    throw new UsageError(errorMessage(err));
+  }
+}
+
+async function run(args: string[]): Promise<number> {
+  const v = parse(args, {
+    source: { type: 'string' },
+    target: { type: 'string' },
+    publication: { type: 'string', multiple: true },
+    subscription: { type: 'string' },
+    'table-map': { type: 'string', multiple: true },
+    'table-sync-workers': { type: 'string' },
+    'copy-data': { type: 'string' },
+  });
+  const publications = (v.publication as string[] | undefined) ?? [];
+  if (publications.length === 0) throw new UsageError('missing --publication');
+  const workersText = (v['table-sync-workers'] as string | undefined) ?? '4';
+  const workers = Number(workersText);
+  if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new UsageError(`--table-sync-workers must be a whole number from 1 to 64, not "${workersText}"`);
+  const copyDataText = (v['copy-data'] as string | undefined) ?? 'true';
+  if (copyDataText !== 'true' && copyDataText !== 'false') throw new UsageError(`--copy-data takes true or false, not "${copyDataText}"`);
+  const subscription = required(v.subscription as string | undefined, 'subscription');
+  validateSubscriptionName(subscription);
+
+  const engine = new SyncEngine(
+    {
+      source: required((v.source as string | undefined) ?? process.env.SOURCE, 'source', 'SOURCE'),
+      target: required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET'),
+      publications,
+      subscription,
+      tableMaps: ((v['table-map'] as string[] | undefined) ?? []).map(parseTableMap),
+      tableSyncWorkers: workers,
+      copyData: copyDataText === 'true',
+    },
+    { log, onStatus: progressReporter() },
+  );
+  let signals = 0;
+  const onSignal = (sig: string) => {
+    signals++;
+    if (signals > 1) {
+      log('warn', `second ${sig}: exiting now; the target keeps everything committed so far`);
+      process.exit(1);
+    }
+    log('info', `${sig} received`);
+    engine.stop();
+    // The target is consistent at every commit, so even a stop that cannot finish loses nothing.
+    setTimeout(() => {
+      log('warn', 'stop is taking too long; exiting; the next run resumes from the target state');
+      process.exit(0);
+    }, 13_000).unref();
+  };
+  process.on('SIGINT', () => onSignal('SIGINT'));
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  await engine.run();
+  return 0;
+}
+
+/** Prints per-table state changes as they happen and a summary line every few seconds. */
+function progressReporter(): (s: SyncStatus) => void {
+  const lastState = new Map<string, string>();
+  let lastSummary = 0;
+  return (s) => {
+    for (const t of s.tables) {
+      const k = `${t.schema}.${t.table}`;
+      if (lastState.get(k) !== t.state) {
+        lastState.set(k, t.state);
+        log('info', `table ${k} -> ${t.targetSchema}.${t.targetTable}: ${TABLE_STATE_WORDS[t.state]} (${t.state}), ${t.rowsCopied} rows, ${formatBytes(t.bytesCopied)}`);
+      }
+    }
+    const now = Date.now();
+    const every = s.phase === 'copying' ? 2_000 : 10_000;
+    if (now - lastSummary < every || s.phase === 'stopped' || s.phase === 'starting') return;
+    lastSummary = now;
+    if (s.phase === 'copying') {
+      const copying = s.tables.filter((t) => t.state === 'd');
+      const done = s.tables.filter((t) => t.state !== 'i' && t.state !== 'd').length;
+      log('info', `copy: ${done}/${s.tables.length} tables done; ${copying.map((t) => `${t.schema}.${t.table} ${t.rowsCopied}/~${t.approximateRows} rows`).join(', ')}`);
+    } else if (s.phase === 'streaming') {
+      log('info', `streaming: applied ${s.appliedLsn === null ? '-' : formatLsn(s.appliedLsn)}, lag ${formatBytes(s.lagBytes)} / ${s.lagSeconds.toFixed(1)} s, ${s.transactionsApplied} transactions, ${s.changesApplied} changes`);
+    }
+  };
+}
+
+async function status(args: string[]): Promise<number> {
+  const v = parse(args, {
+    subscription: { type: 'string' },
+    target: { type: 'string' },
+    source: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  const subscription = required(v.subscription as string | undefined, 'subscription');
+  const targetUrl = required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET');
+  const sourceUrl = (v.source as string | undefined) ?? process.env.SOURCE;
+  const target = await connect({ url: targetUrl, role: 'target' });
+  try {
+    const sub = (await stateSchemaExists(target)) ? await loadSubscription(target, subscription) : null;
+    if (!sub) throw new SyncError(`the target has no state for subscription "${subscription}"; check --subscription and --target, or start it with pg-live-sync run`, 'not_found');
+    const tables = await loadTableProgress(target, subscription);
+    let slot = null;
+    if (sourceUrl) {
+      const source = await connect({ url: sourceUrl, role: 'source' });
+      try {
+        slot = await slotInfo(source, sub.slotName);
+      } finally {
+        await source.end();
+      }
+    }
+    if (v.json) {
+      process.stdout.write(JSON.stringify({
+        subscription: sub.subname,
+        slotName: sub.slotName,
+        publications: sub.publications,
+        source: sub.source,
+        consistentLsn: sub.consistentLsn === null ? null : formatLsn(sub.consistentLsn),
+        appliedLsn: sub.appliedLsn === null ? null : formatLsn(sub.appliedLsn),
+        appliedCommitTime: sub.appliedCommitTime,
+        lastError: sub.lastError,
+        slot: slot && { ...slot, confirmedFlush: slot.confirmedFlush === null ? null : formatLsn(slot.confirmedFlush) },
+        tables,
+      }, null, 2) + '\n');
+      return 0;
+    }
+    const out: string[] = [];
+    out.push(`subscription ${sub.subname} (slot ${sub.slotName}, publications ${sub.publications.join(', ')}, source ${sub.source})`);
+    out.push(`applied LSN  ${sub.appliedLsn === null ? '-' : formatLsn(sub.appliedLsn)}${sub.appliedCommitTime ? ` (source commit ${sub.appliedCommitTime.toISOString()})` : ''}`);
+    if (slot) out.push(`slot         ${slot.active ? 'active' : 'inactive'}, wal_status ${slot.walStatus}, retained WAL ${formatBytes(slot.retainedBytes ?? 0)}`);
+    if (sub.lastError) out.push(`last error   ${sub.lastError}`);
+    out.push(tableRows(tables));
+    process.stdout.write(out.join('\n') + '\n');
+    return 0;
+  } finally {
+    await target.end();
+  }
+}
+
+function tableRows(tables: TableProgress[]): string {
+  const rows = [['TABLE', 'TARGET', 'STATE', 'ROWS COPIED', 'BYTES COPIED', 'LAST ERROR']];
+  for (const t of tables) {
+    rows.push([`${t.schema}.${t.table}`, `${t.targetSchema}.${t.targetTable}`, `${t.state} ${TABLE_STATE_WORDS[t.state]}`, `${t.rowsCopied}`, formatBytes(t.bytesCopied), t.lastError ?? '']);
+  }
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n');
+}
+
+async function drop(args: string[]): Promise<number> {
+  const v = parse(args, { subscription: { type: 'string' }, source: { type: 'string' }, target: { type: 'string' } });
+  const subscription = required(v.subscription as string | undefined, 'subscription');
+  validateSubscriptionName(subscription);
+  const source = await connect({ url: required((v.source as string | undefined) ?? process.env.SOURCE, 'source', 'SOURCE'), role: 'source' });
+  try {
+    const target = await connect({ url: required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET'), role: 'target' });
+    try {
+      const slot = slotNameFor(subscription);
+      const dropped = await dropSlotIfExists(source, slot);
+      log('info', dropped ? `dropped replication slot "${slot}" on the source` : `no replication slot "${slot}" on the source`);
+      if (await stateSchemaExists(target)) {
+        await target.query('BEGIN');
+        await deleteSubscriptionRows(target, subscription);
+        await target.query('COMMIT');
+      }
+      log('info', `removed the state of subscription "${subscription}" from the target; the target tables and their data stay`);
+    } finally {
+      await target.end();
+    }
+  } finally {
+    await source.end();
+  }
+  return 0;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...args] = argv;
+  try {
+    switch (command) {
+      case 'run':
+        return await run(args);
+      case 'status':
+        return await status(args);
+      case 'drop':
+        return await drop(args);
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        process.stdout.write(USAGE + '\n');
+        return command === undefined ? 2 : 0;
+      default:
+        throw new UsageError(`unknown command "${command}"`);
+    }
+  } catch (err) {
+    if (err instanceof UsageError || (err instanceof SyncError && err.code === 'usage')) {
+      process.stderr.write(`pg-live-sync: ${err.message}; run pg-live-sync --help for usage\n`);
+      return 2;
+    }
+    process.stderr.write(`pg-live-sync: error: ${errorMessage(err)}\n`);
+    return 1;
+  }
+}
+
+main(process.argv.slice(2)).then((code) => process.exit(code));

@@ -1,0 +1,123 @@
+/** What the source publishes and what the target holds, read from their catalogs. */
+import type pg from 'pg';
+import { qualified } from './connection';
+import type { SourceColumn, TableName } from './types';
+
+export interface PublishedTable {
+  relid: number;
+  schema: string;
+  table: string;
+  publications: string[];
+  columns: SourceColumn[];
+  rowFilter: string | null;
+  /** pg_class.relreplident: d(efault), n(othing), f(ull), i(ndex). */
+  replicaIdentity: string;
+  /** The identity names usable columns: a primary key for `d`, an existing index for `i`, or `f`. */
+  hasUsableIdentity: boolean;
+  /** A unique index that could serve as REPLICA IDENTITY USING INDEX, if any. */
+  candidateIndex: string | null;
+  publishesUpdateOrDelete: boolean;
+  approximateRows: number;
+  approximateSize: number;
+}
+
+export async function publicationsMissing(client: pg.Client, names: string[]): Promise<string[]> {
+  const r = await client.query(`SELECT pubname FROM pg_publication WHERE pubname = ANY($1)`, [names]);
+  const present = new Set(r.rows.map((row) => row.pubname as string));
+  return names.filter((n) => !present.has(n));
+}
+
+export async function listPublishedTables(client: pg.Client, publications: string[]): Promise<PublishedTable[]> {
+  const r = await client.query(
+    `WITH pt AS (
+       SELECT p.pubname, p.pubupdate OR p.pubdelete AS upd, c.oid AS relid, pt.schemaname, pt.tablename, pt.attnames, pt.rowfilter
+         FROM pg_publication_tables pt
+         JOIN pg_publication p ON p.pubname = pt.pubname
+         JOIN pg_namespace n ON n.nspname = pt.schemaname
+         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+        WHERE pt.pubname = ANY($1))
+     SELECT pt.relid::int AS relid, pt.schemaname, pt.tablename,
+            array_agg(DISTINCT pt.pubname ORDER BY pt.pubname) AS publications,
+            bool_or(pt.upd) AS publishes_update_or_delete,
+            CASE WHEN bool_or(pt.rowfilter IS NULL) THEN NULL
+                 ELSE string_agg('(' || pt.rowfilter || ')', ' OR ') END AS rowfilter,
+            c.relreplident::text AS relreplident,
+            CASE c.relreplident
+              WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+              WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
+              WHEN 'f' THEN true ELSE false END AS usable_identity,
+            (SELECT i.indexrelid::regclass::text FROM pg_index i
+              WHERE i.indrelid = c.oid AND i.indisunique AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL
+                AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull)
+              ORDER BY i.indisprimary DESC, i.indexrelid LIMIT 1) AS candidate_index,
+            greatest(c.reltuples, 0)::bigint AS approximate_rows,
+            pg_table_size(c.oid) AS approximate_size
+       FROM pt JOIN pg_class c ON c.oid = pt.relid
+      GROUP BY pt.relid, pt.schemaname, pt.tablename, c.oid, c.relreplident, c.reltuples
+      ORDER BY pt.schemaname, pt.tablename`,
+    [publications],
+  );
+  const tables: PublishedTable[] = [];
+  for (const row of r.rows) {
+    const cols = await client.query(
+      `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.atttypid::int AS type_oid
+         FROM pg_attribute a
+        WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+          AND a.attname = ANY ((SELECT pt.attnames FROM pg_publication_tables pt
+                                 WHERE pt.schemaname = $2 AND pt.tablename = $3 AND pt.pubname = ANY($4) LIMIT 1)::name[])
+        ORDER BY a.attnum`,
+      [row.relid, row.schemaname, row.tablename, publications],
+    );
+    tables.push({
+      relid: row.relid,
+      schema: row.schemaname,
+      table: row.tablename,
+      publications: row.publications,
+      columns: cols.rows.map((c) => ({ name: c.name, type: c.type, typeOid: c.type_oid })),
+      rowFilter: row.rowfilter,
+      replicaIdentity: row.relreplident,
+      hasUsableIdentity: row.usable_identity,
+      candidateIndex: row.candidate_index,
+      publishesUpdateOrDelete: row.publishes_update_or_delete,
+      approximateRows: Number(row.approximate_rows),
+      approximateSize: Number(row.approximate_size),
+    });
+  }
+  return tables;
+}
+
+/** The statement that gives a table a replica identity, for error messages and generated SQL. */
+export function replicaIdentityFix(t: PublishedTable): string {
+  const name = qualified(t.schema, t.table);
+  if (t.candidateIndex) {
+    const index = t.candidateIndex.includes('.') ? t.candidateIndex.slice(t.candidateIndex.lastIndexOf('.') + 1) : t.candidateIndex;
+    return `ALTER TABLE ${name} REPLICA IDENTITY USING INDEX ${index};`;
+  }
+  return `ALTER TABLE ${name} REPLICA IDENTITY FULL;`;
+}
+
+export interface TargetColumn {
+  name: string;
+  type: string;
+  generated: boolean;
+}
+
+/** Columns of a target table, or null when the table does not exist. */
+export async function targetColumns(client: pg.Client, t: TableName): Promise<TargetColumn[] | null> {
+  const r = await client.query(
+    `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.attgenerated <> '' AS generated
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+      WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+      ORDER BY a.attnum`,
+    [t.schema, t.table],
+  );
+  if (r.rowCount === 0) {
+    const exists = await client.query(
+      `SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`,
+      [t.schema, t.table],
+    );
+    if (exists.rowCount === 0) return null;
+  }
+  return r.rows;
+}

@@ -1,0 +1,77 @@
+/** Stage 1: the replication slot, created with an exported snapshot the copy stage imports. */
+import type pg from 'pg';
+import { connect, quoteIdent, type Endpoint } from './connection';
+import { SyncError } from './errors';
+import { parseLsn, type Lsn } from './lsn';
+
+export function slotNameFor(subscription: string): string {
+  return `pg_live_sync_${subscription}`;
+}
+
+export function validateSubscriptionName(name: string): void {
+  if (!/^[a-z0-9_]{1,50}$/.test(name)) {
+    throw new SyncError(`subscription name "${name}" is not usable as a replication slot name; use 1 to 50 lowercase letters, digits and underscores`, 'usage');
+  }
+}
+
+export interface CreatedSlot {
+  consistentLsn: Lsn;
+  snapshot: string;
+  /** The snapshot lives only while this connection stays open and idle: close it once imported. */
+  exporter: pg.Client;
+}
+
+export async function createSlotWithSnapshot(source: Endpoint, slot: string): Promise<CreatedSlot> {
+  const exporter = await connect(source, { replication: true });
+  try {
+    const r = await exporter.query(`CREATE_REPLICATION_SLOT ${quoteIdent(slot)} LOGICAL pgoutput (SNAPSHOT 'export')`);
+    const row = r.rows[0];
+    return { consistentLsn: parseLsn(row.consistent_point), snapshot: row.snapshot_name, exporter };
+  } catch (err) {
+    await exporter.end().catch(() => undefined);
+    const e = err as { code?: string; message: string };
+    if (e.code === '53400') {
+      throw new SyncError(`the source has no free replication slot (${e.message}); raise max_replication_slots on the source or drop unused slots`, 'slots');
+    }
+    if (e.code === '42710') {
+      throw new SyncError(`replication slot "${slot}" already exists on the source; run pg-live-sync drop for this subscription or pick another --subscription`, 'slot_exists');
+    }
+    throw err;
+  }
+}
+
+export interface SlotInfo {
+  active: boolean;
+  database: string;
+  confirmedFlush: Lsn | null;
+  walStatus: string | null;
+  retainedBytes: number | null;
+}
+
+export async function slotInfo(client: pg.Client, slot: string): Promise<SlotInfo | null> {
+  const r = await client.query(
+    `SELECT active, database, confirmed_flush_lsn::text AS confirmed, wal_status,
+            pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained
+       FROM pg_replication_slots WHERE slot_name = $1`,
+    [slot],
+  );
+  if (r.rowCount === 0) return null;
+  const row = r.rows[0];
+  return {
+    active: row.active,
+    database: row.database,
+    confirmedFlush: row.confirmed ? parseLsn(row.confirmed) : null,
+    walStatus: row.wal_status,
+    retainedBytes: row.retained === null ? null : Number(row.retained),
+  };
+}
+
+export async function dropSlotIfExists(client: pg.Client, slot: string): Promise<boolean> {
+  const info = await slotInfo(client, slot);
+  if (!info) return false;
+  if (info.active) {
+    throw new SyncError(`replication slot "${slot}" is in use by a running sync; stop that pg-live-sync run first, then retry`, 'slot_active');
+  }
+  await client.query('SELECT pg_drop_replication_slot($1)', [slot]);
+  return true;
+}

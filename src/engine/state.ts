@@ -1,0 +1,217 @@
+/**
+ * The sync's state lives in the target, schema `_pg_live_sync`, so that progress commits in the
+ * same transaction as the data it describes: a crash can never leave them disagreeing.
+ */
+import type pg from 'pg';
+import type { Lsn } from './lsn';
+import { formatLsn, parseLsn } from './lsn';
+import type { SyncedTable, TableProgress, TableState } from './types';
+
+export const STATE_SCHEMA = '_pg_live_sync';
+
+const DDL = `
+CREATE SCHEMA IF NOT EXISTS _pg_live_sync;
+CREATE TABLE IF NOT EXISTS _pg_live_sync.subscription (
+  subname         text PRIMARY KEY,
+  slot_name       text NOT NULL,
+  publications    text[] NOT NULL,
+  source          text NOT NULL,
+  consistent_lsn  pg_lsn,
+  applied_lsn     pg_lsn,
+  applied_commit_time timestamptz,
+  last_error      text,
+  created_at      timestamptz NOT NULL DEFAULT now(),
+  updated_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS _pg_live_sync.subscription_rel (
+  subname          text NOT NULL,
+  pubname          text NOT NULL,
+  schemaname       text NOT NULL,
+  tablename        text NOT NULL,
+  rrelid           oid NOT NULL,
+  state            "char" NOT NULL CHECK (state IN ('i', 'd', 'f', 's', 'r')),
+  lsn              pg_lsn,
+  updated_at       timestamptz NOT NULL DEFAULT now(),
+  last_error       text,
+  created_at       timestamptz NOT NULL DEFAULT now(),
+  rows_copied      bigint NOT NULL DEFAULT 0,
+  approximate_rows bigint,
+  bytes_copied     bigint NOT NULL DEFAULT 0,
+  approximate_size bigint,
+  target_schema    text NOT NULL,
+  target_table     text NOT NULL,
+  PRIMARY KEY (subname, schemaname, tablename)
+);`;
+
+export interface SubscriptionRow {
+  subname: string;
+  slotName: string;
+  publications: string[];
+  source: string;
+  consistentLsn: Lsn | null;
+  appliedLsn: Lsn | null;
+  appliedCommitTime: Date | null;
+  lastError: string | null;
+}
+
+export async function ensureStateSchema(client: pg.Client): Promise<void> {
+  // Two runs creating the schema at once would race on the catalog; serialise them.
+  await client.query('BEGIN');
+  try {
+    await client.query(`SELECT pg_advisory_xact_lock(hashtext('pg_live_sync.ddl'))`);
+    await client.query(DDL);
+    await client.query('COMMIT');
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw err;
+  }
+}
+
+export async function stateSchemaExists(client: pg.Client): Promise<boolean> {
+  const r = await client.query(`SELECT to_regclass('_pg_live_sync.subscription_rel') IS NOT NULL AS present`);
+  return r.rows[0].present as boolean;
+}
+
+/** Held for the life of a run: a second `run` of the same subscription is refused, not interleaved. */
+export async function tryLockSubscription(client: pg.Client, subname: string): Promise<boolean> {
+  const r = await client.query(`SELECT pg_try_advisory_lock(hashtext('pg_live_sync.sub'), hashtext($1)) AS ok`, [subname]);
+  return r.rows[0].ok as boolean;
+}
+
+export async function loadSubscription(client: pg.Client, subname: string): Promise<SubscriptionRow | null> {
+  const r = await client.query(
+    `SELECT subname, slot_name, publications, source, consistent_lsn::text, applied_lsn::text, applied_commit_time, last_error
+       FROM _pg_live_sync.subscription WHERE subname = $1`,
+    [subname],
+  );
+  if (r.rowCount === 0) return null;
+  const row = r.rows[0];
+  return {
+    subname: row.subname,
+    slotName: row.slot_name,
+    publications: row.publications,
+    source: row.source,
+    consistentLsn: row.consistent_lsn ? parseLsn(row.consistent_lsn) : null,
+    appliedLsn: row.applied_lsn ? parseLsn(row.applied_lsn) : null,
+    appliedCommitTime: row.applied_commit_time,
+    lastError: row.last_error,
+  };
+}
+
+/** Starts the subscription's state afresh: every table in state `i`. */
+export async function resetSubscription(
+  client: pg.Client,
+  sub: { subname: string; slotName: string; publications: string[]; source: string },
+  tables: SyncedTable[],
+): Promise<void> {
+  await client.query('BEGIN');
+  try {
+    await deleteSubscriptionRows(client, sub.subname);
+    await client.query(
+      `INSERT INTO _pg_live_sync.subscription (subname, slot_name, publications, source) VALUES ($1, $2, $3, $4)`,
+      [sub.subname, sub.slotName, sub.publications, sub.source],
+    );
+    for (const t of tables) {
+      await client.query(
+        `INSERT INTO _pg_live_sync.subscription_rel
+           (subname, pubname, schemaname, tablename, rrelid, state, approximate_rows, approximate_size, target_schema, target_table)
+         VALUES ($1, $2, $3, $4, $5, 'i', $6, $7, $8, $9)`,
+        [sub.subname, t.publications[0], t.source.schema, t.source.table, t.relid, t.approximateRows, t.approximateSize, t.target.schema, t.target.table],
+      );
+    }
+    await client.query('COMMIT');
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw err;
+  }
+}
+
+export async function deleteSubscriptionRows(client: pg.Client, subname: string): Promise<void> {
+  await client.query(`DELETE FROM _pg_live_sync.subscription_rel WHERE subname = $1`, [subname]);
+  await client.query(`DELETE FROM _pg_live_sync.subscription WHERE subname = $1`, [subname]);
+}
+
+export async function setConsistentLsn(client: pg.Client, subname: string, lsn: Lsn): Promise<void> {
+  await client.query(`UPDATE _pg_live_sync.subscription SET consistent_lsn = $2, updated_at = now() WHERE subname = $1`, [subname, formatLsn(lsn)]);
+}
+
+export async function setSubscriptionError(client: pg.Client, subname: string, error: string | null): Promise<void> {
+  await client.query(`UPDATE _pg_live_sync.subscription SET last_error = $2, updated_at = now() WHERE subname = $1`, [subname, error]);
+}
+
+/** Written inside the apply transaction: the position and the changes it covers commit together. */
+export async function writeAppliedLsn(client: pg.Client, subname: string, lsn: Lsn, commitTimeMicros: bigint | null): Promise<void> {
+  await client.query(
+    `UPDATE _pg_live_sync.subscription
+        SET applied_lsn = $2, applied_commit_time = to_timestamp($3::float8 / 1e6), updated_at = now()
+      WHERE subname = $1`,
+    [subname, formatLsn(lsn), commitTimeMicros === null ? null : commitTimeMicros.toString()],
+  );
+}
+
+export async function setTableState(
+  client: pg.Client,
+  subname: string,
+  table: { schema: string; table: string },
+  state: TableState,
+  extra: { lsn?: Lsn; rowsCopied?: number; bytesCopied?: number; lastError?: string | null } = {},
+): Promise<void> {
+  await client.query(
+    `UPDATE _pg_live_sync.subscription_rel
+        SET state = $4, updated_at = now(),
+            lsn = COALESCE($5::pg_lsn, lsn),
+            rows_copied = COALESCE($6::bigint, rows_copied),
+            bytes_copied = COALESCE($7::bigint, bytes_copied),
+            last_error = CASE WHEN $8::boolean THEN $9 ELSE last_error END
+      WHERE subname = $1 AND schemaname = $2 AND tablename = $3`,
+    [
+      subname, table.schema, table.table, state,
+      extra.lsn === undefined ? null : formatLsn(extra.lsn),
+      extra.rowsCopied ?? null, extra.bytesCopied ?? null,
+      extra.lastError !== undefined, extra.lastError ?? null,
+    ],
+  );
+}
+
+/** Tables copied at `lsn` are consistent once the stream has applied past it: f -> s -> r. */
+export async function promoteCaughtUpTables(client: pg.Client, subname: string, appliedLsn: Lsn): Promise<number> {
+  const r = await client.query(
+    `UPDATE _pg_live_sync.subscription_rel SET state = 'r', updated_at = now()
+      WHERE subname = $1 AND state IN ('f', 's') AND lsn <= $2::pg_lsn`,
+    [subname, formatLsn(appliedLsn)],
+  );
+  return r.rowCount ?? 0;
+}
+
+/** Interim copy progress, from outside the copy transaction; only while the table is still copying. */
+export async function writeCopyProgress(client: pg.Client, subname: string, rows: { schema: string; table: string; rowsCopied: number; bytesCopied: number }[]): Promise<void> {
+  if (rows.length === 0) return;
+  await client.query(
+    `UPDATE _pg_live_sync.subscription_rel r
+        SET rows_copied = p.rows_copied, bytes_copied = p.bytes_copied, updated_at = now()
+       FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS p(schemaname, tablename, rows_copied, bytes_copied)
+      WHERE r.subname = $1 AND r.schemaname = p.schemaname AND r.tablename = p.tablename AND r.state = 'd'`,
+    [subname, rows.map((r) => r.schema), rows.map((r) => r.table), rows.map((r) => r.rowsCopied), rows.map((r) => r.bytesCopied)],
+  );
+}
+
+export async function loadTableProgress(client: pg.Client, subname: string): Promise<TableProgress[]> {
+  const r = await client.query(
+    `SELECT schemaname, tablename, target_schema, target_table, state, rows_copied, bytes_copied,
+            approximate_rows, approximate_size, last_error
+       FROM _pg_live_sync.subscription_rel WHERE subname = $1 ORDER BY schemaname, tablename`,
+    [subname],
+  );
+  return r.rows.map((row) => ({
+    schema: row.schemaname,
+    table: row.tablename,
+    targetSchema: row.target_schema,
+    targetTable: row.target_table,
+    state: row.state,
+    rowsCopied: Number(row.rows_copied),
+    bytesCopied: Number(row.bytes_copied),
+    approximateRows: Number(row.approximate_rows ?? 0),
+    approximateSize: Number(row.approximate_size ?? 0),
+    lastError: row.last_error,
+  }));
+}

@@ -1,0 +1,218 @@
+/**
+ * Stage 3: the change stream, the only module that touches pg-logical-replication.
+ *
+ * We keep its pgoutput parser (fast and complete for protocol v1) and replace its transport,
+ * LogicalReplicationService, with a CopyBoth stream from pg-copy-streams, because the service's
+ * defects lose transactions (see ../shared/notes/pg-logical-replication.md and README "Design"):
+ *  - it acknowledges `lsn + 1` and acknowledges on a timer what was only received (1, 2, 3):
+ *    here nothing is acknowledged but what the caller says was durably applied, exactly;
+ *  - it resumes from its in-memory position (4): here the start LSN is always explicit;
+ *  - it never answers keepalives (5): here they are answered, and a timer keeps reporting;
+ *  - it reads heartbeat times with the wrong epoch (9): here keepalives are decoded here;
+ *  - with no error listener it crashes the process (11): here errors surface through the
+ *    async iterator to the caller;
+ *  - it buffers without bound under a slow consumer: here the consumer pulls (for await), so
+ *    the socket is read only as fast as changes are applied.
+ * The parser's tuple reader is replaced too: values stay raw text (6), binary values are copied
+ * out of the reused buffer (7), and an unchanged TOAST value is marked, never guessed.
+ * Streaming of in-progress transactions (8) is never requested (proto_version 1).
+ */
+import type pg from 'pg';
+import { both as copyBoth } from 'pg-copy-streams';
+import { PgoutputParser } from 'pg-logical-replication/dist/output-plugins/pgoutput/pgoutput-parser.js';
+import { connect, quoteIdent, quoteLiteral, type Endpoint } from './connection';
+import { formatLsn, parseLsn, type Lsn } from './lsn';
+
+export const UNCHANGED_TOAST: unique symbol = Symbol('unchanged TOAST value');
+export type Value = string | null | typeof UNCHANGED_TOAST;
+export type Tuple = Value[];
+
+export interface RelationColumn {
+  name: string;
+  isKey: boolean;
+  typeOid: number;
+}
+
+export interface Relation {
+  relationOid: number;
+  schema: string;
+  table: string;
+  replicaIdentity: 'default' | 'nothing' | 'full' | 'index';
+  columns: RelationColumn[];
+}
+
+export type Change =
+  | { tag: 'begin'; finalLsn: Lsn; commitTime: bigint }
+  | { tag: 'commit'; endLsn: Lsn; commitTime: bigint }
+  | { tag: 'relation'; relation: Relation }
+  | { tag: 'insert'; relationOid: number; new: Tuple }
+  | { tag: 'update'; relationOid: number; key: Tuple | null; old: Tuple | null; new: Tuple }
+  | { tag: 'delete'; relationOid: number; key: Tuple | null; old: Tuple | null }
+  | { tag: 'truncate'; relationOids: number[]; restartIdentity: boolean }
+  | { tag: 'ignored'; what: string };
+
+export type StreamEvent =
+  | { kind: 'change'; change: Change; walEnd: Lsn }
+  | { kind: 'keepalive'; walEnd: Lsn; replyRequested: boolean };
+
+interface LibReader {
+  readUint8(): number;
+  readInt16(): number;
+  readInt32(): number;
+  read(n: number): Uint8Array;
+  decodeText(b: Uint8Array): string;
+}
+
+/** The library's parser with our tuple reader: positional raw values. */
+class RawTextPgoutputParser extends PgoutputParser {}
+const rawProto = RawTextPgoutputParser.prototype as unknown as Record<string, unknown>;
+rawProto.readTuple = function readTuple(reader: LibReader): Tuple {
+  const n = reader.readInt16();
+  const tuple: Tuple = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const kind = reader.readUint8();
+    switch (kind) {
+      case 0x74: // 't' text
+        tuple[i] = reader.decodeText(reader.read(reader.readInt32()));
+        break;
+      case 0x6e: // 'n' null
+        tuple[i] = null;
+        break;
+      case 0x75: // 'u' unchanged TOAST: the value is not in the WAL; leave the target's alone
+        tuple[i] = UNCHANGED_TOAST;
+        break;
+      case 0x62: // 'b' binary: never requested; copied because the buffer is reused
+        tuple[i] = Buffer.from(reader.read(reader.readInt32())).toString('hex');
+        break;
+      default:
+        throw new Error(`unknown pgoutput tuple value kind ${String.fromCharCode(kind)}`);
+    }
+  }
+  return tuple;
+};
+// A key tuple is a tuple whose non-key columns are null; positions keep their meaning.
+rawProto.readKeyTuple = function readKeyTuple(this: { readTuple(r: LibReader): Tuple }, reader: LibReader): Tuple {
+  return this.readTuple(reader);
+};
+
+type LibMessage = ReturnType<PgoutputParser['parse']>;
+
+function toChange(m: LibMessage): Change {
+  switch (m.tag) {
+    case 'begin':
+      return { tag: 'begin', finalLsn: parseLsn(m.commitLsn ?? '0/0'), commitTime: m.commitTime as bigint };
+    case 'commit':
+      return { tag: 'commit', endLsn: parseLsn(m.commitEndLsn ?? '0/0'), commitTime: m.commitTime as bigint };
+    case 'relation':
+      return {
+        tag: 'relation',
+        relation: {
+          relationOid: m.relationOid,
+          schema: m.schema,
+          table: m.name,
+          replicaIdentity: m.replicaIdentity,
+          columns: m.columns.map((c) => ({ name: c.name, isKey: (c.flags & 1) === 1, typeOid: c.typeOid })),
+        },
+      };
+    case 'insert':
+      return { tag: 'insert', relationOid: m.relation.relationOid, new: m.new as unknown as Tuple };
+    case 'update':
+      return { tag: 'update', relationOid: m.relation.relationOid, key: m.key as unknown as Tuple | null, old: m.old as unknown as Tuple | null, new: m.new as unknown as Tuple };
+    case 'delete':
+      return { tag: 'delete', relationOid: m.relation.relationOid, key: m.key as unknown as Tuple | null, old: m.old as unknown as Tuple | null };
+    case 'truncate':
+      return { tag: 'truncate', relationOids: m.relations.map((r) => r.relationOid), restartIdentity: m.restartIdentity };
+    default:
+      return { tag: 'ignored', what: m.tag };
+  }
+}
+
+const PG_EPOCH_MICROS = 946_684_800_000_000n;
+const STATUS_INTERVAL_MS = 5_000;
+
+export class ReplicationStream {
+  private flushed: Lsn;
+  private received: Lsn;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  private constructor(
+    private readonly client: pg.Client,
+    private readonly duplex: ReturnType<typeof copyBoth>,
+    startLsn: Lsn,
+  ) {
+    this.flushed = startLsn;
+    this.received = startLsn;
+    this.timer = setInterval(() => this.sendStatus(false), STATUS_INTERVAL_MS);
+    this.timer.unref();
+  }
+
+  /** Starts streaming from exactly `startLsn`: the end of the last commit the target holds. */
+  static async start(source: Endpoint, slot: string, publications: string[], startLsn: Lsn): Promise<ReplicationStream> {
+    const client = await connect(source, { replication: true, applicationName: 'pg_live_sync_stream' });
+    const pubs = publications.map((p) => quoteIdent(p)).join(',');
+    const sql = `START_REPLICATION SLOT ${quoteIdent(slot)} LOGICAL ${formatLsn(startLsn)} (proto_version '1', publication_names ${quoteLiteral(pubs)})`;
+    // One CopyData frame per read: in byte mode a read would hand back several frames glued together.
+    const duplex = copyBoth(sql, { alignOnCopyDataFrame: true, readableObjectMode: true, readableHighWaterMark: 256 });
+    client.query(duplex);
+    return new ReplicationStream(client, duplex, startLsn);
+  }
+
+  /** Changes and keepalives in WAL order; the socket is read only as fast as this is consumed. */
+  async *events(): AsyncGenerator<StreamEvent> {
+    const parser = new RawTextPgoutputParser();
+    for await (const frame of this.duplex as AsyncIterable<Buffer>) {
+      if (frame[0] === 0x77) {
+        // XLogData: 'w', start LSN, current end of WAL on the server, send time, payload
+        const walEnd = frame.readBigUInt64BE(9);
+        const change = toChange(parser.parse(frame.subarray(25)));
+        if (change.tag === 'commit' && change.endLsn > this.received) this.received = change.endLsn;
+        yield { kind: 'change', change, walEnd };
+      } else if (frame[0] === 0x6b) {
+        // Primary keepalive: 'k', current end of WAL on the server, send time, reply requested
+        yield { kind: 'keepalive', walEnd: frame.readBigUInt64BE(1), replyRequested: frame[17] === 1 };
+      }
+    }
+  }
+
+  /** `lsn` is the end of the last commit durably applied on the target: never more, never + 1. */
+  acknowledge(lsn: Lsn, replyNow = false): void {
+    if (lsn > this.flushed) this.flushed = lsn;
+    if (replyNow) this.sendStatus(false);
+  }
+
+  get acknowledged(): Lsn {
+    return this.flushed;
+  }
+
+  private sendStatus(requestReply: boolean): void {
+    if (this.closed) return;
+    const buf = Buffer.alloc(34);
+    buf[0] = 0x72; // 'r' standby status update
+    const written = this.received > this.flushed ? this.received : this.flushed;
+    buf.writeBigUInt64BE(written, 1);
+    buf.writeBigUInt64BE(this.flushed, 9);
+    buf.writeBigUInt64BE(this.flushed, 17);
+    buf.writeBigUInt64BE(BigInt(Date.now()) * 1000n - PG_EPOCH_MICROS, 25);
+    buf[33] = requestReply ? 1 : 0;
+    this.duplex.write(buf);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.sendStatus(false);
+    this.closed = true;
+    clearInterval(this.timer);
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => {
+        (this.client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+        resolve();
+      }, 3_000);
+      this.client.end().finally(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+    this.duplex.destroy();
+  }
+}

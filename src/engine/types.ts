@@ -1,0 +1,86 @@
+import type { Lsn } from './lsn';
+
+/** What `run` is asked to do; the CLI and the extension both build one of these. */
+export interface SyncOptions {
+  source: string;
+  target: string;
+  publications: string[];
+  subscription: string;
+  tableMaps: TableMap[];
+  tableSyncWorkers: number;
+  copyData: boolean;
+}
+
+/** `--table-map`: a whole table, or (without `table`) every table of a schema. */
+export interface TableMap {
+  source: { schema: string; table?: string };
+  target: { schema: string; table?: string };
+}
+
+export interface TableName {
+  schema: string;
+  table: string;
+}
+
+/** Per-table states, as in PostgreSQL's pg_subscription_rel and Tiger's connector. */
+export type TableState = 'i' | 'd' | 'f' | 's' | 'r';
+
+export const TABLE_STATE_WORDS: Record<TableState, string> = {
+  i: 'init',
+  d: 'copying',
+  f: 'catching up',
+  s: 'synced',
+  r: 'ready',
+};
+
+export interface SourceColumn {
+  name: string;
+  type: string;
+  typeOid: number;
+}
+
+/** A published source table with everything later stages need to copy and apply it. */
+export interface SyncedTable {
+  relid: number;
+  source: TableName;
+  target: TableName;
+  publications: string[];
+  columns: SourceColumn[];
+  /** Publication row filters, OR-ed; null when any publication takes every row. */
+  rowFilter: string | null;
+  /** Binary COPY only where every column is a built-in type with the same type on the target. */
+  copyFormat: 'binary' | 'text';
+  approximateRows: number;
+  approximateSize: number;
+}
+
+export interface TableProgress {
+  schema: string;
+  table: string;
+  targetSchema: string;
+  targetTable: string;
+  state: TableState;
+  rowsCopied: number;
+  bytesCopied: number;
+  approximateRows: number;
+  approximateSize: number;
+  lastError: string | null;
+}
+
+export type SyncPhase = 'starting' | 'copying' | 'streaming' | 'stopping' | 'stopped';
+
+export interface SyncStatus {
+  subscription: string;
+  phase: SyncPhase;
+  tables: TableProgress[];
+  appliedLsn: Lsn | null;
+  /** Bytes of source WAL written past what the target has applied. */
+  lagBytes: number;
+  /** Seconds since the commit of the oldest source change not yet applied (0 when caught up). */
+  lagSeconds: number;
+  changesApplied: number;
+  transactionsApplied: number;
+}
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+export type Logger = (level: LogLevel, message: string) => void;
