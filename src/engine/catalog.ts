@@ -1,6 +1,6 @@
 /** What the source publishes and what the target holds, read from their catalogs. */
 import type pg from 'pg';
-import { qualified } from './connection';
+import { qualified, quoteIdent } from './connection';
 import type { SourceColumn, TableName } from './types';
 
 export interface PublishedTable {
@@ -46,7 +46,7 @@ export async function listPublishedTables(client: pg.Client, publications: strin
               WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
               WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
               WHEN 'f' THEN true ELSE false END AS usable_identity,
-            (SELECT i.indexrelid::regclass::text FROM pg_index i
+            (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
               WHERE i.indrelid = c.oid AND i.indisunique AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL
                 AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull)
               ORDER BY i.indisprimary DESC, i.indexrelid LIMIT 1) AS candidate_index,
@@ -89,10 +89,8 @@ export async function listPublishedTables(client: pg.Client, publications: strin
 /** The statement that gives a table a replica identity, for error messages and generated SQL. */
 export function replicaIdentityFix(t: PublishedTable): string {
   const name = qualified(t.schema, t.table);
-  if (t.candidateIndex) {
-    const index = t.candidateIndex.includes('.') ? t.candidateIndex.slice(t.candidateIndex.lastIndexOf('.') + 1) : t.candidateIndex;
-    return `ALTER TABLE ${name} REPLICA IDENTITY USING INDEX ${index};`;
-  }
+  // The index lives in the table's schema, so its bare name is what USING INDEX takes.
+  if (t.candidateIndex) return `ALTER TABLE ${name} REPLICA IDENTITY USING INDEX ${quoteIdent(t.candidateIndex)};`;
   return `ALTER TABLE ${name} REPLICA IDENTITY FULL;`;
 }
 

@@ -66,7 +66,7 @@ export async function checkTarget(client: pg.Client, endpoint: Endpoint, publish
     seen.set(targetName, sourceName);
     const cols = await targetColumns(client, target);
     if (!cols) {
-      throw new SyncError(`target table ${targetName} (for source table ${sourceName}) does not exist on the target ${where}; create it first, for example: pg_dump --schema-only -t ${sourceName} SOURCE | psql TARGET`, 'target_table');
+      throw new SyncError(`target table ${targetName} (for source table ${sourceName}) does not exist on the target ${where}; create it first, for example: pg_dump --schema-only -t '${sourceName.replace(/'/g, "'\\''")}' "$SOURCE" | psql "$TARGET"`, 'target_table');
     }
     const byName = new Map(cols.filter((c) => !c.generated).map((c) => [c.name, c]));
     const missing = t.columns.find((c) => !byName.has(c.name));

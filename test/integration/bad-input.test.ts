@@ -1,0 +1,207 @@
+/**
+ * Bad input to `pg-live-sync run`: each case fails fast with ONE line on stderr naming the problem
+ * and the fix, exits non-zero, never shows a password and leaves no replication slot behind.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { PASSWORD, freePort, startCluster, type Cluster } from '../harness/cluster';
+import { freshDatabases, runCli, sameContents, startCli, startPair, waitAllReady, waitCaughtUp, type Pair } from '../harness/sync';
+
+let pair: Pair;
+let replica: Cluster;
+before(async () => {
+  [pair, replica] = await Promise.all([startPair(), startCluster({ name: 'replica', walLevel: 'replica' })]);
+});
+after(() => {
+  pair?.stop();
+  replica?.stop();
+});
+
+const WRONG_PASSWORD = 'wrong-pw-4711';
+const SCHEMA = `CREATE TABLE t (id int PRIMARY KEY, v text)`;
+
+function runArgs(sourceUrl: string, targetUrl: string, sub: string, ...extra: string[]): string[] {
+  return ['run', '--source', sourceUrl, '--target', targetUrl, '--subscription', sub, ...extra];
+}
+
+async function slotExists(cluster: Cluster, sub: string, activeOnly = false): Promise<boolean> {
+  const r = await cluster.query('postgres', `SELECT count(*)::int AS n FROM pg_replication_slots WHERE slot_name = $1 AND (active OR NOT $2)`, [`pg_live_sync_${sub}`, activeOnly]);
+  return r.rows[0].n > 0;
+}
+
+/** A database on both clusters with `t` on both, rows and publication `pub` on the source. */
+async function setup(prefix: string, schema = SCHEMA, sourceExtra = `INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g; CREATE PUBLICATION pub FOR TABLE t;`) {
+  const dbs = await freshDatabases(pair, prefix, schema);
+  if (sourceExtra) await pair.source.query(dbs.db, sourceExtra);
+  return dbs;
+}
+
+/**
+ * Runs the CLI and checks the failure contract; returns the one stderr line. `sourceCluster` is
+ * where no slot for the subscription may exist afterwards.
+ */
+async function expectFailure(t: TestContext, args: string[], match: RegExp[], opts: { code?: number; sourceCluster?: Cluster } = {}): Promise<string> {
+  const r = await runCli(args, {}, 45_000);
+  const lines = r.stderr.split('\n').filter((l) => l.trim() !== '');
+  t.diagnostic(`exit ${r.code} in ${r.ms} ms; stderr: ${r.stderr.trimEnd()}`);
+  assert.equal(lines.length, 1, `exactly one stderr line, got:\n${r.stderr}`);
+  const line = lines[0];
+  assert.match(line, /^pg-live-sync:/);
+  assert.equal(r.stdout, '', 'nothing on stdout');
+  if (opts.code !== undefined) assert.equal(r.code, opts.code, line);
+  else assert.ok(r.code !== 0 && r.code !== null, `non-zero exit, got ${r.code}: ${line}`);
+  assert.ok(r.ms < 30_000, `took ${r.ms} ms`);
+  for (const secret of [PASSWORD, WRONG_PASSWORD]) assert.ok(!(r.stdout + r.stderr).includes(secret), `output shows a password: ${line}`);
+  for (const m of match) assert.match(line, m);
+  const sub = args[args.indexOf('--subscription') + 1];
+  assert.equal(await slotExists(opts.sourceCluster ?? pair.source, sub), false, 'a replication slot was left on the source');
+  return line;
+}
+
+/** Runs to ready, optionally streams `change`, compares, and stops cleanly. */
+async function runsToReady(db: string, sourceUrl: string, targetUrl: string, sub: string, tables: string[], publication = 'pub', change?: string): Promise<void> {
+  const run = startCli(runArgs(sourceUrl, targetUrl, sub, '--publication', publication));
+  try {
+    await waitAllReady(pair.target, db, sub, tables.length, 90_000);
+    for (const table of tables) assert.ok(await sameContents(pair, db, table), `${table} after copy`);
+    if (change) {
+      await pair.source.query(db, change);
+      await waitCaughtUp(pair, db, sub, 90_000);
+      for (const table of tables) assert.ok(await sameContents(pair, db, table), `${table} after streaming`);
+    }
+  } finally {
+    assert.equal(await run.stop(), 0, run.output());
+  }
+}
+
+describe('connection problems', () => {
+  it('closed port, on the source and on the target', async (t) => {
+    const { db, sourceUrl, targetUrl } = await setup('refused');
+    const port = await freePort();
+    const closed = `postgres://postgres:${encodeURIComponent(PASSWORD)}@127.0.0.1:${port}/${db}`;
+    await expectFailure(t, runArgs(closed, targetUrl, 'refused_src', '--publication', 'pub'), [/cannot connect/, /connection refused/, new RegExp(`127\\.0\\.0\\.1:${port}`), /--source/]);
+    await expectFailure(t, runArgs(sourceUrl, closed, 'refused_tgt', '--publication', 'pub'), [/cannot connect/, /connection refused/, /target/, /--target/]);
+  });
+
+  it('wrong password, for the source and for the target', async (t) => {
+    const { db, sourceUrl, targetUrl } = await setup('wrongpw');
+    await expectFailure(t, runArgs(pair.source.url(db, 'postgres', WRONG_PASSWORD), targetUrl, 'wrongpw_src', '--publication', 'pub'),
+      [/password authentication failed/, /"postgres"/, /source/, /fix the password/]);
+    await expectFailure(t, runArgs(sourceUrl, pair.target.url(db, 'postgres', WRONG_PASSWORD), 'wrongpw_tgt', '--publication', 'pub'),
+      [/password authentication failed/, /"postgres"/, /target/, /fix the password/]);
+  });
+});
+
+describe('source not ready for logical replication', () => {
+  it('wal_level replica', async (t) => {
+    const { db, targetUrl } = await setup('wal');
+    await replica.createDatabase(db);
+    await replica.query(db, `${SCHEMA}; CREATE PUBLICATION pub FOR TABLE t;`);
+    await expectFailure(t, runArgs(replica.url(db), targetUrl, 'wal', '--publication', 'pub'),
+      [/wal_level/, /"replica"/, /ALTER SYSTEM SET wal_level = logical/, /restart/], { sourceCluster: replica });
+  });
+
+  it('role without the REPLICATION privilege', async (t) => {
+    const { db, targetUrl } = await setup('norepl');
+    await pair.source.query(db, `CREATE ROLE "Sync User" LOGIN PASSWORD '${PASSWORD}'; GRANT SELECT ON t TO "Sync User";`);
+    await expectFailure(t, runArgs(pair.source.url(db, 'Sync User', PASSWORD), targetUrl, 'norepl', '--publication', 'pub'),
+      [/REPLICATION/, /ALTER ROLE "Sync User" WITH REPLICATION/]);
+  });
+
+  it('publication missing', async (t) => {
+    const { sourceUrl, targetUrl } = await setup('nopub');
+    await expectFailure(t, runArgs(sourceUrl, targetUrl, 'nopub', '--publication', 'pub', '--publication', 'no_such_pub'),
+      [/"no_such_pub"/, /does not exist/, /CREATE PUBLICATION "?no_such_pub"? FOR TABLE/]);
+  });
+});
+
+describe('target does not match', () => {
+  it('target table missing', async (t) => {
+    const { db, sourceUrl, targetUrl } = await setup('notable', '', '');
+    await pair.source.query(db, `${SCHEMA}; CREATE PUBLICATION pub FOR TABLE t;`);
+    await expectFailure(t, runArgs(sourceUrl, targetUrl, 'notable', '--publication', 'pub'), [/"public"\."t"/, /does not exist/, /create it/]);
+  });
+
+  it('target table missing a column', async (t) => {
+    const { db, sourceUrl, targetUrl } = await setup('nocol', '', '');
+    await pair.source.query(db, `CREATE TABLE t (id int PRIMARY KEY, v text, "Amount €" numeric(10,2)); CREATE PUBLICATION pub FOR TABLE t;`);
+    await pair.target.query(db, `CREATE TABLE t (id int PRIMARY KEY, v text)`);
+    await expectFailure(t, runArgs(sourceUrl, targetUrl, 'nocol', '--publication', 'pub'),
+      [/"Amount €"/, /ALTER TABLE "public"\."t" ADD COLUMN "Amount €" numeric\(10,2\);/]);
+  });
+});
+
+describe('replica identity', () => {
+  const fixCase = async (t: TestContext, prefix: string, schema: string, expected: RegExp) => {
+    const { db, sourceUrl, targetUrl } = await setup(prefix, schema, `INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g; CREATE PUBLICATION pub FOR TABLE t;`);
+    const line = await expectFailure(t, runArgs(sourceUrl, targetUrl, prefix, '--publication', 'pub'), [/"public"\."t"/, /replica identity/, expected]);
+    const fix = /on the source run: (ALTER TABLE .*;)$/.exec(line)?.[1];
+    assert.ok(fix, `no statement in: ${line}`);
+    await pair.source.query(db, fix);
+    await runsToReady(db, sourceUrl, targetUrl, prefix, ['t'], 'pub', `UPDATE t SET v = 'changed' WHERE id <= 10; DELETE FROM t WHERE id > 40;`);
+  };
+
+  it('no primary key: suggests REPLICA IDENTITY FULL, which then works', (t) =>
+    fixCase(t, 'ident_full', `CREATE TABLE t (id int, v text)`, /ALTER TABLE "public"\."t" REPLICA IDENTITY FULL;$/));
+
+  it('unique index over NOT NULL columns: suggests REPLICA IDENTITY USING INDEX, which then works', (t) =>
+    fixCase(t, 'ident_index', `CREATE TABLE t (id int NOT NULL, v text); CREATE UNIQUE INDEX "T Key ü" ON t (id);`,
+      /ALTER TABLE "public"\."t" REPLICA IDENTITY USING INDEX "T Key ü";$/));
+
+  it('index name containing a dot is still quoted correctly', (t) =>
+    fixCase(t, 'ident_dot', `CREATE TABLE t (id int NOT NULL, v text); CREATE UNIQUE INDEX "t.id_key" ON t (id);`,
+      /ALTER TABLE "public"\."t" REPLICA IDENTITY USING INDEX "t\.id_key";$/));
+});
+
+describe('not bad input', () => {
+  it('quoted and Unicode identifiers sync: copy and a streamed insert', async () => {
+    const table = `"Sales Ünïcode"."Order ""Items"""`;
+    const schema = `CREATE SCHEMA "Sales Ünïcode"; CREATE TABLE ${table} (id int PRIMARY KEY, "Prix €" numeric(10,2), "Naïve ""Note""" text);`;
+    const { db, sourceUrl, targetUrl } = await setup('unicode', schema,
+      `INSERT INTO ${table} SELECT g, g * 1.5, 'ñ ' || g FROM generate_series(1, 200) g; CREATE PUBLICATION "Pub Ü" FOR TABLE ${table};`);
+    await runsToReady(db, sourceUrl, targetUrl, 'unicode', [table], 'Pub Ü',
+      `INSERT INTO ${table} VALUES (1000, 9.99, 'streamed €'); UPDATE ${table} SET "Prix €" = 0 WHERE id = 1;`);
+  });
+});
+
+describe('usage errors', () => {
+  it('exit 2 with one line', async (t) => {
+    const { sourceUrl, targetUrl } = await setup('usage');
+    const cases: [string[], RegExp][] = [
+      [runArgs(sourceUrl, targetUrl, 'usage'), /missing --publication/],
+      [runArgs(sourceUrl, targetUrl, 'usage', '--publication', 'pub', '--table-map', '{"source":'), /--table-map is not valid JSON/],
+      [runArgs(sourceUrl, targetUrl, 'usage', '--publication', 'pub', '--table-map', '{"source":{"table":"x"}}'), /--table-map needs "source" and "target"/],
+      [runArgs(sourceUrl, targetUrl, 'usage', '--publication', 'pub', '--copy-data', 'maybe'), /--copy-data takes true or false, not "maybe"/],
+      [runArgs(sourceUrl, targetUrl, 'usage', '--publication', 'pub', '--table-sync-workers', '0'), /--table-sync-workers must be/],
+      [runArgs(sourceUrl, targetUrl, 'usage', '--publication', 'pub', '--bogus'), /--bogus/],
+      [['run', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', 'Bad-Name'], /subscription name "Bad-Name"/],
+    ];
+    for (const [args, match] of cases) await expectFailure(t, args, [match, /--help/], { code: 2 });
+  });
+});
+
+describe('concurrent runs', () => {
+  it('a second run of the same subscription is refused; the first keeps working', async (t) => {
+    const { db, sourceUrl, targetUrl } = await setup('twice');
+    const first = startCli(runArgs(sourceUrl, targetUrl, 'twice', '--publication', 'pub'));
+    try {
+      await waitAllReady(pair.target, db, 'twice', 1, 90_000);
+      const r = await runCli(runArgs(sourceUrl, targetUrl, 'twice', '--publication', 'pub'), {}, 45_000);
+      t.diagnostic(`exit ${r.code} in ${r.ms} ms; stderr: ${r.stderr.trimEnd()}`);
+      const lines = r.stderr.split('\n').filter((l) => l.trim() !== '');
+      assert.equal(lines.length, 1, r.stderr);
+      assert.match(lines[0], /^pg-live-sync:.*"twice".*already running.*stop that run first/);
+      assert.ok(r.code !== 0 && r.code !== null && r.ms < 30_000, `exit ${r.code} after ${r.ms} ms`);
+      assert.ok(!(r.stdout + r.stderr).includes(PASSWORD));
+      assert.equal(first.proc.exitCode, null, 'first run still running');
+      assert.equal(await slotExists(pair.source, 'twice', true), true, 'first run still holds its slot');
+      const state = await pair.target.query(db, `SELECT last_error FROM _pg_live_sync.subscription WHERE subname = 'twice'`);
+      assert.equal(state.rows[0].last_error, null, 'the refused run must not record an error on the running subscription');
+      await pair.source.query(db, `INSERT INTO t VALUES (1000, 'after refusal'); UPDATE t SET v = 'x' WHERE id = 1;`);
+      await waitCaughtUp(pair, db, 'twice', 90_000);
+      assert.ok(await sameContents(pair, db, 't'));
+    } finally {
+      assert.equal(await first.stop(), 0, first.output());
+    }
+  });
+});

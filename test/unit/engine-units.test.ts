@@ -1,0 +1,92 @@
+import assert from 'node:assert/strict';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { describe, it } from 'node:test';
+import { BinaryRowCounter, TextRowCounter } from '../../src/engine/copy';
+import { SyncError } from '../../src/engine/errors';
+import { formatLsn, parseLsn } from '../../src/engine/lsn';
+import { validateSubscriptionName } from '../../src/engine/slot';
+import { parseTableMap, resolveTarget } from '../../src/engine/tablemap';
+
+describe('LSN', () => {
+  it('parses both spellings the replication library uses and compares as 64-bit numbers', () => {
+    assert.equal(parseLsn('0/155F488'), parseLsn('00000000/0155F488'));
+    assert.ok(parseLsn('0/FFFFFFFF') < parseLsn('1/0'));
+    assert.ok(parseLsn('0/9') < parseLsn('0/10'));
+    assert.ok('0/9' > '0/10', 'string comparison would get this wrong');
+    assert.equal(formatLsn(parseLsn('16/B374D848')), '16/B374D848');
+    assert.throws(() => parseLsn('not an lsn'));
+  });
+});
+
+describe('table map', () => {
+  const table = parseTableMap('{"source":{"schema":"public","table":"metrics"},"target":{"schema":"public","table":"metrics_data"}}');
+  const schema = parseTableMap('{"source":{"schema":"public"},"target":{"schema":"analytics"}}');
+  it('maps one table, a whole schema, and leaves the rest alone; a table map wins over a schema map', () => {
+    assert.deepEqual(resolveTarget([schema, table], { schema: 'public', table: 'metrics' }), { schema: 'public', table: 'metrics_data' });
+    assert.deepEqual(resolveTarget([schema, table], { schema: 'public', table: 'orders' }), { schema: 'analytics', table: 'orders' });
+    assert.deepEqual(resolveTarget([schema, table], { schema: 'sales', table: 'orders' }), { schema: 'sales', table: 'orders' });
+  });
+  it('rejects malformed maps with a usage error that shows the accepted forms', () => {
+    for (const bad of ['{', '{"source":{"schema":"a"}}', '{"source":{"schema":"a"},"target":{"schema":"b","table":"t"}}', '{"source":{"schema":""},"target":{"schema":"b"}}']) {
+      assert.throws(() => parseTableMap(bad), (e: unknown) => e instanceof SyncError && e.code === 'usage' && /--table-map/.test(e.message), bad);
+    }
+  });
+});
+
+describe('subscription names', () => {
+  it('accepts slot-safe names only', () => {
+    validateSubscriptionName('orders_2026');
+    for (const bad of ['', 'Orders', 'a-b', 'x'.repeat(51), 'drop table']) assert.throws(() => validateSubscriptionName(bad), SyncError, bad);
+  });
+});
+
+async function countRows(counter: TextRowCounter | BinaryRowCounter, chunks: Buffer[]): Promise<number> {
+  await pipeline(Readable.from(chunks), counter, new Writable({ write: (_c, _e, cb) => cb() }));
+  return counter.rows;
+}
+
+/** A binary COPY stream: header, rows of (int4, text or NULL), trailer. */
+function binaryCopy(rows: (string | null)[]): Buffer {
+  const parts = [Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1'), Buffer.alloc(8)];
+  rows.forEach((text, i) => {
+    const head = Buffer.alloc(10);
+    head.writeInt16BE(2, 0);
+    head.writeInt32BE(4, 2);
+    head.writeInt32BE(i, 6);
+    parts.push(head);
+    const len = Buffer.alloc(4);
+    if (text === null) {
+      len.writeInt32BE(-1, 0);
+      parts.push(len);
+    } else {
+      const body = Buffer.from(text);
+      len.writeInt32BE(body.length, 0);
+      parts.push(len, body);
+    }
+  });
+  const trailer = Buffer.alloc(2);
+  trailer.writeInt16BE(-1, 0);
+  parts.push(trailer);
+  return Buffer.concat(parts);
+}
+
+function split(buf: Buffer, size: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (let i = 0; i < buf.length; i += size) out.push(buf.subarray(i, i + size));
+  return out;
+}
+
+describe('copy row counters', () => {
+  it('count binary COPY rows whatever the chunk boundaries', async () => {
+    const rows = Array.from({ length: 500 }, (_, i) => (i % 7 === 0 ? null : 'x'.repeat(i % 40)));
+    const data = binaryCopy(rows);
+    for (const size of [1, 2, 3, 5, 64, 4096, data.length]) {
+      assert.equal(await countRows(new BinaryRowCounter(), split(data, size)), 500, `chunk size ${size}`);
+    }
+  });
+  it('count text COPY rows by their terminating newline', async () => {
+    const data = Buffer.from('1\ta\\nb\n2\t\\N\n3\tc\n');
+    assert.equal(await countRows(new TextRowCounter(), split(data, 3)), 3);
+  });
+});
