@@ -303,9 +303,12 @@ describe('pg-logical-replication defects cannot reach the data', () => {
   it('defect 10: two LSN spellings — parsed to 64-bit integers, compared numerically', () => {
     assert.equal(parseLsn('0/155F488'), parseLsn('00000000/0155F488'));
     assert.equal(parseLsn('0/155F488'), 0x155f488n);
+    // Where string comparison gets the order wrong, bigint comparison does not.
+    for (const [lo, hi] of [['0/9', '0/10'], ['F/0', '10/0'], ['00000000/0155F000', '0/155F488'], ['9/FFFFFFFF', '0000000A/00000000']]) {
+      assert.ok(lo > hi, `as strings ${lo} > ${hi}`);
+      assert.ok(parseLsn(lo) < parseLsn(hi), `as LSNs ${lo} < ${hi}`);
+    }
     assert.ok(parseLsn('0/FFFFFFFF') < parseLsn('1/0'));
-    assert.ok('0/FFFFFFFF' > '1/0', 'string comparison would order them wrongly');
-    assert.ok(parseLsn('00000000/0155F988') > parseLsn('0/155F488'));
     assert.equal(parseLsn('1/0'), 1n << 32n);
     for (const s of ['0/0', '0/155F488', '1/0', 'FFFFFFFF/FFFFFFFF', '16/B374D848']) assert.equal(formatLsn(parseLsn(s)), s);
     assert.equal(formatLsn(parseLsn('00000000/0155F988')), '0/155F988');
