@@ -1,8 +1,12 @@
 /**
  * Stage 4: apply changes to the target in source commit order. Source transactions are grouped
  * into target transactions (the checkpoint stage closes a group); a group never splits a source
- * transaction, so each source transaction is atomic on the target. Nothing is held in memory but
- * one batch of consecutive INSERTs, whatever the size of a transaction.
+ * transaction, so each source transaction is atomic on the target.
+ *
+ * Runs of the same operation on the same table are applied as one set-based statement over
+ * `unnest()` of text arrays (one round trip for up to BATCH_ROWS changes), each value cast to its
+ * target column's type by the type's own input function, as a parameter would be. Only one batch
+ * is held in memory, whatever the size of a transaction.
  */
 import type pg from 'pg';
 import { targetColumns } from './catalog';
@@ -12,16 +16,28 @@ import type { Lsn } from './lsn';
 import { UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './stream';
 import type { Logger, SyncedTable } from './types';
 
-const INSERT_BATCH_ROWS = 1000;
-const MAX_PARAMS = 60_000;
+const BATCH_ROWS = 2000;
 
 interface RelationPlan {
   relation: Relation;
-  table: SyncedTable;
   targetName: string;
+  /** Quoted target column names, in the relation's column order. */
   columns: string[];
+  /** Target column types (format_type), the casts for set-based statements. */
+  types: string[];
   keyIndexes: number[];
   full: boolean;
+}
+
+/** Consecutive changes that one statement can apply: same table, same operation, same shape. */
+interface Batch {
+  op: 'insert' | 'update' | 'delete';
+  plan: RelationPlan;
+  /** For updates: which columns are set (unchanged TOAST values are not). */
+  shape: string;
+  rows: Tuple[];
+  /** For updates: keys in the batch; a second change to the same row starts a new batch. */
+  keys: Set<string>;
 }
 
 /** The uncommitted work on the target: what a checkpoint will make durable. */
@@ -38,7 +54,7 @@ export class Applier {
   private readonly plans = new Map<number, RelationPlan | null>();
   private readonly warned = new Set<string>();
   private readonly tables: Map<string, SyncedTable>;
-  private batch: { plan: RelationPlan; rows: Tuple[] } | null = null;
+  private batch: Batch | null = null;
   private skipping = false;
   private inSource = false;
   group: OpenGroup | null = null;
@@ -82,7 +98,7 @@ export class Applier {
         }
         return;
       case 'relation':
-        await this.flushInserts();
+        await this.flush();
         this.plans.set(change.relation.relationOid, await this.plan(change.relation));
         return;
       case 'ignored':
@@ -94,23 +110,33 @@ export class Applier {
     switch (change.tag) {
       case 'insert': {
         const plan = this.planFor(change.relationOid);
-        if (!plan) return;
-        if (this.batch && this.batch.plan !== plan) await this.flushInserts();
-        if (!this.batch) this.batch = { plan, rows: [] };
-        this.batch.rows.push(change.new);
-        if (this.batch.rows.length >= INSERT_BATCH_ROWS || this.batch.rows.length * plan.columns.length >= MAX_PARAMS - plan.columns.length) {
-          await this.flushInserts();
-        }
+        if (plan) await this.add('insert', plan, '', change.new, null);
         return;
       }
-      case 'update':
-        await this.flushInserts();
-        return this.update(change.relationOid, change.key ?? change.old, change.new);
-      case 'delete':
-        await this.flushInserts();
-        return this.delete(change.relationOid, change.key ?? change.old);
+      case 'update': {
+        const plan = this.planFor(change.relationOid);
+        if (!plan) return;
+        const shape = change.new.map((v) => (v === UNCHANGED_TOAST ? '0' : '1')).join('');
+        // A key change (old key sent) or FULL identity needs the old values: one row at a time.
+        if (plan.full || change.key || plan.keyIndexes.length === 0) {
+          await this.flush();
+          return this.updateOne(plan, change.key ?? change.old ?? change.new, change.new);
+        }
+        return this.add('update', plan, shape, change.new, this.keyOf(plan, change.new));
+      }
+      case 'delete': {
+        const plan = this.planFor(change.relationOid);
+        if (!plan) return;
+        const identity = change.key ?? change.old;
+        if (!identity) throw new Error(`pgoutput sent a DELETE on ${plan.targetName} without an old key`);
+        if (plan.full || plan.keyIndexes.length === 0) {
+          await this.flush();
+          return this.deleteOne(plan, identity);
+        }
+        return this.add('delete', plan, '', identity, null);
+      }
       case 'truncate': {
-        await this.flushInserts();
+        await this.flush();
         const names = change.relationOids.map((oid) => this.planFor(oid)?.targetName).filter((n): n is string => !!n);
         if (names.length > 0) await emptyTables(this.target, names, change.restartIdentity);
         return;
@@ -118,31 +144,56 @@ export class Applier {
     }
   }
 
-  /** Called by the checkpoint just before COMMIT. */
-  async flushInserts(): Promise<void> {
+  private async add(op: Batch['op'], plan: RelationPlan, shape: string, row: Tuple, key: string | null): Promise<void> {
+    const b = this.batch;
+    if (b && (b.op !== op || b.plan !== plan || b.shape !== shape || (key !== null && b.keys.has(key)))) await this.flush();
+    this.batch ??= { op, plan, shape, rows: [], keys: new Set() };
+    this.batch.rows.push(row);
+    if (key !== null) this.batch.keys.add(key);
+    if (this.batch.rows.length >= BATCH_ROWS) await this.flush();
+  }
+
+  /** Applies the pending batch; the checkpoint calls it before COMMIT. */
+  async flush(): Promise<void> {
     const b = this.batch;
     if (!b) return;
     this.batch = null;
-    const width = b.plan.columns.length;
-    const params: (string | null)[] = new Array(b.rows.length * width);
-    const rowsSql: string[] = new Array(b.rows.length);
-    let p = 0;
-    for (let r = 0; r < b.rows.length; r++) {
-      const row = b.rows[r];
-      const refs = new Array<string>(width);
-      for (let c = 0; c < width; c++) {
-        params[p] = row[c] as string | null;
-        refs[c] = `$${++p}`;
-      }
-      rowsSql[r] = `(${refs.join(',')})`;
+    const { plan } = b;
+    // Column i of the batch travels as one text[] parameter and is cast back per value.
+    const used = b.op === 'update' ? [...b.shape].flatMap((s, i) => (s === '1' || plan.keyIndexes.includes(i) ? [i] : [])) : b.op === 'delete' ? plan.keyIndexes : plan.columns.map((_, i) => i);
+    const params = used.map((i) => b.rows.map((r) => r[i] as string | null));
+    const source = `unnest(${used.map((_, p) => `$${p + 1}::text[]`).join(', ')}) AS u(${used.map((i) => `c${i}`).join(', ')})`;
+    const val = (i: number) => `u.c${i}::${plan.types[i]}`;
+    const keyMatch = plan.keyIndexes.map((i) => `t.${plan.columns[i]} = ${val(i)}`).join(' AND ');
+    let sql: string;
+    if (b.op === 'insert') {
+      sql = `INSERT INTO ${plan.targetName} (${plan.columns.join(', ')}) OVERRIDING SYSTEM VALUE SELECT ${used.map(val).join(', ')} FROM ${source}`;
+    } else if (b.op === 'update') {
+      const sets = [...b.shape].flatMap((s, i) => (s === '1' ? [`${plan.columns[i]} = ${val(i)}`] : []));
+      sql = `UPDATE ${plan.targetName} AS t SET ${sets.join(', ')} FROM ${source} WHERE ${keyMatch}`;
+    } else {
+      sql = `DELETE FROM ${plan.targetName} AS t USING ${source} WHERE ${keyMatch}`;
     }
-    await this.target.query(`INSERT INTO ${b.plan.targetName} (${b.plan.columns.join(', ')}) OVERRIDING SYSTEM VALUE VALUES ${rowsSql.join(',')}`, params);
+    const r = await this.target.query(sql, params);
+    if (b.op !== 'insert' && (r.rowCount ?? 0) < b.rows.length) this.missingRows(b.op, plan, b.rows.length - (r.rowCount ?? 0));
   }
 
   /** The group is durable on the target (checkpoint committed it). */
   committed(lsn: Lsn | null): void {
     if (lsn !== null) this.appliedLsn = lsn;
     this.group = null;
+  }
+
+  private keyOf(plan: RelationPlan, row: Tuple): string {
+    return JSON.stringify(plan.keyIndexes.map((i) => this.keyValue(plan, row, i)));
+  }
+
+  private keyValue(plan: RelationPlan, row: Tuple, i: number): string {
+    const v = row[i];
+    if (v === UNCHANGED_TOAST || v === null) {
+      throw new SyncError(`key column ${plan.columns[i]} of ${plan.targetName} arrived without a value; give the source table a primary key or REPLICA IDENTITY FULL`, 'replica_identity');
+    }
+    return v;
   }
 
   private planFor(relationOid: number): RelationPlan | null {
@@ -161,42 +212,40 @@ export class Applier {
       }
       return null;
     }
-    const known = new Set(table.columns.map((c) => c.name));
-    const added = relation.columns.filter((c) => !known.has(c.name));
-    if (added.length > 0) {
-      const cols = (await targetColumns(this.target, table.target)) ?? [];
-      const present = new Set(cols.filter((c) => !c.generated).map((c) => c.name));
-      const missing = added.find((c) => !present.has(c.name));
-      if (missing) {
-        throw new SyncError(`source table ${sourceName} now has column ${quoteIdent(missing.name)} that target table ${qualified(table.target.schema, table.target.table)} lacks; add it on the target (ALTER TABLE ... ADD COLUMN) and run again`, 'target_column');
-      }
+    const targetName = qualified(table.target.schema, table.target.table);
+    const cols = await targetColumns(this.target, table.target);
+    if (!cols) throw new SyncError(`target table ${targetName} no longer exists; recreate it, then run pg-live-sync drop and run to copy it again`, 'target_table');
+    const byName = new Map(cols.filter((c) => !c.generated).map((c) => [c.name, c.type]));
+    const missing = relation.columns.find((c) => !byName.has(c.name));
+    if (missing) {
+      throw new SyncError(`source table ${sourceName} has column ${quoteIdent(missing.name)} that target table ${targetName} lacks; add it on the target (ALTER TABLE ${targetName} ADD COLUMN ...) and run again`, 'target_column');
     }
-    const keyIndexes = relation.columns.flatMap((c, i) => (c.isKey ? [i] : []));
-    const full = relation.replicaIdentity === 'full';
     return {
       relation,
-      table,
-      targetName: qualified(table.target.schema, table.target.table),
+      targetName,
       columns: relation.columns.map((c) => quoteIdent(c.name)),
-      keyIndexes,
-      full,
+      types: relation.columns.map((c) => byName.get(c.name)!),
+      keyIndexes: relation.columns.flatMap((c, i) => (c.isKey ? [i] : [])),
+      full: relation.replicaIdentity === 'full',
     };
   }
 
   /**
-   * Rows are found by their replica identity. For FULL every old value is compared, as text so
-   * types without an equality operator (json, point) work, and exactly one row is touched (by
-   * tableoid and ctid), so duplicate rows stay duplicates.
+   * Rows are found by their replica identity. For FULL every old value is compared in the text
+   * its type's output function prints (what pgoutput sent; `::text` differs for bool, inet,
+   * char(n)), so types without an equality operator (json, point) work too, and exactly one row is
+   * touched (by tableoid and ctid), so duplicate rows stay duplicates. `num_nulls` tells a NULL
+   * from a composite whose fields are all NULL, which IS NULL cannot.
    */
   private whereClause(plan: RelationPlan, identity: Tuple, params: (string | null)[]): string {
     if (plan.full) {
       const conds: string[] = [];
       identity.forEach((v, i) => {
         if (v === UNCHANGED_TOAST) return;
-        if (v === null) conds.push(`${plan.columns[i]} IS NULL`);
+        if (v === null) conds.push(`num_nulls(${plan.columns[i]}) = 1`);
         else {
           params.push(v);
-          conds.push(`${plan.columns[i]}::text = $${params.length}`);
+          conds.push(`format('%s', ${plan.columns[i]}) = $${params.length}`);
         }
       });
       return `(tableoid, ctid) = (SELECT tableoid, ctid FROM ${plan.targetName} WHERE ${conds.join(' AND ') || 'true'} LIMIT 1)`;
@@ -206,19 +255,13 @@ export class Applier {
     }
     return plan.keyIndexes
       .map((i) => {
-        const v = identity[i];
-        if (v === UNCHANGED_TOAST || v === null) {
-          throw new SyncError(`key column ${plan.columns[i]} of ${plan.targetName} arrived without a value; give the source table a primary key or REPLICA IDENTITY FULL`, 'replica_identity');
-        }
-        params.push(v);
+        params.push(this.keyValue(plan, identity, i));
         return `${plan.columns[i]} = $${params.length}`;
       })
       .join(' AND ');
   }
 
-  private async update(relationOid: number, identity: Tuple | null, row: Tuple): Promise<void> {
-    const plan = this.planFor(relationOid);
-    if (!plan) return;
+  private async updateOne(plan: RelationPlan, identity: Tuple, row: Tuple): Promise<void> {
     const params: (string | null)[] = [];
     const sets: string[] = [];
     row.forEach((v, i) => {
@@ -227,24 +270,21 @@ export class Applier {
       sets.push(`${plan.columns[i]} = $${params.length}`);
     });
     if (sets.length === 0) return;
-    const where = this.whereClause(plan, identity ?? row, params);
+    const where = this.whereClause(plan, identity, params);
     const r = await this.target.query(`UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${where}`, params);
-    if (r.rowCount === 0) this.missingRow('update', plan);
+    if (r.rowCount === 0) this.missingRows('update', plan, 1);
   }
 
-  private async delete(relationOid: number, identity: Tuple | null): Promise<void> {
-    const plan = this.planFor(relationOid);
-    if (!plan) return;
-    if (!identity) throw new Error(`pgoutput sent a DELETE on ${plan.targetName} without an old key`);
+  private async deleteOne(plan: RelationPlan, identity: Tuple): Promise<void> {
     const params: (string | null)[] = [];
     const where = this.whereClause(plan, identity, params);
     const r = await this.target.query(`DELETE FROM ${plan.targetName} WHERE ${where}`, params);
-    if (r.rowCount === 0) this.missingRow('delete', plan);
+    if (r.rowCount === 0) this.missingRows('delete', plan, 1);
   }
 
-  private missingRow(op: string, plan: RelationPlan): void {
+  private missingRows(op: string, plan: RelationPlan, n: number): void {
     // As PostgreSQL's own subscriber does: the row is gone on the target; report and go on.
-    this.log('warn', `${op} found no row in ${plan.targetName}: the target was changed outside the sync`);
+    this.log('warn', `${op} found no row for ${n} change(s) in ${plan.targetName}: the target was changed outside the sync`);
   }
 }
 

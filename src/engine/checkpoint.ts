@@ -30,7 +30,7 @@ export async function checkpoint(target: pg.Client, subscription: string, applie
   const group = applier.group;
   if (!group) return null;
   if (applier.inSourceTransaction) throw new Error('checkpoint inside a source transaction');
-  await applier.flushInserts();
+  await applier.flush();
   const lsn = group.lastCommitLsn;
   if (lsn === null) {
     await target.query('COMMIT');

@@ -96,7 +96,7 @@ export async function waitFor<T>(what: string, probe: () => Promise<T | undefine
 
 /** Order-independent fingerprint of a table's contents, as text, comparable across clusters. */
 export async function tableFingerprint(cluster: Cluster, db: string, table: string): Promise<{ rows: number; md5: string | null }> {
-  const r = await cluster.query<{ rows: number; md5: string | null }>(db, `SELECT count(*)::int AS rows, md5(string_agg(t::text, E'\\n' ORDER BY t::text)) AS md5 FROM ${table} t`);
+  const r = await cluster.query<{ rows: number; md5: string | null }>(db, `SELECT count(*)::int AS rows, md5(string_agg(pgls_row::text, E'\\n' ORDER BY pgls_row::text)) AS md5 FROM ${table} pgls_row`);
   return r.rows[0];
 }
 

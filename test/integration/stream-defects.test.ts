@@ -53,6 +53,13 @@ async function slotIdle(c: Cluster, slot: string): Promise<boolean> {
   return (await c.query('postgres', `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, [slot])).rows[0]?.active === false;
 }
 
+/** The CLI's target session is inside a transaction that has inserted into `table`. */
+async function applying(db: string, table: string): Promise<boolean> {
+  const r = await target.query(db, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND application_name = 'pg_live_sync'
+    AND backend_xid IS NOT NULL AND query LIKE $2`, [db, `INSERT INTO "public"."${table}"%`]);
+  return r.rows[0].n > 0;
+}
+
 /** Reads a raw ReplicationStream like the engine would, answering keepalives but acknowledging nothing. */
 function consume(stream: ReplicationStream) {
   const txns: { endLsn: Lsn; rows: Tuple[] }[] = [];
@@ -162,14 +169,11 @@ describe('pg-logical-replication defects cannot reach the data', () => {
     await dropSlot(slot);
   });
 
-  it('defect 3: auto-ack before the handler finishes (at-most-once) — kill -9 while applying a 300k-row transaction loses nothing', async () => {
+  it('defect 3: auto-ack before the handler finishes (at-most-once) — kill -9 while applying a 300k-row transaction loses nothing', async (t) => {
     const { db, run, args } = await syncing(main, 'd3', `CREATE TABLE big (id int PRIMARY KEY, payload text)`);
     try {
       await source.query(db, `INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 300000) g`);
-      await waitFor('target applying the big transaction', async () => {
-        const r = await target.query(db, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND application_name = 'pg_live_sync' AND backend_xid IS NOT NULL AND query LIKE 'INSERT INTO "public"."big"%'`, [db]);
-        return r.rows[0].n > 0;
-      }, 120_000, 20);
+      await waitFor('target applying the big transaction', () => applying(db, 'big'), 120_000, 20);
     } finally {
       await run.kill9();
     }
@@ -184,13 +188,14 @@ describe('pg-logical-replication defects cannot reach the data', () => {
       assert.ok(await sameContents(main, db, 'big'), 'contents after kill -9 and restart');
       assert.equal((await target.query(db, `SELECT count(*)::int AS n FROM big`)).rows[0].n, 300_000);
       const applied = parseLsn((await target.query(db, `SELECT applied_lsn::text AS l FROM _pg_live_sync.subscription WHERE subname = 'd3'`)).rows[0].l);
+      t.diagnostic(`killed with ${rowsAtKill} rows committed; slot confirmed ${formatLsn(confirmedAtKill)}, big transaction ends ${formatLsn(applied)}`);
       if (rowsAtKill === 0) assert.ok(confirmedAtKill < applied, `slot confirmed ${formatLsn(confirmedAtKill)} before the target committed ${formatLsn(applied)}`);
     } finally {
       await stopOk(restarted);
     }
   });
 
-  it('defect 4: resuming from an in-memory position — SIGINT mid-stream, changes while stopped, all arrive once', async () => {
+  it('defect 4: resuming from an in-memory position — SIGINT mid-stream, changes while stopped, all arrive once', async (t) => {
     const { db, run, args } = await syncing(main, 'd4', `CREATE TABLE dup (v int, note text)`, `ALTER TABLE dup REPLICA IDENTITY FULL; INSERT INTO dup SELECT g % 3, 'copied' FROM generate_series(1, 30) g`);
     const producer = new pg.Client({ connectionString: source.url(db) });
     await producer.connect();
@@ -199,10 +204,13 @@ describe('pg-logical-replication defects cannot reach the data', () => {
       ${i % 7 === 0 ? `UPDATE dup SET note = 'moved' WHERE ctid = (SELECT ctid FROM dup WHERE note = 'copied' LIMIT 1);` : ''}`);
     try {
       for (let i = 0; i < 60; i++) await step(i);
-      await producer.query(`INSERT INTO dup SELECT 7, 'bulk' FROM generate_series(1, 20000)`);
+      await waitCaughtUp(main, db, 'd4');
+      await producer.query(`INSERT INTO dup SELECT 7, 'bulk' FROM generate_series(1, 50000)`);
+      await waitFor('target applying the bulk transaction', () => applying(db, 'dup'), 120_000, 20);
       const stopping = run.stop();
       for (let i = 60; i < 120; i++) await step(i);
       assert.equal(await stopping, 0, run.output());
+      t.diagnostic(run.output().split('\n').filter((l) => / stopped at /.test(l)).join());
       for (let i = 120; i < 160; i++) await step(i);
     } finally {
       await producer.end();

@@ -36,6 +36,8 @@ const BUILTIN: Col[] = [
   ['ts', 'timestamp', [`'2024-02-29 23:59:59.999999'`, `'infinity'`, `'-infinity'`, `'4713-01-01 00:00:00.000001 BC'`, `'294276-12-31 23:59:59.999999'`]],
   ['tstz', 'timestamptz', [`'2024-02-29 23:59:59.123456+05:30'`, `'infinity'`, `'-infinity'`, `'1900-01-01 00:00:00.000001+00'`, `'0044-03-15 12:00:00.5+00 BC'`]],
   ['d', 'date', [`'infinity'`, `'-infinity'`, `'2000-02-29'`, `'0001-01-01 BC'`, `'5874897-12-31'`]],
+  ['bl', 'boolean', ['true', 'false']],
+  ['ch', 'char(5)', [`'ab'`, `''`, `'12345'`]],
   ['i2', 'smallint', ['-32768', '32767', '0']],
   ['i4', 'integer', ['-2147483648', '2147483647', '0']],
   ['i8', 'bigint', ['-9223372036854775808', '9223372036854775807', '0']],
@@ -97,8 +99,9 @@ async function assertSame(db: string, table: string, when: string): Promise<void
   const [a, b] = await Promise.all([pair.source.query(db, q), pair.target.query(db, q)]);
   const sa = new Set(a.rows.map((r) => r.r as string));
   const sb = new Set(b.rows.map((r) => r.r as string));
-  const clip = (s: string) => (s.length > 600 ? s.slice(0, 600) + '…' : s);
-  assert.fail(`${table} differs ${when}:\n only on source: ${JSON.stringify([...sa].filter((r) => !sb.has(r)).map(clip), null, 1)}\n only on target: ${JSON.stringify([...sb].filter((r) => !sa.has(r)).map(clip), null, 1)}`);
+  const clip = (r: string) => (r.length > 300 ? r.slice(0, 300) + '…' : r);
+  const only = (x: Set<string>, y: Set<string>) => [...x].filter((r) => !y.has(r)).map(clip);
+  assert.fail(`${table} differs ${when}:\n only on source: ${JSON.stringify(only(sa, sb), null, 1)}\n only on target: ${JSON.stringify(only(sb, sa), null, 1)}`);
 }
 
 async function rowsCopied(db: string, sub: string): Promise<Record<string, number>> {
@@ -112,39 +115,38 @@ function runArgs(sourceUrl: string, targetUrl: string, sub: string): string[] {
 
 describe('data types', () => {
   it('edge values of every common type survive binary copy, text copy and streaming', async () => {
-    // `builtin` copies in binary; `everything` (user types too) copies in text and has REPLICA
-    // IDENTITY FULL, so its UPDATEs and DELETEs find rows by comparing every old value as text.
-    const schema = USER_TYPES + createTable('builtin', BUILTIN) + createTable('everything', ALL);
+    // `builtin` copies in binary; `everything` (user types too) copies in text; `everything_full`
+    // has REPLICA IDENTITY FULL, so its UPDATEs and DELETEs find rows by every old value (which
+    // must match whatever the type's output function printed: bool `t`, inet `::1`, char(5) `ab   `).
+    const tables = [['builtin', BUILTIN], ['everything', ALL], ['everything_full', ALL]] as const;
+    const schema = USER_TYPES + tables.map(([t, cols]) => createTable(t, cols)).join('\n');
     const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'types', schema);
-    await pair.source.query(db, `ALTER TABLE everything REPLICA IDENTITY FULL;
-      ${insertRows('builtin', BUILTIN, 1)}
-      ${insertRows('everything', ALL, 1)}
-      CREATE PUBLICATION pub FOR TABLE builtin, everything;`);
+    await pair.source.query(db, `ALTER TABLE everything_full REPLICA IDENTITY FULL;
+      ${tables.map(([t, cols]) => insertRows(t, cols, 1)).join('\n')}
+      CREATE PUBLICATION pub FOR TABLE ${tables.map(([t]) => t).join(', ')};`);
     const run = startCli(runArgs(sourceUrl, targetUrl, 'types'));
     try {
-      await waitAllReady(pair.target, db, 'types', 2);
-      assert.deepEqual(await rowsCopied(db, 'types'), { builtin: ROWS, everything: ROWS });
+      await waitAllReady(pair.target, db, 'types', 3);
+      assert.deepEqual(await rowsCopied(db, 'types'), { builtin: ROWS, everything: ROWS, everything_full: ROWS });
       assert.match(run.output(), /copied "public"\."builtin" .*, binary\)/);
       assert.match(run.output(), /copied "public"\."everything" .*, text\)/);
-      await assertSame(db, 'builtin', 'after the initial copy');
-      await assertSame(db, 'everything', 'after the initial copy');
+      for (const [t] of tables) await assertSame(db, t, 'after the initial copy');
 
-      for (const [table, cols] of [['builtin', BUILTIN], ['everything', ALL]] as const) {
+      for (const [table, cols] of tables) {
         const names = cols.map(([n]) => n).join(', ');
         await pair.source.query(db, `
           ${insertRows(table, cols, 101)}
           UPDATE ${table} d SET (${names}) = (SELECT ${names} FROM ${table} s WHERE s.id = d.id + 1) WHERE id IN (1, 2, 102);
           UPDATE ${table} SET (${names}) = (SELECT ${names} FROM ${table} WHERE id = 101) WHERE id IN (3, 103);
           UPDATE ${table} SET txt = E'upd\\t''"\\\\', n = 'NaN', f4 = '-0', f8 = '-Infinity', jb = '{"big": 98765432109876543210}',
-                 b = '\\x00ff', ts = 'infinity', ai = '{NULL,NULL}', iv = '-00:00:00.000001' WHERE id IN (4, 104);
+                 b = '\\x00ff', ts = 'infinity', ai = '{NULL,NULL}', iv = '-00:00:00.000001', bl = NOT bl WHERE id IN (4, 104);
           UPDATE ${table} SET id = id + 1000 WHERE id IN (5, 105);
           DELETE FROM ${table} WHERE id IN (6, 106);`);
       }
       await waitCaughtUp(pair, db, 'types');
-      await assertSame(db, 'builtin', 'after streaming');
-      await assertSame(db, 'everything', 'after streaming');
       const n = await pair.target.query(db, `SELECT count(*)::int AS n FROM everything WHERE length(b) = 256 AND id > 100`);
       assert.ok(n.rows[0].n > 0, 'the 256-byte bytea was streamed');
+      for (const [t] of tables) await assertSame(db, t, 'after streaming');
     } finally {
       assert.equal(await run.stop(), 0, run.output());
     }
