@@ -242,6 +242,33 @@ describe('pg-logical-replication defects cannot reach the data', () => {
     }
   });
 
+  it('defect 5 (busy apply): while the target blocks apply for 6 s, nothing reads keepalives — the connection must still survive', async () => {
+    const { db, run } = await syncing(weak, 'd5b', `CREATE TABLE t (id int PRIMARY KEY, v text)`);
+    const locker = new pg.Client({ connectionString: target.url(db) });
+    try {
+      const pid = async () => (await fragile.query('postgres', `SELECT pid FROM pg_stat_replication WHERE application_name = 'pg_live_sync_stream'`)).rows.map((r) => r.pid);
+      const walsender = await pid();
+      await locker.connect();
+      await locker.query(`BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE`);
+      await fragile.query(db, `INSERT INTO t VALUES (1, 'while blocked')`);
+      await waitFor('apply waiting on the lock', async () => (await target.query(db, `SELECT count(*)::int AS n FROM pg_stat_activity
+        WHERE datname = $1 AND application_name = 'pg_live_sync' AND wait_event_type = 'Lock'`, [db])).rows[0].n > 0);
+      await sleep(6_000); // apply blocked for three wal_sender_timeouts (a 'connection survives' check)
+      await locker.query('COMMIT');
+      await fragile.query(db, `INSERT INTO t VALUES (2, 'after')`);
+      const lsn = (await fragile.query(db, `SELECT pg_current_wal_insert_lsn()::text AS l`)).rows[0].l;
+      await waitFor('caught up or stopped', async () => run.proc.exitCode !== null || (await fragile.query(db,
+        `SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = 'pg_live_sync_d5b'`, [lsn])).rows[0].ok, 60_000);
+      assert.equal(run.proc.exitCode, null, `the sync stopped: ${run.output()}`);
+      assert.ok(await sameContents(weak, db, 't'));
+      assert.deepEqual(await pid(), walsender, 'same walsender: the connection was never dropped');
+      assert.doesNotMatch(run.output(), /terminat/i);
+    } finally {
+      await locker.end().catch(() => undefined);
+      await stopOk(run);
+    }
+  });
+
   it('defect 6: global type parsers — timestamps, json big integers, numeric and float8 arrive as exact text', async () => {
     const { db, run } = await syncing(main, 'd6', `CREATE TABLE typed (id int PRIMARY KEY, tz timestamptz, ts timestamp, j json, n numeric, f float8)`);
     try {
