@@ -11,7 +11,7 @@
 import type pg from 'pg';
 import { targetColumns } from './catalog';
 import { emptyTables, qualified, quoteIdent } from './connection';
-import { SyncError } from './errors';
+import { errorMessage, SyncError } from './errors';
 import type { Lsn } from './lsn';
 import { UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './stream';
 import type { Logger, SyncedTable } from './types';
@@ -174,7 +174,7 @@ export class Applier {
     } else {
       sql = `DELETE FROM ${plan.targetName} AS t USING ${source} WHERE ${keyMatch}`;
     }
-    const r = await this.target.query(sql, params);
+    const r = await this.exec(plan, b.op, sql, params);
     if (b.op !== 'insert' && (r.rowCount ?? 0) < b.rows.length) this.missingRows(b.op, plan, b.rows.length - (r.rowCount ?? 0));
   }
 
@@ -271,15 +271,26 @@ export class Applier {
     });
     if (sets.length === 0) return;
     const where = this.whereClause(plan, identity, params);
-    const r = await this.target.query(`UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${where}`, params);
+    const r = await this.exec(plan, 'update', `UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${where}`, params);
     if (r.rowCount === 0) this.missingRows('update', plan, 1);
   }
 
   private async deleteOne(plan: RelationPlan, identity: Tuple): Promise<void> {
     const params: (string | null)[] = [];
     const where = this.whereClause(plan, identity, params);
-    const r = await this.target.query(`DELETE FROM ${plan.targetName} WHERE ${where}`, params);
+    const r = await this.exec(plan, 'delete', `DELETE FROM ${plan.targetName} WHERE ${where}`, params);
     if (r.rowCount === 0) this.missingRows('delete', plan, 1);
+  }
+
+  /** A statement the target refuses (constraint, type, permission) names the table and stops the sync. */
+  private async exec(plan: RelationPlan, op: string, sql: string, params: (string | null | (string | null)[])[]): Promise<pg.QueryResult> {
+    try {
+      return await this.target.query(sql, params);
+    } catch (err) {
+      const e = err as { code?: string; message?: string };
+      if (!e.code || e.code.startsWith('08') || e.code === '57P01') throw err; // connection trouble: not the table's fault
+      throw new SyncError(`applying a source ${op} to ${plan.targetName} failed: ${errorMessage(err)}; fix the target table (its constraints and types must accept the source rows) and run again, nothing is lost`, 'apply');
+    }
   }
 
   private missingRows(op: string, plan: RelationPlan, n: number): void {

@@ -235,6 +235,7 @@ export class SyncEngine {
 
     const stream = await ReplicationStream.start(this.source, this.slot, options.publications, startLsn);
     this.stream = stream;
+    await setSubscriptionError(target, options.subscription, null);
     this.phase = 'streaming';
     const applier = new Applier(target, tables, startLsn, log);
     const events = stream.events()[Symbol.asyncIterator]();
@@ -280,8 +281,9 @@ export class SyncEngine {
       else await this.checkpoint(target, applier, stream);
     } catch (err) {
       await abandonGroup(target, applier).catch(() => undefined);
-      if (this.abort.signal.aborted && !(err instanceof SyncError)) return;
-      throw err;
+      if (err instanceof SyncError) throw err;
+      if (this.abort.signal.aborted) return;
+      throw new SyncError(`streaming stopped: ${errorMessage(err)}; nothing applied is lost: once the source and target are reachable, run again to resume`, 'stream_lost');
     } finally {
       clearInterval(idleTimer);
       await stream.close();

@@ -128,7 +128,19 @@ function toChange(m: LibMessage): Change {
 }
 
 const PG_EPOCH_MICROS = 946_684_800_000_000n;
-const STATUS_INTERVAL_MS = 5_000;
+const MAX_STATUS_INTERVAL_MS = 5_000;
+
+/**
+ * While apply waits on the target the socket is not read, so keepalives are not seen; the timer's
+ * status messages alone keep the walsender from dropping us: send them well inside its timeout.
+ */
+function statusInterval(walSenderTimeout: string): number {
+  const m = /^(\d+)\s*(ms|s|min|h)?$/.exec(walSenderTimeout.trim());
+  if (!m) return MAX_STATUS_INTERVAL_MS;
+  const ms = Number(m[1]) * { ms: 1, s: 1_000, min: 60_000, h: 3_600_000 }[(m[2] ?? 'ms') as 'ms'];
+  if (ms === 0) return MAX_STATUS_INTERVAL_MS;
+  return Math.max(200, Math.min(MAX_STATUS_INTERVAL_MS, Math.floor(ms / 3)));
+}
 
 export class ReplicationStream {
   private flushed: Lsn;
@@ -140,22 +152,24 @@ export class ReplicationStream {
     private readonly client: pg.Client,
     private readonly duplex: ReturnType<typeof copyBoth>,
     startLsn: Lsn,
+    intervalMs: number,
   ) {
     this.flushed = startLsn;
     this.received = startLsn;
-    this.timer = setInterval(() => this.sendStatus(false), STATUS_INTERVAL_MS);
+    this.timer = setInterval(() => this.sendStatus(false), intervalMs);
     this.timer.unref();
   }
 
   /** Starts streaming from exactly `startLsn`: the end of the last commit the target holds. */
   static async start(source: Endpoint, slot: string, publications: string[], startLsn: Lsn): Promise<ReplicationStream> {
     const client = await connect(source, { replication: true, applicationName: 'pg_live_sync_stream' });
+    const timeout = (await client.query('SHOW wal_sender_timeout')).rows[0].wal_sender_timeout as string;
     const pubs = publications.map((p) => quoteIdent(p)).join(',');
     const sql = `START_REPLICATION SLOT ${quoteIdent(slot)} LOGICAL ${formatLsn(startLsn)} (proto_version '1', publication_names ${quoteLiteral(pubs)})`;
     // One CopyData frame per read: in byte mode a read would hand back several frames glued together.
     const duplex = copyBoth(sql, { alignOnCopyDataFrame: true, readableObjectMode: true, readableHighWaterMark: 256 });
     client.query(duplex);
-    return new ReplicationStream(client, duplex, startLsn);
+    return new ReplicationStream(client, duplex, startLsn, statusInterval(timeout));
   }
 
   /** Changes and keepalives in WAL order; the socket is read only as fast as this is consumed. */

@@ -62,26 +62,29 @@ async function applying(db: string, table: string): Promise<boolean> {
 
 /** Reads a raw ReplicationStream like the engine would, answering keepalives but acknowledging nothing. */
 function consume(stream: ReplicationStream) {
-  const txns: { endLsn: Lsn; rows: Tuple[] }[] = [];
+  const txns: { finalLsn: Lsn; endLsn: Lsn; rows: Tuple[] }[] = [];
+  const walEnds: Lsn[] = [];
   const state: { error: unknown } = { error: null };
   let cur: Tuple[] = [];
+  let finalLsn = 0n;
   const done = (async () => {
     try {
       for await (const ev of stream.events()) {
         if (ev.kind === 'keepalive') {
+          walEnds.push(ev.walEnd);
           if (ev.replyRequested) stream.acknowledge(stream.acknowledged, true);
           continue;
         }
         const c = ev.change;
-        if (c.tag === 'begin') cur = [];
+        if (c.tag === 'begin') [cur, finalLsn] = [[], c.finalLsn];
         else if (c.tag === 'insert') cur.push(c.new);
-        else if (c.tag === 'commit') txns.push({ endLsn: c.endLsn, rows: cur });
+        else if (c.tag === 'commit') txns.push({ finalLsn, endLsn: c.endLsn, rows: cur });
       }
     } catch (err) {
       state.error = err;
     }
   })();
-  return { txns, state, done };
+  return { txns, walEnds, state, done };
 }
 
 /** A database with table `marks (label text)` published as `pub`, and a fresh slot on it. */
@@ -94,50 +97,62 @@ async function rawSetup(name: string): Promise<{ db: string; url: string; slot: 
   return { db, url: sourceUrl, slot, start: created.consistentLsn };
 }
 
-async function dropSlot(slot: string): Promise<void> {
+/** A raw stream on `slot` from `from`, read by consume(). */
+async function rawStream(url: string, slot: string, from: Lsn) {
   await waitFor(`slot ${slot} inactive`, () => slotIdle(source, slot));
+  const stream = await ReplicationStream.start({ url, role: 'source' }, slot, ['pub'], from);
+  const reader = consume(stream);
+  return { ...reader, stream, close: async () => { await stream.close(); await reader.done; } };
+}
+
+async function dropSlot(slot: string): Promise<void> {
+  await waitFor(`slot ${slot} released`, () => slotIdle(source, slot));
   await source.query('postgres', `SELECT pg_drop_replication_slot($1)`, [slot]);
 }
 
 describe('pg-logical-replication defects cannot reach the data', () => {
-  it('defect 1: acknowledge(lsn) sends lsn + 1 — we confirm exactly the commit end, and the next transaction is not skipped', async () => {
+  it('defect 1: acknowledge(lsn) sends lsn + 1 — we confirm exactly the LSN given, and a commit starting there is not skipped', async (t) => {
     const { db, url, slot, start } = await rawSetup('d1');
-    const stream = await ReplicationStream.start({ url, role: 'source' }, slot, ['pub'], start);
-    const reader = consume(stream);
-    let endA: Lsn;
+    const reader = await rawStream(url, slot, start);
+    const open = new pg.Client({ connectionString: source.url(db) });
+    await open.connect();
+    let acked: Lsn;
     try {
       await source.query(db, `INSERT INTO marks VALUES ('A')`);
-      await source.query(db, `INSERT INTO marks VALUES ('B')`);
       await waitFor('A received', async () => reader.txns.length >= 1 || reader.state.error);
+      const endA = reader.txns[0].endLsn;
+      reader.stream.acknowledge(endA, true);
+      await waitFor('confirmed_flush_lsn at the end of A', async () => (await confirmedFlush(source, slot)) >= endA);
+      assert.equal(formatLsn(await confirmedFlush(source, slot)), formatLsn(endA), 'the commit end exactly, not + 1');
+      // The case that lost data: a keepalive position acknowledged while X is open is where X's commit record starts.
+      await open.query(`BEGIN; INSERT INTO marks VALUES ('X')`);
+      const inX = parseLsn((await open.query(`SELECT pg_current_wal_insert_lsn()::text AS l`)).rows[0].l);
+      await source.query('postgres', `SET synchronous_commit = on; SELECT txid_current()`); // flushes the WAL so far
+      acked = await waitFor('a keepalive past X\'s insert', async () => reader.walEnds.find((l) => l >= inX));
+      reader.stream.acknowledge(acked, true);
+      await waitFor('confirmed_flush_lsn at the keepalive position', async () => (await confirmedFlush(source, slot)) >= acked);
+      assert.equal(formatLsn(await confirmedFlush(source, slot)), formatLsn(acked), 'the keepalive position exactly, not + 1');
       assert.equal(reader.state.error, null);
-      assert.equal(reader.txns[0].rows[0][0], 'A');
-      endA = reader.txns[0].endLsn;
-      stream.acknowledge(endA, true);
-      await waitFor('confirmed_flush_lsn to reach the end of A', async () => (await confirmedFlush(source, slot)) >= endA);
-      assert.equal(formatLsn(await confirmedFlush(source, slot)), formatLsn(endA), 'confirmed exactly the commit end, not + 1');
     } finally {
-      await stream.close();
-      await reader.done;
+      await reader.close();
     }
-    await source.query(db, `INSERT INTO marks VALUES ('C')`);
-    await waitFor('slot released', () => slotIdle(source, slot));
-    const again = await ReplicationStream.start({ url, role: 'source' }, slot, ['pub'], endA);
-    const reader2 = consume(again);
+    await open.query('COMMIT');
+    await open.end();
+    const reader2 = await rawStream(url, slot, acked);
     try {
-      await waitFor('B and C received after restart', async () => reader2.txns.length >= 2 || reader2.state.error);
+      await waitFor('X received after restart', async () => reader2.txns.length >= 1 || reader2.state.error);
       assert.equal(reader2.state.error, null);
-      assert.deepEqual(reader2.txns.map((t) => t.rows.map((r) => r[0]).join()), ['B', 'C'], 'A not resent, B not skipped');
+      assert.deepEqual(reader2.txns.map((x) => x.rows.map((r) => r[0]).join()), ['X'], 'A not resent, X not skipped');
+      t.diagnostic(`X's commit record starts at ${formatLsn(reader2.txns[0].finalLsn)}, acknowledged ${formatLsn(acked)}`);
     } finally {
-      await again.close();
-      await reader2.done;
+      await reader2.close();
     }
     await dropSlot(slot);
   });
 
   it('defect 2: a timer acknowledges received-but-unapplied data — our timer never moves the flush position', async () => {
     const { db, url, slot, start } = await rawSetup('d2');
-    const stream = await ReplicationStream.start({ url, role: 'source' }, slot, ['pub'], start);
-    const reader = consume(stream);
+    const reader = await rawStream(url, slot, start);
     try {
       await source.query(db, `INSERT INTO marks VALUES ('received, never applied')`);
       await waitFor('commit received', async () => reader.txns.length >= 1 || reader.state.error);
@@ -152,19 +167,15 @@ describe('pg-logical-replication defects cannot reach the data', () => {
       assert.equal(reader.state.error, null);
       assert.equal(formatLsn(await confirmedFlush(source, slot)), formatLsn(start), 'flush position still the start LSN');
     } finally {
-      await stream.close();
-      await reader.done;
+      await reader.close();
     }
     // The unacknowledged transaction is sent again from the same start.
-    await waitFor('slot released', () => slotIdle(source, slot));
-    const again = await ReplicationStream.start({ url, role: 'source' }, slot, ['pub'], start);
-    const reader2 = consume(again);
+    const reader2 = await rawStream(url, slot, start);
     try {
       await waitFor('resent', async () => reader2.txns.length >= 1 || reader2.state.error);
       assert.equal(reader2.txns[0]?.rows[0][0], 'received, never applied');
     } finally {
-      await again.close();
-      await reader2.done;
+      await reader2.close();
     }
     await dropSlot(slot);
   });

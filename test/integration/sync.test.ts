@@ -155,4 +155,30 @@ describe('mapping and options', () => {
       assert.equal(await run.stop(), 0, run.output());
     }
   });
+
+  it('a change the target refuses stops the run with one line naming the table; fixing it and running again resumes', async () => {
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'refused', `CREATE TABLE t (id int PRIMARY KEY, qty int)`);
+    await pair.source.query(db, `INSERT INTO t VALUES (1, 1); CREATE PUBLICATION pub FOR TABLE t;`);
+    await pair.target.query(db, `ALTER TABLE t ADD CONSTRAINT qty_small CHECK (qty < 100)`);
+    const args = runArgs(sourceUrl, targetUrl, 'refused', '--publication', 'pub');
+    const run = startCli(args);
+    await waitAllReady(pair.target, db, 'refused', 1);
+    await pair.source.query(db, `INSERT INTO t VALUES (2, 2); UPDATE t SET qty = 500 WHERE id = 1;`);
+    assert.equal(await run.exited, 1);
+    const errors = run.output().split('\n').filter((l) => l.startsWith('pg-live-sync: error:'));
+    assert.equal(errors.length, 1, run.output());
+    assert.match(errors[0], /"public"\."t".*qty_small.*run again/);
+    const state = await pair.target.query(db, `SELECT last_error FROM _pg_live_sync.subscription WHERE subname = 'refused'`);
+    assert.match(state.rows[0].last_error, /qty_small/);
+    const atomic = await pair.target.query(db, `SELECT count(*)::int AS n FROM t WHERE id = 2`);
+    assert.equal(atomic.rows[0].n, 0, 'the refused source transaction is not half applied');
+
+    await pair.target.query(db, `ALTER TABLE t DROP CONSTRAINT qty_small`);
+    const again = startCli(args);
+    await waitCaughtUp(pair, db, 'refused');
+    assert.ok(await sameContents(pair, db, 't'));
+    assert.equal(await again.stop(), 0, again.output());
+    const cleared = await pair.target.query(db, `SELECT last_error FROM _pg_live_sync.subscription WHERE subname = 'refused'`);
+    assert.equal(cleared.rows[0].last_error, null);
+  });
 });
