@@ -9,7 +9,8 @@ import { formatBytes } from '../engine/copy';
 import { SyncEngine } from '../engine/engine';
 import { errorMessage, SyncError } from '../engine/errors';
 import { formatLsn } from '../engine/lsn';
-import { dropSlotIfExists, slotInfo, slotNameFor, validateSubscriptionName } from '../engine/slot';
+import { dropSlotIfExists, dropTableSyncSlots, slotInfo, slotNameFor, validateSubscriptionName } from '../engine/slot';
+import { checkSource, checkTarget } from '../engine/precheck';
 import { deleteSubscriptionRows, loadSubscription, loadTableProgress, stateSchemaExists } from '../engine/state';
 import { parseTableMap } from '../engine/tablemap';
 import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
@@ -20,6 +21,8 @@ const USAGE = `usage:
                       [--copy-data true|false]
   pg-live-sync status --subscription NAME --target URL [--source URL] [--json]
   pg-live-sync drop   --subscription NAME --source URL --target URL
+  pg-live-sync check  --source URL --target URL --publication NAME [--publication NAME]...
+                      [--table-map JSON]... [--subscription NAME]
 --source and --target default to the SOURCE and TARGET environment variables.`;
 
 class UsageError extends Error {}
@@ -127,8 +130,10 @@ async function status(args: string[]): Promise<number> {
     target: { type: 'string' },
     source: { type: 'string' },
     json: { type: 'boolean' },
+    'warn-retained-wal': { type: 'string' },
   });
   const subscription = required(v.subscription as string | undefined, 'subscription');
+  const walWarnBytes = parseBytes((v['warn-retained-wal'] as string | undefined) ?? '1GB');
   const targetUrl = required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET');
   const sourceUrl = (v.source as string | undefined) ?? process.env.SOURCE;
   const target = await connect({ url: targetUrl, role: 'target' });
@@ -156,7 +161,8 @@ async function status(args: string[]): Promise<number> {
         appliedCommitTime: sub.appliedCommitTime,
         lastError: sub.lastError,
         slot: slot && { ...slot, confirmedFlush: slot.confirmedFlush === null ? null : formatLsn(slot.confirmedFlush) },
-        tables,
+        warnings: slotWarnings(slot, walWarnBytes),
+        tables: tables.map((t) => ({ ...t, lsn: t.lsn === null ? null : formatLsn(t.lsn) })),
       }, null, 2) + '\n');
       return 0;
     }
@@ -164,6 +170,8 @@ async function status(args: string[]): Promise<number> {
     out.push(`subscription ${sub.subname} (slot ${sub.slotName}, publications ${sub.publications.join(', ')}, source ${sub.source})`);
     out.push(`applied LSN  ${sub.appliedLsn === null ? '-' : formatLsn(sub.appliedLsn)}${sub.appliedCommitTime ? ` (source commit ${sub.appliedCommitTime.toISOString()})` : ''}`);
     if (slot) out.push(`slot         ${slot.active ? 'active' : 'inactive'}, wal_status ${slot.walStatus}, retained WAL ${formatBytes(slot.retainedBytes ?? 0)}`);
+    else if (sourceUrl) out.push(`slot         missing on the source: the sync cannot resume; run pg-live-sync drop and run again`);
+    for (const w of slotWarnings(slot, walWarnBytes)) out.push(`warning      ${w}`);
     if (sub.lastError) out.push(`last error   ${sub.lastError}`);
     out.push(tableRows(tables));
     process.stdout.write(out.join('\n') + '\n');
@@ -173,10 +181,29 @@ async function status(args: string[]): Promise<number> {
   }
 }
 
+function slotWarnings(slot: { walStatus: string | null; retainedBytes: number | null; active: boolean } | null, warnBytes: number): string[] {
+  if (!slot) return [];
+  const out: string[] = [];
+  if ((slot.retainedBytes ?? 0) > warnBytes) {
+    out.push(`the slot holds ${formatBytes(slot.retainedBytes ?? 0)} of WAL on the source (over ${formatBytes(warnBytes)}): ${slot.active ? 'the sync is behind; check the target and the log' : 'no sync is running; run it, or drop it if it is abandoned'}`);
+  }
+  if (slot.walStatus === 'unreserved') out.push('wal_status is unreserved: the source is about to remove WAL the slot needs; resume the sync now or raise max_slot_wal_keep_size');
+  if (slot.walStatus === 'lost') out.push('wal_status is lost: the slot cannot resume; run pg-live-sync drop and run again');
+  return out;
+}
+
+function parseBytes(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|TB)?$/i.exec(text.trim());
+  if (!m) throw new UsageError(`--warn-retained-wal takes a size such as 512MB or 2GB, not "${text}"`);
+  const unit = (m[2] ?? 'B').toUpperCase();
+  return Number(m[1]) * ({ B: 1, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3, TB: 1024 ** 4 } as Record<string, number>)[unit];
+}
+
 function tableRows(tables: TableProgress[]): string {
   const rows = [['TABLE', 'TARGET', 'STATE', 'ROWS COPIED', 'BYTES COPIED', 'LAST ERROR']];
   for (const t of tables) {
-    rows.push([`${t.schema}.${t.table}`, `${t.targetSchema}.${t.targetTable}`, `${t.state} ${TABLE_STATE_WORDS[t.state]}`, `${t.rowsCopied}`, formatBytes(t.bytesCopied), t.lastError ?? '']);
+    const state = t.removed ? `${t.state} removed from publication` : `${t.state} ${TABLE_STATE_WORDS[t.state]}${t.lastError ? ' (error)' : ''}`;
+    rows.push([`${t.schema}.${t.table}`, `${t.targetSchema}.${t.targetTable}`, state, `${t.rowsCopied}`, formatBytes(t.bytesCopied), t.lastError ?? '']);
   }
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n');
@@ -193,6 +220,7 @@ async function drop(args: string[]): Promise<number> {
       const slot = slotNameFor(subscription);
       const dropped = await dropSlotIfExists(source, slot);
       log('info', dropped ? `dropped replication slot "${slot}" on the source` : `no replication slot "${slot}" on the source`);
+      for (const s of await dropTableSyncSlots(source, subscription)) log('info', `dropped table-sync slot "${s}" on the source`);
       if (await stateSchemaExists(target)) {
         await target.query('BEGIN');
         await deleteSubscriptionRows(target, subscription);
@@ -208,6 +236,41 @@ async function drop(args: string[]): Promise<number> {
   return 0;
 }
 
+/** Every finding, one line each with its fix; exit 1 when any is an error. */
+async function check(args: string[]): Promise<number> {
+  const v = parse(args, {
+    source: { type: 'string' },
+    target: { type: 'string' },
+    publication: { type: 'string', multiple: true },
+    'table-map': { type: 'string', multiple: true },
+    subscription: { type: 'string' },
+  });
+  const publications = (v.publication as string[] | undefined) ?? [];
+  if (publications.length === 0) throw new UsageError('missing --publication');
+  const subscription = (v.subscription as string | undefined) ?? null;
+  if (subscription !== null) validateSubscriptionName(subscription);
+  const tableMaps = ((v['table-map'] as string[] | undefined) ?? []).map(parseTableMap);
+  const sourceEp = { url: required((v.source as string | undefined) ?? process.env.SOURCE, 'source', 'SOURCE'), role: 'source' as const };
+  const targetEp = { url: required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET'), role: 'target' as const };
+  const source = await connect(sourceEp);
+  try {
+    const target = await connect(targetEp);
+    try {
+      const src = await checkSource(source, sourceEp, publications, subscription);
+      const tgt = await checkTarget(target, targetEp, src.published, tableMaps, { source, freshStart: true });
+      const findings = [...src.findings, ...tgt.findings];
+      for (const f of findings) process.stdout.write(`${f.severity}: ${f.message}\n`);
+      const errors = findings.filter((f) => f.severity === 'error').length;
+      process.stdout.write(`check: ${src.published.length} table(s), ${errors} error(s), ${findings.length - errors} warning(s)${errors === 0 ? '; ready to run' : ''}\n`);
+      return errors === 0 ? 0 : 1;
+    } finally {
+      await target.end();
+    }
+  } finally {
+    await source.end();
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...args] = argv;
   try {
@@ -218,6 +281,8 @@ async function main(argv: string[]): Promise<number> {
         return await status(args);
       case 'drop':
         return await drop(args);
+      case 'check':
+        return await check(args);
       case undefined:
       case 'help':
       case '--help':

@@ -20,6 +20,7 @@ const BATCH_ROWS = 2000;
 
 interface RelationPlan {
   relation: Relation;
+  key: string;
   targetName: string;
   /** Quoted target column names, in the relation's column order. */
   columns: string[];
@@ -50,23 +51,45 @@ export interface OpenGroup {
   lastCommitTime: bigint | null;
 }
 
+/**
+ * Which of a table's changes this applier writes: those of transactions whose commit record is at
+ * or after `fromLsn` (earlier ones are already in the table's copy). Tables absent are skipped.
+ */
+export interface TableMode {
+  table: SyncedTable;
+  fromLsn: Lsn;
+}
+
 export class Applier {
+  private readonly relations = new Map<number, Relation>();
   private readonly plans = new Map<number, RelationPlan | null>();
-  private readonly warned = new Set<string>();
-  private readonly tables: Map<string, SyncedTable>;
+  private readonly tables = new Map<string, TableMode>();
   private batch: Batch | null = null;
   private skipping = false;
   private inSource = false;
+  private finalLsn: Lsn = 0n;
   group: OpenGroup | null = null;
 
   constructor(
     private readonly target: pg.Client,
-    tables: SyncedTable[],
     /** Transactions whose commit ends at or before this are already on the target. */
     private appliedLsn: Lsn,
     private readonly log: Logger,
-  ) {
-    this.tables = new Map(tables.map((t) => [tableKey(t.source.schema, t.source.table), t]));
+  ) {}
+
+  /** Starts (or moves) applying a table; changes to the table set take effect at the next change. */
+  setTable(table: SyncedTable, fromLsn: Lsn): void {
+    this.tables.set(tableKey(table.source.schema, table.source.table), { table, fromLsn });
+    this.plans.clear();
+  }
+
+  removeTable(schema: string, table: string): void {
+    this.tables.delete(tableKey(schema, table));
+    this.plans.clear();
+  }
+
+  applies(schema: string, table: string): boolean {
+    return this.tables.has(tableKey(schema, table));
   }
 
   /** True between a source BEGIN and its COMMIT: the group cannot be closed here. */
@@ -80,6 +103,7 @@ export class Applier {
         this.inSource = true;
         // Replayed after a crash: the target already committed it together with its LSN.
         this.skipping = change.finalLsn < this.appliedLsn;
+        this.finalLsn = change.finalLsn;
         if (!this.skipping && !this.group) {
           await this.target.query('BEGIN');
           this.group = { startedAt: Date.now(), transactions: 0, changes: 0, lastCommitLsn: null, lastCommitTime: null };
@@ -99,7 +123,8 @@ export class Applier {
         return;
       case 'relation':
         await this.flush();
-        this.plans.set(change.relation.relationOid, await this.plan(change.relation));
+        this.relations.set(change.relation.relationOid, change.relation);
+        this.plans.delete(change.relation.relationOid);
         return;
       case 'ignored':
         return;
@@ -109,12 +134,12 @@ export class Applier {
     this.group.changes++;
     switch (change.tag) {
       case 'insert': {
-        const plan = this.planFor(change.relationOid);
+        const plan = await this.planFor(change.relationOid);
         if (plan) await this.add('insert', plan, '', change.new, null);
         return;
       }
       case 'update': {
-        const plan = this.planFor(change.relationOid);
+        const plan = await this.planFor(change.relationOid);
         if (!plan) return;
         const shape = change.new.map((v) => (v === UNCHANGED_TOAST ? '0' : '1')).join('');
         // A key change (old key sent) or FULL identity needs the old values: one row at a time.
@@ -125,7 +150,7 @@ export class Applier {
         return this.add('update', plan, shape, change.new, this.keyOf(plan, change.new));
       }
       case 'delete': {
-        const plan = this.planFor(change.relationOid);
+        const plan = await this.planFor(change.relationOid);
         if (!plan) return;
         const identity = change.key ?? change.old;
         if (!identity) throw new Error(`pgoutput sent a DELETE on ${plan.targetName} without an old key`);
@@ -137,7 +162,11 @@ export class Applier {
       }
       case 'truncate': {
         await this.flush();
-        const names = change.relationOids.map((oid) => this.planFor(oid)?.targetName).filter((n): n is string => !!n);
+        const names: string[] = [];
+        for (const oid of change.relationOids) {
+          const plan = await this.planFor(oid);
+          if (plan) names.push(plan.targetName);
+        }
         if (names.length > 0) await emptyTables(this.target, names, change.restartIdentity);
         return;
       }
@@ -196,25 +225,28 @@ export class Applier {
     return v;
   }
 
-  private planFor(relationOid: number): RelationPlan | null {
-    const plan = this.plans.get(relationOid);
-    if (plan === undefined) throw new Error(`pgoutput sent a change for relation ${relationOid} before describing it`);
-    return plan;
+  /** The plan for a relation's changes in the current transaction, or null when they are not ours. */
+  private async planFor(relationOid: number): Promise<RelationPlan | null> {
+    let plan = this.plans.get(relationOid);
+    if (plan === undefined) {
+      const relation = this.relations.get(relationOid);
+      if (!relation) throw new Error(`pgoutput sent a change for relation ${relationOid} before describing it`);
+      plan = await this.plan(relation);
+      this.plans.set(relationOid, plan);
+    }
+    if (!plan) return null;
+    const mode = this.tables.get(plan.key);
+    return mode && this.finalLsn >= mode.fromLsn ? plan : null;
   }
 
   private async plan(relation: Relation): Promise<RelationPlan | null> {
-    const table = this.tables.get(tableKey(relation.schema, relation.table));
+    const key = tableKey(relation.schema, relation.table);
+    const table = this.tables.get(key)?.table;
+    if (!table) return null;
     const sourceName = qualified(relation.schema, relation.table);
-    if (!table) {
-      if (!this.warned.has(sourceName)) {
-        this.warned.add(sourceName);
-        this.log('warn', `${sourceName} is published but was not part of this sync when it started; its changes are skipped (restart with a new subscription to include it)`);
-      }
-      return null;
-    }
     const targetName = qualified(table.target.schema, table.target.table);
     const cols = await targetColumns(this.target, table.target);
-    if (!cols) throw new SyncError(`target table ${targetName} no longer exists; recreate it, then run pg-live-sync drop and run to copy it again`, 'target_table');
+    if (!cols) throw new SyncError(`target table ${targetName} (for ${sourceName}) no longer exists, renamed or dropped on the target; restore it under that name and run again`, 'target_table');
     const byName = new Map(cols.filter((c) => !c.generated).map((c) => [c.name, c.type]));
     const missing = relation.columns.find((c) => !byName.has(c.name));
     if (missing) {
@@ -222,6 +254,7 @@ export class Applier {
     }
     return {
       relation,
+      key,
       targetName,
       columns: relation.columns.map((c) => quoteIdent(c.name)),
       types: relation.columns.map((c) => byName.get(c.name)!),

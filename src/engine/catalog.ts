@@ -17,6 +17,8 @@ export interface PublishedTable {
   /** A unique index that could serve as REPLICA IDENTITY USING INDEX, if any. */
   candidateIndex: string | null;
   publishesUpdateOrDelete: boolean;
+  partitioned: boolean;
+  canSelect: boolean;
   approximateRows: number;
   approximateSize: number;
 }
@@ -41,7 +43,8 @@ export async function listPublishedTables(client: pg.Client, publications: strin
             bool_or(pt.upd) AS publishes_update_or_delete,
             CASE WHEN bool_or(pt.rowfilter IS NULL) THEN NULL
                  ELSE string_agg('(' || pt.rowfilter || ')', ' OR ') END AS rowfilter,
-            c.relreplident::text AS relreplident,
+            c.relreplident::text AS relreplident, c.relkind = 'p' AS partitioned,
+            has_table_privilege(c.oid, 'SELECT') AS can_select,
             CASE c.relreplident
               WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
               WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
@@ -50,10 +53,10 @@ export async function listPublishedTables(client: pg.Client, publications: strin
               WHERE i.indrelid = c.oid AND i.indisunique AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL
                 AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull)
               ORDER BY i.indisprimary DESC, i.indexrelid LIMIT 1) AS candidate_index,
-            greatest(c.reltuples, 0)::bigint AS approximate_rows,
-            pg_table_size(c.oid) AS approximate_size
+            (SELECT coalesce(sum(greatest(pc.reltuples, 0)), 0)::bigint FROM pg_partition_tree(c.oid) pt2 JOIN pg_class pc ON pc.oid = pt2.relid) AS approximate_rows,
+            (SELECT coalesce(sum(pg_table_size(pt2.relid)), 0)::bigint FROM pg_partition_tree(c.oid) pt2) AS approximate_size
        FROM pt JOIN pg_class c ON c.oid = pt.relid
-      GROUP BY pt.relid, pt.schemaname, pt.tablename, c.oid, c.relreplident, c.reltuples
+      GROUP BY pt.relid, pt.schemaname, pt.tablename, c.oid, c.relreplident, c.reltuples, c.relkind
       ORDER BY pt.schemaname, pt.tablename`,
     [publications],
   );
@@ -79,6 +82,8 @@ export async function listPublishedTables(client: pg.Client, publications: strin
       hasUsableIdentity: row.usable_identity,
       candidateIndex: row.candidate_index,
       publishesUpdateOrDelete: row.publishes_update_or_delete,
+      partitioned: row.partitioned,
+      canSelect: row.can_select,
       approximateRows: Number(row.approximate_rows),
       approximateSize: Number(row.approximate_size),
     });
@@ -98,12 +103,15 @@ export interface TargetColumn {
   name: string;
   type: string;
   generated: boolean;
+  notNull: boolean;
+  hasDefault: boolean;
 }
 
 /** Columns of a target table, or null when the table does not exist. */
 export async function targetColumns(client: pg.Client, t: TableName): Promise<TargetColumn[] | null> {
   const r = await client.query(
-    `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.attgenerated <> '' AS generated
+    `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.attgenerated <> '' AS generated,
+            a.attnotnull AS "notNull", a.atthasdef OR a.attidentity <> '' AS "hasDefault"
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
       WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')

@@ -36,10 +36,20 @@ export interface CopyPlan {
   signal: AbortSignal;
 }
 
-export async function copyTables(plan: CopyPlan): Promise<void> {
+export interface CopyFailure {
+  table: SyncedTable;
+  error: string;
+}
+
+/**
+ * Copies every table it can; a table that fails (its target refuses the rows, say) is reported
+ * back and the others go on. Throws only when stopped.
+ */
+export async function copyTables(plan: CopyPlan): Promise<CopyFailure[]> {
   const queue = [...plan.tables].sort((a, b) => b.approximateSize - a.approximateSize);
   const n = Math.max(1, Math.min(plan.workers, queue.length));
   const workers: { source: pg.Client; target: pg.Client }[] = [];
+  const failures: CopyFailure[] = [];
   try {
     for (let i = 0; i < n; i++) {
       const source = await connect(plan.source, { applicationName: 'pg_live_sync_copy' });
@@ -54,10 +64,22 @@ export async function copyTables(plan: CopyPlan): Promise<void> {
       workers.map(async (w) => {
         for (let t = queue.shift(); t; t = queue.shift()) {
           if (plan.signal.aborted) return;
-          await copyOneTable(plan, w.source, w.target, t);
+          try {
+            await copyOneTable(plan, w.source, w.target, t);
+          } catch (err) {
+            if (plan.signal.aborted) throw err;
+            const error = errorMessage(err);
+            failures.push({ table: t, error });
+            plan.log('error', error);
+            await setTableState(w.target, plan.subscription, t.source, 'i', { rowsCopied: 0, bytesCopied: 0, lastError: error }).catch(() => undefined);
+            // The source transaction holding the snapshot may be broken too: later tables then fail
+            // fast and are retried on their own, like this one.
+          }
         }
       }),
     );
+    if (plan.signal.aborted) throw new SyncError('stopped during the copy', 'stopped');
+    return failures;
   } finally {
     await Promise.all(workers.flatMap((w) => [w.source.end().catch(() => undefined), w.target.end().catch(() => undefined)]));
   }
@@ -68,8 +90,9 @@ async function copyOneTable(plan: CopyPlan, source: pg.Client, target: pg.Client
   const targetName = qualified(t.target.schema, t.target.table);
   const columns = t.columns.map((c) => quoteIdent(c.name)).join(', ');
   const format = t.copyFormat === 'binary' ? 'FORMAT binary' : 'FORMAT text';
-  const selectSql = t.rowFilter
-    ? `COPY (SELECT ${columns} FROM ONLY ${sourceName} WHERE ${t.rowFilter}) TO STDOUT (${format})`
+  // COPY TO refuses a partitioned table; a SELECT on it reads every partition.
+  const selectSql = t.rowFilter || t.partitioned
+    ? `COPY (SELECT ${columns} FROM ${t.partitioned ? '' : 'ONLY '}${sourceName}${t.rowFilter ? ` WHERE ${t.rowFilter}` : ''}) TO STDOUT (${format})`
     : `COPY ${sourceName} (${columns}) TO STDOUT (${format})`;
 
   await setTableState(target, plan.subscription, t.source, 'd', { rowsCopied: 0, bytesCopied: 0, lastError: null });

@@ -1,30 +1,49 @@
 /**
  * The sync, top to bottom: check, slot, copy, stream, apply, checkpoint. Each stage is its own
- * module; this file only decides which stages run and carries their results between them.
+ * module; this file decides which stages run, carries their results between them, keeps tables
+ * joining and leaving the publication in step, and retries what a lost connection interrupted.
  */
 import type pg from 'pg';
 import { Applier } from './apply';
+import { listPublishedTables, type PublishedTable } from './catalog';
 import { abandonGroup, checkpoint, checkpointDue } from './checkpoint';
 import { connect, describeEndpoint, type Endpoint } from './connection';
 import { copyTables, formatBytes, type CopyProgress } from './copy';
 import { errorMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, type Lsn } from './lsn';
-import { checkSource, checkTarget } from './precheck';
-import { createSlotWithSnapshot, dropSlotIfExists, slotInfo, slotNameFor, validateSubscriptionName } from './slot';
+import { checkSource, checkTarget, tableKey, type Finding } from './precheck';
+import { createSlotWithSnapshot, dropSlotIfExists, dropTableSyncSlots, slotInfo, slotNameFor, tableSyncSlotName, validateSubscriptionName } from './slot';
 import {
-  ensureStateSchema, loadSubscription, loadTableProgress, promoteCaughtUpTables, resetSubscription,
-  setConsistentLsn, setSubscriptionError, setTableState, tryLockSubscription, writeCopyProgress,
+  ensureStateSchema, loadSubscription, loadTableProgress, markTableRemoved, promoteCaughtUpTables, resetSubscription,
+  setConsistentLsn, setSubscriptionError, setTableError, setTableState, stateSchemaExists, tryLockSubscription,
+  upsertTableError, upsertTableRow, writeAppliedLsn, writeCopyProgress,
 } from './state';
 import { ReplicationStream, type StreamEvent } from './stream';
-import type { Logger, SyncedTable, SyncOptions, SyncPhase, SyncStatus, TableProgress } from './types';
+import { resolveTarget } from './tablemap';
+import { syncTable, type TableSyncContext } from './tablesync';
+import type { Logger, SyncedTable, SyncOptions, SyncPhase, SyncStatus, TableProgress, TableState } from './types';
 
 /** With a group open and the stream quiet this long, commit rather than wait for more. */
 const IDLE_COMMIT_MS = 20;
 const STATUS_INTERVAL_MS = 1_000;
+/** How often the publications are read for tables that joined or left. */
+const PUBLICATION_POLL_MS = 2_000;
+const MAX_RETRY_DELAY_MS = 30_000;
+const MAX_TABLE_RETRY_DELAY_MS = 300_000;
 
 export interface SyncEngineHooks {
   log: Logger;
   onStatus?(status: SyncStatus): void;
+}
+
+type Wake = 'stop' | 'idle' | 'task';
+
+/** A table waiting for (or in) its own sync: copy, catch-up, handover. */
+interface TableJob {
+  published: PublishedTable;
+  attempt: number;
+  notBefore: number;
+  running: boolean;
 }
 
 export class SyncEngine {
@@ -32,8 +51,8 @@ export class SyncEngine {
   private readonly target: Endpoint;
   private readonly slot: string;
   private readonly abort = new AbortController();
-  /** Wakes the stream loop while it waits for the source: on stop, or when a group sits idle. */
-  private interrupt: ((why: 'stop' | 'idle') => void) | null = null;
+  /** Wakes the stream loop while it waits for the source. */
+  private interrupt: ((why: Wake) => void) | null = null;
   private phase: SyncPhase = 'starting';
   private progress = new Map<string, TableProgress>();
   private serverWalEnd: Lsn = 0n;
@@ -41,6 +60,10 @@ export class SyncEngine {
   private pendingSince: bigint | null = null;
   private changesApplied = 0;
   private transactionsApplied = 0;
+  private locked = false;
+  /** Work the stream loop does between two source transactions (handovers, table changes). */
+  private mainTasks: (() => Promise<void>)[] = [];
+  private jobs = new Map<string, TableJob>();
 
   constructor(private readonly options: SyncOptions, private readonly hooks: SyncEngineHooks) {
     this.source = { url: options.source, role: 'source' };
@@ -83,22 +106,25 @@ export class SyncEngine {
     try {
       source = await connect(this.source);
       target = await connect(this.target);
-      const published = await checkSource(source, this.source, options.publications);
-      const tables = await checkTarget(target, this.target, published, options.tableMaps);
+      const fresh = !(await stateSchemaExists(target)) || (await loadSubscription(target, options.subscription)) === null;
+      const src = await checkSource(source, this.source, options.publications, options.subscription);
+      // On a fresh start every problem is bad input. Once running, a table's own problem puts
+      // that table in error (retried) and the others go on.
+      refuseOnErrors(src.findings, fresh);
+      const tgt = await checkTarget(target, this.target, src.published, options.tableMaps, { source, freshStart: fresh });
+      refuseOnErrors(tgt.findings, fresh);
+      for (const f of [...src.findings, ...tgt.findings]) hooks.log(f.severity === 'error' ? 'error' : 'warn', f.message);
       await ensureStateSchema(target);
-      if (!(await tryLockSubscription(target, options.subscription))) {
-        throw new SyncError(`subscription "${options.subscription}" is already running against this target (another pg-live-sync run holds it); stop that run first`, 'running');
-      }
-      const startLsn = await this.prepare(source, target, tables);
-      if (startLsn === null) return;
+      await this.lock(target);
+      const started = await this.prepare(source, target, tgt.synced);
       await source.end();
       source = null;
-      await this.follow(target, this.tables, startLsn);
+      if (!started) return;
+      target = await this.streamWithRetries(target);
     } catch (err) {
-      if (target && !(err instanceof SyncError && (err.code === 'running' || err.code === 'usage'))) {
-        await setSubscriptionError(target, options.subscription, errorMessage(err)).catch(() => undefined);
-      }
-      throw err;
+      if (target && this.locked) await setSubscriptionError(target, options.subscription, errorMessage(err)).catch(() => undefined);
+      if (err instanceof SyncError) throw err;
+      throw new SyncError(`stopped: ${errorMessage(err)}; nothing applied is lost: fix the cause and run again to resume`, 'fatal');
     } finally {
       clearInterval(statusTimer);
       this.phase = 'stopped';
@@ -107,43 +133,28 @@ export class SyncEngine {
     }
   }
 
+  private async lock(target: pg.Client): Promise<void> {
+    if (!(await tryLockSubscription(target, this.options.subscription))) {
+      throw new SyncError(`subscription "${this.options.subscription}" is already running against this target (another pg-live-sync run holds it); stop that run first`, 'running');
+    }
+    this.locked = true;
+  }
+
   /**
-   * Resumes where the target's state says, or starts afresh: slot, then copy. Returns the LSN to
-   * stream from, or null when stopped before streaming.
+   * Starts afresh (slot, then the first copy, all tables in one snapshot) unless the target's
+   * state says this subscription already started. Returns false when stopped before streaming.
    */
-  private async prepare(source: pg.Client, target: pg.Client, published: SyncedTable[]): Promise<Lsn | null> {
+  private async prepare(source: pg.Client, target: pg.Client, tables: SyncedTable[]): Promise<boolean> {
     const { options } = this;
     const log = this.hooks.log;
     const sub = await loadSubscription(target, options.subscription);
-    const states = sub ? await loadTableProgress(target, options.subscription) : [];
-    const copyComplete = states.length > 0 && states.every((t) => t.state === 'f' || t.state === 's' || t.state === 'r');
-    const resumable = sub !== null && (sub.appliedLsn !== null || (sub.consistentLsn !== null && copyComplete));
+    if (sub?.consistentLsn != null) return true;
 
-    if (resumable) {
-      const info = await slotInfo(source, this.slot);
-      if (!info) {
-        throw new SyncError(`replication slot "${this.slot}" no longer exists on the source, so changes since ${formatLsn(sub.appliedLsn ?? sub.consistentLsn ?? 0n)} are gone; run pg-live-sync drop --subscription ${options.subscription} and run again to copy afresh`, 'slot_missing');
-      }
-      if (info.walStatus === 'lost') {
-        throw new SyncError(`replication slot "${this.slot}" has lost WAL it needed (wal_status lost); run pg-live-sync drop --subscription ${options.subscription} and run again to copy afresh, and raise max_slot_wal_keep_size`, 'slot_lost');
-      }
-      for (const t of states) this.progress.set(key(t.schema, t.table), t);
-      const inState = new Set(states.map((t) => key(t.schema, t.table)));
-      for (const t of published.filter((p) => !inState.has(key(p.source.schema, p.source.table)))) {
-        log('warn', `${t.source.schema}.${t.source.table} joined the publication after this sync started and is not synced; start a new subscription to include it`);
-      }
-      this.tables = published.filter((p) => inState.has(key(p.source.schema, p.source.table)));
-      const start = maxLsn(sub.appliedLsn ?? 0n, sub.consistentLsn ?? 0n);
-      log('info', `resuming subscription "${options.subscription}" from ${formatLsn(start)}`);
-      return start;
-    }
-
-    // Fresh start. Anything left by an earlier attempt that never streamed is discarded.
+    // A start that never recorded its slot's position left nothing worth keeping.
     if (await dropSlotIfExists(source, this.slot)) log('info', `dropped replication slot "${this.slot}" left by an unfinished earlier start`);
-    const publications = options.publications;
-    await resetSubscription(target, { subname: options.subscription, slotName: this.slot, publications, source: describeEndpoint(options.source) }, published);
-    this.tables = published;
-    for (const t of published) this.progress.set(key(t.source.schema, t.source.table), initialProgress(t));
+    await dropTableSyncSlots(source, options.subscription);
+    await resetSubscription(target, { subname: options.subscription, slotName: this.slot, publications: options.publications, source: describeEndpoint(options.source) }, tables);
+    for (const t of tables) this.progress.set(tableKey(t.source.schema, t.source.table), initialProgress(t));
 
     const created = await createSlotWithSnapshot(this.source, this.slot);
     log('info', `created replication slot "${this.slot}" at ${formatLsn(created.consistentLsn)}`);
@@ -155,154 +166,462 @@ export class SyncEngine {
     };
     try {
       await setConsistentLsn(target, options.subscription, created.consistentLsn);
-      if (options.copyData) {
-        this.phase = 'copying';
-        await this.copy(target, published, created.snapshot, created.consistentLsn, closeExporter);
-        if (this.abort.signal.aborted) throw new SyncError('stopped during the initial copy', 'stopped');
-      } else {
-        await closeExporter();
-        for (const t of published) {
-          await setTableState(target, options.subscription, t.source, 'f', { lsn: created.consistentLsn });
-          this.progress.get(key(t.source.schema, t.source.table))!.state = 'f';
-        }
+      if (!options.copyData) {
+        for (const t of tables) await setTableState(target, options.subscription, t.source, 'f', { lsn: created.consistentLsn });
+        return true;
       }
-      return created.consistentLsn;
+      this.phase = 'copying';
+      // A table whose copy fails is left in `i` with its error; it syncs on its own later.
+      await this.withCopyProgress(target, () =>
+        copyTables({
+          source: this.source,
+          target: this.target,
+          subscription: options.subscription,
+          snapshot: created.snapshot,
+          consistentLsn: created.consistentLsn,
+          tables,
+          workers: options.tableSyncWorkers,
+          log,
+          signal: this.abort.signal,
+          onSnapshotImported: closeExporter,
+          onProgress: (p) => this.onCopyProgress(p),
+        }),
+      );
+      return true;
     } catch (err) {
-      await closeExporter();
-      // Nothing half-created stays on the source: the next run starts afresh anyway.
-      await dropSlotIfExists(source, this.slot).catch(() => undefined);
-      if (err instanceof SyncError && err.code === 'stopped') {
-        log('info', 'stopped before the initial copy finished; the next run starts the copy again');
-        return null;
+      if (this.abort.signal.aborted) {
+        log('info', 'stopped during the initial copy; the next run keeps the finished tables and copies the rest');
+        return false;
       }
       throw err;
+    } finally {
+      await closeExporter();
     }
   }
 
-  private tables: SyncedTable[] = [];
+  private inFlight = new Map<string, CopyProgress>();
 
-  private async copy(target: pg.Client, tables: SyncedTable[], snapshot: string, consistentLsn: Lsn, closeExporter: () => Promise<void>): Promise<void> {
-    const { options } = this;
-    const inFlight = new Map<string, CopyProgress>();
-    let writing = false;
+  private onCopyProgress(p: CopyProgress): void {
+    const k = tableKey(p.table.source.schema, p.table.source.table);
+    const tp = this.progress.get(k);
+    if (tp) {
+      tp.rowsCopied = p.rows;
+      tp.bytesCopied = p.bytes;
+      tp.state = p.done ? 'f' : 'd';
+      if (!p.done) tp.lastError = null;
+    }
+    if (p.done) this.inFlight.delete(k);
+    else this.inFlight.set(k, p);
+  }
+
+  /** Records copy progress in the state table at least every second while `work` runs. */
+  private async withCopyProgress<T>(stateClient: pg.Client, work: () => Promise<T>): Promise<T> {
+    let writing: Promise<void> | null = null;
     const timer = setInterval(() => {
-      if (writing || inFlight.size === 0) return;
-      writing = true;
-      const rows = [...inFlight.values()].map((p) => ({ schema: p.table.source.schema, table: p.table.source.table, rowsCopied: p.rows, bytesCopied: p.bytes }));
-      writeCopyProgress(target, options.subscription, rows)
+      if (writing || this.inFlight.size === 0) return;
+      const rows = [...this.inFlight.values()].map((p) => ({ schema: p.table.source.schema, table: p.table.source.table, rowsCopied: p.rows, bytesCopied: p.bytes }));
+      writing = writeCopyProgress(stateClient, this.options.subscription, rows)
         .catch((err) => this.hooks.log('warn', `could not record copy progress: ${errorMessage(err)}`))
-        .finally(() => (writing = false));
+        .finally(() => (writing = null));
     }, STATUS_INTERVAL_MS);
     try {
-      await copyTables({
+      return await work();
+    } finally {
+      clearInterval(timer);
+      await writing;
+    }
+  }
+
+  /** Streams until stopped; a lost connection is logged and retried with backoff, from the target's state. */
+  private async streamWithRetries(target: pg.Client): Promise<pg.Client> {
+    const log = this.hooks.log;
+    let attempt = 0;
+    let client: pg.Client | null = target;
+    for (;;) {
+      const startedAt = Date.now();
+      try {
+        if (!client) {
+          client = await connect(this.target);
+          this.locked = false;
+          await this.lock(client);
+        }
+        await this.follow(client);
+        return client;
+      } catch (err) {
+        if (this.abort.signal.aborted && !(err instanceof SyncError && err.code !== 'connect')) return client ?? target;
+        if (!isTransient(err)) throw err;
+        if (Date.now() - startedAt > 60_000) attempt = 0;
+        attempt++;
+        const delay = Math.min(MAX_RETRY_DELAY_MS, 1000 * 2 ** (attempt - 1));
+        log('warn', `connection lost: ${errorMessage(err)}; retry ${attempt} in ${delay / 1000} s (nothing applied is lost)`);
+        if (client) {
+          await client.end().catch(() => undefined);
+          client = null;
+        }
+        this.stream = null;
+        if (await this.sleep(delay)) return target;
+      }
+    }
+  }
+
+  /** Resolves true if stopped while sleeping. */
+  private sleep(ms: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      if (this.abort.signal.aborted) return resolve(true);
+      const t = setTimeout(() => resolve(false), ms);
+      this.abort.signal.addEventListener('abort', () => {
+        clearTimeout(t);
+        resolve(true);
+      }, { once: true });
+    });
+  }
+
+  /**
+   * One streaming session: decides each table's part from the target's state, starts the table
+   * syncs that are due, and applies the main stream until stopped or a connection is lost.
+   */
+  private async follow(target: pg.Client): Promise<void> {
+    const { options } = this;
+    const log = this.hooks.log;
+    const sub = await loadSubscription(target, options.subscription);
+    if (!sub || sub.consistentLsn === null) throw new SyncError(`the state of subscription "${options.subscription}" disappeared from the target; run pg-live-sync drop, then run again`, 'state_missing');
+    const startLsn = maxLsn(sub.appliedLsn ?? 0n, sub.consistentLsn);
+    const catalog = await connect(this.source, { applicationName: 'pg_live_sync_catalog' });
+    const stateClient = await connect(this.target, { applicationName: 'pg_live_sync_state' });
+    const jobsAbort = new AbortController();
+    const running = new Set<Promise<void>>();
+    let pollTimer: NodeJS.Timeout | undefined;
+    let stream: ReplicationStream | null = null;
+    const applier = new Applier(target, startLsn, log);
+    /** Every source transaction committing before this has been seen by this stream. */
+    let processed = startLsn;
+    const synced = new Map<string, SyncedTable>();
+    try {
+      const info = await slotInfo(catalog, this.slot);
+      if (!info) {
+        throw new SyncError(`replication slot "${this.slot}" no longer exists on the source, so changes since ${formatLsn(startLsn)} are gone; run pg-live-sync drop --subscription ${options.subscription} and run again to copy afresh`, 'slot_missing');
+      }
+      if (info.walStatus === 'lost') {
+        throw new SyncError(`replication slot "${this.slot}" has lost WAL it needed (wal_status lost); run pg-live-sync drop --subscription ${options.subscription} and run again to copy afresh, and raise max_slot_wal_keep_size`, 'slot_lost');
+      }
+
+      // Each table's part, from its state.
+      const published = new Map((await listPublishedTables(catalog, options.publications)).map((p) => [tableKey(p.schema, p.table), p]));
+      const states = await loadTableProgress(target, options.subscription);
+      const slotsInUse = new Set<string>();
+      for (const row of states) this.progress.set(tableKey(row.schema, row.table), row);
+      for (const row of states) {
+        const key = tableKey(row.schema, row.table);
+        const pub = published.get(key);
+        if (row.removed) continue;
+        if (!pub) {
+          await markTableRemoved(target, options.subscription, row);
+          row.removed = true;
+          log('warn', `${key} left the publication: no longer synced; its target data stays`);
+          continue;
+        }
+        const check = await checkTarget(stateClient, this.target, [pub], options.tableMaps);
+        const table = check.synced[0];
+        if ((row.state === 'r' || row.state === 's') && !table) {
+          // A ready table that can no longer be written (renamed or altered on the target).
+          throw new SyncError(check.tableErrors.get(key) ?? `${key} cannot be synced any more`, 'target_table');
+        }
+        if ((row.state === 'r' || row.state === 's') && table) {
+          synced.set(key, table);
+          applier.setTable(table, row.state === 'r' ? 0n : (row.lsn ?? 0n));
+        } else if (row.state === 'f' && table && row.lsn !== null && row.lsn >= startLsn && !(await slotInfo(catalog, tableSyncSlotName(options.subscription, pub.relid)))) {
+          // Copied in the main slot's snapshot: the main stream takes it from its copy position.
+          await setTableState(target, options.subscription, row, 's', { lsn: row.lsn });
+          row.state = 's';
+          synced.set(key, table);
+          applier.setTable(table, row.lsn);
+        } else {
+          if (row.state === 'f') slotsInUse.add(tableSyncSlotName(options.subscription, pub.relid));
+          this.queueJob(pub);
+        }
+      }
+      for (const [key, pub] of published) {
+        if (!this.progress.has(key) || this.progress.get(key)!.removed) await this.tableJoined(stateClient, pub);
+      }
+      for (const slot of await dropTableSyncSlots(catalog, options.subscription, slotsInUse)) log('info', `dropped table-sync slot "${slot}" that no table needs`);
+      await this.promote(target, startLsn);
+      await target.query('SET session_replication_role = replica');
+
+      stream = await ReplicationStream.start(this.source, this.slot, options.publications, startLsn);
+      this.stream = stream;
+      this.phase = 'streaming';
+      await setSubscriptionError(target, options.subscription, null);
+      log('info', `streaming from ${formatLsn(startLsn)}`);
+
+      // Table syncs run beside the main stream and meet it at a handover.
+      let pausedFor: ((at: Lsn) => void)[] = [];
+      const ctx: TableSyncContext = {
         source: this.source,
         target: this.target,
         subscription: options.subscription,
-        snapshot,
-        consistentLsn,
-        tables,
-        workers: options.tableSyncWorkers,
-        log: this.hooks.log,
-        signal: this.abort.signal,
-        onSnapshotImported: closeExporter,
-        onProgress: (p) => {
-          const k = key(p.table.source.schema, p.table.source.table);
-          const tp = this.progress.get(k)!;
-          tp.rowsCopied = p.rows;
-          tp.bytesCopied = p.bytes;
-          tp.state = p.done ? 'f' : 'd';
-          if (p.done) inFlight.delete(k);
-          else inFlight.set(k, p);
+        publications: options.publications,
+        log,
+        signal: jobsAbort.signal,
+        onProgress: (p) => this.onCopyProgress(p),
+        onState: (t, state, lsn) => this.setProgressState(t.source.schema, t.source.table, state, lsn),
+        main: {
+          position: () => processed,
+          pause: () => new Promise<Lsn>((resolve, reject) => {
+            if (jobsAbort.signal.aborted) return reject(new SyncError('stopped', 'stopped'));
+            jobsAbort.signal.addEventListener('abort', () => reject(new SyncError('stopped', 'stopped')), { once: true });
+            pausedFor.push(resolve);
+            this.interrupt?.('task');
+          }),
+          resume: (table, from) => {
+            if (from !== null) {
+              const key = tableKey(table.source.schema, table.source.table);
+              synced.set(key, table);
+              applier.setTable(table, from);
+              this.setProgressState(table.source.schema, table.source.table, 's', from);
+            }
+            resumeMain?.();
+          },
         },
-      });
-    } catch (err) {
-      if (this.abort.signal.aborted) throw new SyncError('stopped during the initial copy', 'stopped');
-      throw err;
-    } finally {
-      clearInterval(timer);
-      while (writing) await new Promise((r) => setTimeout(r, 10));
-    }
-  }
-
-  /** Streams from `startLsn` until stopped, applying in commit order and checkpointing. */
-  private async follow(target: pg.Client, tables: SyncedTable[], startLsn: Lsn): Promise<void> {
-    const { options } = this;
-    const log = this.hooks.log;
-    const promoted = await promoteCaughtUpTables(target, options.subscription, startLsn);
-    for (const t of this.progress.values()) if (t.state === 'f' || t.state === 's') t.state = 'r';
-    if (promoted > 0) log('info', `${promoted} table(s) ready; streaming changes`);
-    await target.query('SET session_replication_role = replica');
-
-    const stream = await ReplicationStream.start(this.source, this.slot, options.publications, startLsn);
-    this.stream = stream;
-    await setSubscriptionError(target, options.subscription, null);
-    this.phase = 'streaming';
-    const applier = new Applier(target, tables, startLsn, log);
-    const events = stream.events()[Symbol.asyncIterator]();
-    let next: Promise<IteratorResult<StreamEvent>> | null = null;
-    let lastEventAt = Date.now();
-    const idleTimer = setInterval(() => {
-      if (applier.group && !applier.inSourceTransaction && Date.now() - lastEventAt >= IDLE_COMMIT_MS) this.interrupt?.('idle');
-    }, IDLE_COMMIT_MS);
-    try {
-      while (!this.abort.signal.aborted) {
-        const pending = (next ??= events.next());
-        const got = await new Promise<IteratorResult<StreamEvent> | 'stop' | 'idle'>((resolve, reject) => {
-          this.interrupt = resolve;
-          pending.then(resolve, reject);
-        });
-        this.interrupt = null;
-        if (got === 'stop') break;
-        if (got === 'idle') {
-          await this.checkpoint(target, applier, stream);
-          continue;
+      };
+      let resumeMain: (() => void) | null = null;
+      const startDueJobs = () => {
+        const busy = [...this.jobs.values()].filter((j) => j.running).length;
+        let free = Math.max(1, options.tableSyncWorkers) - busy;
+        for (const [key, job] of this.jobs) {
+          if (free <= 0 || job.running || job.notBefore > Date.now()) continue;
+          free--;
+          job.running = true;
+          const p = this.runJob(ctx, stateClient, key, job).finally(() => running.delete(p));
+          running.add(p);
         }
-        next = null;
-        lastEventAt = Date.now();
-        if (got.done) throw new SyncError('the source ended the replication stream; run again to resume', 'stream_ended');
-        const ev = got.value;
-        if (ev.walEnd > this.serverWalEnd) this.serverWalEnd = ev.walEnd;
-        if (process.env.PG_LIVE_SYNC_DEBUG) log('debug', `event ${ev.kind} walEnd ${formatLsn(ev.walEnd)}`);
-        if (ev.kind === 'keepalive') {
-          // Everything before this keepalive has been handled; with nothing uncommitted, the
-          // slot may move to the server's WAL end, so an idle sync never holds WAL back.
-          const idleNow = !applier.group && !applier.inSourceTransaction;
-          if (idleNow) stream.acknowledge(ev.walEnd, true);
-          else if (ev.replyRequested) stream.acknowledge(stream.acknowledged, true);
-          continue;
+      };
+      let polling = false;
+      pollTimer = setInterval(() => {
+        startDueJobs();
+        if (polling) return;
+        polling = true;
+        this.pollPublications(catalog, stateClient, synced, applier)
+          .catch((err) => log('warn', `could not read the publications: ${errorMessage(err)}`))
+          .finally(() => (polling = false));
+      }, PUBLICATION_POLL_MS);
+      startDueJobs();
+
+      const events = stream.events()[Symbol.asyncIterator]();
+      let next: Promise<IteratorResult<StreamEvent>> | null = null;
+      let lastEventAt = Date.now();
+      const idleTimer = setInterval(() => {
+        if (applier.group && !applier.inSourceTransaction && Date.now() - lastEventAt >= IDLE_COMMIT_MS) this.interrupt?.('idle');
+      }, IDLE_COMMIT_MS);
+      try {
+        while (!this.abort.signal.aborted) {
+          // Between source transactions: hand tables over, apply table set changes.
+          if (!applier.inSourceTransaction && (pausedFor.length > 0 || this.mainTasks.length > 0)) {
+            await this.checkpoint(target, applier, stream);
+            for (const task of this.mainTasks.splice(0)) await task();
+            const waiting = pausedFor;
+            pausedFor = [];
+            for (const resolve of waiting) {
+              const resumed = new Promise<void>((r) => (resumeMain = r));
+              resolve(processed);
+              await Promise.race([resumed, new Promise<void>((r) => jobsAbort.signal.addEventListener('abort', () => r(), { once: true }))]);
+              resumeMain = null;
+            }
+            continue;
+          }
+          const pending = (next ??= events.next());
+          const got = await new Promise<IteratorResult<StreamEvent> | Wake>((resolve, reject) => {
+            this.interrupt = resolve;
+            pending.then(resolve, reject);
+          });
+          this.interrupt = null;
+          if (got === 'stop') break;
+          if (got === 'task') continue;
+          if (got === 'idle') {
+            await this.checkpoint(target, applier, stream);
+            continue;
+          }
+          next = null;
+          lastEventAt = Date.now();
+          if (got.done) throw new SyncError('the source ended the replication stream', 'stream_ended');
+          const ev = got.value;
+          if (ev.walEnd > this.serverWalEnd) this.serverWalEnd = ev.walEnd;
+          if (ev.kind === 'keepalive') {
+            if (applier.inSourceTransaction) {
+              if (ev.replyRequested) stream.acknowledge(stream.acknowledged, true);
+              continue;
+            }
+            // Everything before this keepalive has been seen; with nothing uncommitted the slot
+            // may move to the server's WAL end, so an idle sync never holds WAL back.
+            processed = maxLsn(processed, ev.walEnd);
+            if (!applier.group) stream.acknowledge(ev.walEnd, true);
+            else if (ev.replyRequested) stream.acknowledge(stream.acknowledged, true);
+            continue;
+          }
+          const change = ev.change;
+          if (change.tag === 'begin' && this.pendingSince === null) this.pendingSince = change.commitTime;
+          await applier.apply(change);
+          if (change.tag === 'commit') {
+            processed = maxLsn(processed, change.endLsn);
+            if (checkpointDue(applier.group)) await this.checkpoint(target, applier, stream);
+          }
         }
-        const change = ev.change;
-        if (process.env.PG_LIVE_SYNC_DEBUG) log('debug', `change ${change.tag} ${JSON.stringify(change, (_k, v) => (typeof v === 'bigint' ? v.toString() : typeof v === 'symbol' ? 'UNCHANGED' : v)).slice(0, 200)}`);
-        if (change.tag === 'begin' && this.pendingSince === null) this.pendingSince = change.commitTime;
-        await applier.apply(change);
-        if (change.tag === 'commit' && checkpointDue(applier.group)) await this.checkpoint(target, applier, stream);
+        if (applier.inSourceTransaction) await abandonGroup(target, applier);
+        else await this.checkpoint(target, applier, stream);
+      } finally {
+        clearInterval(idleTimer);
       }
-      if (applier.inSourceTransaction) await abandonGroup(target, applier);
-      else await this.checkpoint(target, applier, stream);
     } catch (err) {
       await abandonGroup(target, applier).catch(() => undefined);
-      if (err instanceof SyncError) throw err;
-      if (this.abort.signal.aborted) return;
-      throw new SyncError(`streaming stopped: ${errorMessage(err)}; nothing applied is lost: once the source and target are reachable, run again to resume`, 'stream_lost');
+      throw err;
     } finally {
-      clearInterval(idleTimer);
-      await stream.close();
-      log('info', `stopped at ${formatLsn(stream.acknowledged)} after ${this.transactionsApplied} transaction(s), ${this.changesApplied} change(s)`);
+      clearInterval(pollTimer);
+      jobsAbort.abort();
+      await Promise.allSettled([...running]);
+      for (const job of this.jobs.values()) job.running = false;
+      if (stream) {
+        await stream.close();
+        log('info', `stopped at ${formatLsn(stream.acknowledged)} after ${this.transactionsApplied} transaction(s), ${this.changesApplied} change(s)`);
+      }
+      await Promise.all([catalog.end().catch(() => undefined), stateClient.end().catch(() => undefined)]);
     }
   }
 
+  /** Commits the open group with its position (promoting tables it makes ready), then acknowledges it. */
   private async checkpoint(target: pg.Client, applier: Applier, stream: ReplicationStream): Promise<void> {
-    const done = await checkpoint(target, this.options.subscription, applier, stream);
+    const done = await checkpoint(target, applier, async (client, lsn, commitTime) => {
+      await writeAppliedLsn(client, this.options.subscription, lsn, commitTime);
+      if ([...this.progress.values()].some((t) => t.state === 's' && t.lsn !== null && t.lsn <= lsn)) await this.promote(client, lsn);
+    });
     this.pendingSince = null;
     if (done) {
+      stream.acknowledge(done.lsn, true);
       this.transactionsApplied += done.transactions;
       this.changesApplied += done.changes;
     }
   }
+
+  /** Tables whose copy position the main stream has passed are ready: s -> r. */
+  private async promote(client: pg.Client, lsn: Lsn): Promise<void> {
+    const n = await promoteCaughtUpTables(client, this.options.subscription, lsn);
+    if (n === 0) return;
+    for (const t of this.progress.values()) {
+      if ((t.state === 's' || t.state === 'f') && t.lsn !== null && t.lsn <= lsn && !t.removed) t.state = 'r';
+    }
+  }
+
+  private setProgressState(schema: string, table: string, state: TableState, lsn: Lsn | null): void {
+    const tp = this.progress.get(tableKey(schema, table));
+    if (tp) {
+      tp.state = state;
+      tp.lsn = lsn;
+    }
+  }
+
+  private queueJob(published: PublishedTable): void {
+    const key = tableKey(published.schema, published.table);
+    const job = this.jobs.get(key);
+    if (job) job.published = published;
+    else this.jobs.set(key, { published, attempt: 0, notBefore: 0, running: false });
+  }
+
+  /** A table published now but not synced: record it and queue its own sync. */
+  private async tableJoined(stateClient: pg.Client, pub: PublishedTable): Promise<void> {
+    const key = tableKey(pub.schema, pub.table);
+    const check = await checkTarget(stateClient, this.target, [pub], this.options.tableMaps);
+    const table = check.synced[0];
+    if (table) {
+      await upsertTableRow(stateClient, this.options.subscription, table);
+      this.progress.set(key, initialProgress(table));
+    } else {
+      const error = check.tableErrors.get(key) ?? 'cannot be synced';
+      const target = resolveTarget(this.options.tableMaps, { schema: pub.schema, table: pub.table });
+      await upsertTableError(stateClient, this.options.subscription, { schema: pub.schema, table: pub.table, relid: pub.relid, publication: pub.publications[0], target }, error);
+      this.progress.set(key, { ...initialProgressOf(pub), targetSchema: target.schema, targetTable: target.table, lastError: error });
+    }
+    this.hooks.log('info', `${key} joined the publication; syncing it on its own`);
+    this.queueJob(pub);
+  }
+
+  /** Finds tables that joined or left the publications since the last look. */
+  private async pollPublications(catalog: pg.Client, stateClient: pg.Client, synced: Map<string, SyncedTable>, applier: Applier): Promise<void> {
+    const published = new Map((await listPublishedTables(catalog, this.options.publications)).map((p) => [tableKey(p.schema, p.table), p]));
+    for (const [key, pub] of published) {
+      const known = this.progress.get(key);
+      if (!known || known.removed) await this.tableJoined(stateClient, pub);
+    }
+    for (const [key, tp] of this.progress) {
+      if (tp.removed || published.has(key)) continue;
+      tp.removed = true;
+      this.jobs.delete(key);
+      synced.delete(key);
+      this.mainTasks.push(async () => applier.removeTable(tp.schema, tp.table));
+      this.interrupt?.('task');
+      await markTableRemoved(stateClient, this.options.subscription, tp);
+      this.hooks.log('warn', `${key} left the publication: no longer synced; its target data stays`);
+    }
+  }
+
+  /** One attempt at a table's own sync; failures are recorded on the table and retried with backoff. */
+  private async runJob(ctx: TableSyncContext, stateClient: pg.Client, key: string, job: TableJob): Promise<void> {
+    const { options } = this;
+    const pub = job.published;
+    try {
+      if (pub.publishesUpdateOrDelete && !pub.hasUsableIdentity) {
+        throw new SyncError(`table ${key} has no usable replica identity; on the source run ALTER TABLE ... REPLICA IDENTITY FULL (or add a primary key)`, 'replica_identity');
+      }
+      const check = await checkTarget(stateClient, this.target, [pub], options.tableMaps);
+      const table = check.synced[0];
+      if (!table) throw new SyncError(check.tableErrors.get(key) ?? `${key} cannot be synced`, 'table');
+      const row = (await loadTableProgress(stateClient, options.subscription)).find((r) => tableKey(r.schema, r.table) === key);
+      if (!options.copyData && row?.state === 'i') {
+        // Without copies, a table joins the stream where the stream is.
+        await new Promise<void>((resolve, reject) => {
+          this.mainTasks.push(async () => {
+            try {
+              const at = ctx.main.position();
+              await setTableState(stateClient, options.subscription, table.source, 's', { lsn: at });
+              ctx.main.resume(table, at);
+              resolve();
+            } catch (err) {
+              reject(err);
+            }
+          });
+          this.interrupt?.('task');
+        });
+      } else {
+        const from = await syncTable(ctx, table, { state: row?.state ?? 'i', lsn: row?.lsn ?? null });
+        this.hooks.log('info', `${key} caught up; the main stream applies it from ${formatLsn(from)}`);
+      }
+      await setTableError(stateClient, options.subscription, table.source, null);
+      const tp = this.progress.get(key);
+      if (tp) tp.lastError = null;
+      this.jobs.delete(key);
+    } catch (err) {
+      job.running = false;
+      if (ctx.signal.aborted) return;
+      const error = errorMessage(err);
+      job.attempt++;
+      const delay = Math.min(MAX_TABLE_RETRY_DELAY_MS, 5_000 * 2 ** (job.attempt - 1));
+      job.notBefore = Date.now() + delay;
+      this.hooks.log('error', `${key}: ${error} (retrying in ${Math.round(delay / 1000)} s; other tables go on)`);
+      const tp = this.progress.get(key);
+      if (tp) tp.lastError = error;
+      await setTableError(stateClient, options.subscription, { schema: pub.schema, table: pub.table }, error).catch(() => undefined);
+    }
+  }
 }
 
-function key(schema: string, table: string): string {
-  return `${schema}.${table}`;
+function refuseOnErrors(findings: Finding[], tableErrorsToo: boolean): void {
+  const first = findings.find((f) => f.severity === 'error' && (tableErrorsToo || !f.table));
+  if (first) throw new SyncError(first.message, 'check');
+}
+
+/** Connection trouble that a retry can get past, as opposed to a problem someone must fix. */
+export function isTransient(err: unknown): boolean {
+  if (err instanceof SyncError) return err.code === 'connect' || err.code === 'stream_ended';
+  const e = (err ?? {}) as { code?: string; message?: string };
+  if (e.code && /^(08|57P0[123]|53300|ECONN|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN)/.test(e.code)) return true;
+  return /Connection terminated|connection timeout|terminating connection|server closed the connection|read ECONNRESET/i.test(e.message ?? '');
 }
 
 function initialProgress(t: SyncedTable): TableProgress {
@@ -312,6 +631,8 @@ function initialProgress(t: SyncedTable): TableProgress {
     targetSchema: t.target.schema,
     targetTable: t.target.table,
     state: 'i',
+    lsn: null,
+    removed: false,
     rowsCopied: 0,
     bytesCopied: 0,
     approximateRows: t.approximateRows,
@@ -320,5 +641,21 @@ function initialProgress(t: SyncedTable): TableProgress {
   };
 }
 
+function initialProgressOf(p: PublishedTable): TableProgress {
+  return {
+    schema: p.schema,
+    table: p.table,
+    targetSchema: p.schema,
+    targetTable: p.table,
+    state: 'i',
+    lsn: null,
+    removed: false,
+    rowsCopied: 0,
+    bytesCopied: 0,
+    approximateRows: p.approximateRows,
+    approximateSize: p.approximateSize,
+    lastError: null,
+  };
+}
 
 export { formatBytes };

@@ -1,93 +1,224 @@
 /**
- * Everything that would make `run` fail is checked before anything is created on either side,
- * and each finding is one line with the fix.
+ * Everything that would make a sync fail, checked before anything is created on either side. Each
+ * finding is one line with its fix. `pg-live-sync check` prints them all; `run` refuses to start
+ * on the first error and logs the warnings.
  */
 import type pg from 'pg';
 import { connect, describeEndpoint, qualified, quoteIdent, type Endpoint } from './connection';
 import { listPublishedTables, publicationsMissing, replicaIdentityFix, targetColumns, type PublishedTable } from './catalog';
-import { SyncError } from './errors';
+import { errorMessage } from './errors';
+import { slotInfo, slotNameFor } from './slot';
 import { resolveTarget } from './tablemap';
 import type { SyncedTable, TableMap } from './types';
 
 const FIRST_USER_OID = 16384;
 
-export async function checkSource(client: pg.Client, endpoint: Endpoint, publications: string[]): Promise<PublishedTable[]> {
-  const where = describeEndpoint(endpoint.url);
-  const wal = (await client.query('SHOW wal_level')).rows[0].wal_level as string;
-  if (wal !== 'logical') {
-    throw new SyncError(`wal_level on the source ${where} is "${wal}" but logical replication needs "logical"; run ALTER SYSTEM SET wal_level = logical; on the source and restart it`, 'wal_level');
-  }
-  const role = (await client.query(`SELECT current_user AS name, rolreplication OR rolsuper AS ok FROM pg_roles WHERE rolname = current_user`)).rows[0];
-  if (!role.ok) {
-    throw new SyncError(`role "${role.name}" on the source ${where} lacks the REPLICATION privilege; run ALTER ROLE ${quoteIdent(role.name)} WITH REPLICATION; as a superuser (on RDS: GRANT rds_replication TO ${quoteIdent(role.name)};)`, 'privilege');
-  }
-  const missing = await publicationsMissing(client, publications);
-  if (missing.length > 0) {
-    throw new SyncError(`publication "${missing[0]}" does not exist on the source ${where}; create it there, for example CREATE PUBLICATION ${quoteIdent(missing[0])} FOR TABLE ...; or fix --publication`, 'publication');
-  }
-  const tables = await listPublishedTables(client, publications);
-  if (tables.length === 0) {
-    throw new SyncError(`publication ${publications.map((p) => `"${p}"`).join(', ')} on the source ${where} publishes no tables; add some with ALTER PUBLICATION ${quoteIdent(publications[0])} ADD TABLE ...;`, 'publication');
-  }
-  const noIdentity = tables.find((t) => t.publishesUpdateOrDelete && !t.hasUsableIdentity);
-  if (noIdentity) {
-    throw new SyncError(`table ${qualified(noIdentity.schema, noIdentity.table)} has no usable replica identity, so its UPDATEs and DELETEs cannot be replicated; on the source run: ${replicaIdentityFix(noIdentity)}`, 'replica_identity');
-  }
-  // A walsender connection can still be refused (pg_hba "replication" lines, max_wal_senders):
-  // find out now, before the slot exists.
-  const repl = await connect(endpoint, { replication: true });
-  try {
-    await repl.query('IDENTIFY_SYSTEM');
-  } finally {
-    await repl.end().catch(() => undefined);
-  }
-  return tables;
+export interface Finding {
+  severity: 'error' | 'warning';
+  /** One line: the problem, then `;` and the fix. */
+  message: string;
+  /** The source table (schema.table) a table-level finding is about. */
+  table?: string;
 }
 
-export async function checkTarget(client: pg.Client, endpoint: Endpoint, published: PublishedTable[], maps: TableMap[]): Promise<SyncedTable[]> {
+export interface SourceCheck {
+  findings: Finding[];
+  published: PublishedTable[];
+}
+
+export async function checkSource(client: pg.Client, endpoint: Endpoint, publications: string[], subscription: string | null): Promise<SourceCheck> {
   const where = describeEndpoint(endpoint.url);
+  const findings: Finding[] = [];
+  const error = (message: string) => findings.push({ severity: 'error', message });
+  const warning = (message: string) => findings.push({ severity: 'warning', message });
+
+  const settings = (await client.query(
+    `SELECT current_setting('wal_level') AS wal_level,
+            current_setting('max_replication_slots')::int AS max_slots,
+            (SELECT count(*) FROM pg_replication_slots)::int AS slots,
+            current_setting('max_wal_senders')::int AS max_senders,
+            (SELECT count(*) FROM pg_stat_replication)::int AS senders,
+            current_setting('wal_sender_timeout') AS wal_sender_timeout,
+            (SELECT setting::int FROM pg_settings WHERE name = 'wal_sender_timeout') AS wal_sender_timeout_ms,
+            inet_server_port() AS server_port,
+            current_user AS role,
+            (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user) AS can_replicate`,
+  )).rows[0];
+  if (settings.wal_level !== 'logical') {
+    error(`wal_level on the source ${where} is "${settings.wal_level}" but logical replication needs "logical"; run ALTER SYSTEM SET wal_level = logical; on the source and restart it`);
+  }
+  const freeSlots = settings.max_slots - settings.slots;
+  if (freeSlots < 1) error(`the source ${where} has no free replication slot (${settings.slots} of max_replication_slots ${settings.max_slots} used); raise max_replication_slots (needs a restart) or drop unused slots`);
+  else if (freeSlots < 2) warning(`the source ${where} has ${freeSlots} free replication slot; tables added later each need one more while they sync: raise max_replication_slots`);
+  const freeSenders = settings.max_senders - settings.senders;
+  if (freeSenders < 1) error(`the source ${where} has no free WAL sender (${settings.senders} of max_wal_senders ${settings.max_senders} in use); raise max_wal_senders (needs a restart)`);
+  else if (freeSenders < 2) warning(`the source ${where} has ${freeSenders} free WAL sender; syncing added tables needs one more each: raise max_wal_senders`);
+  if (settings.wal_sender_timeout_ms === 0) {
+    warning(`wal_sender_timeout is 0 on the source ${where}, so a dead replication connection is never noticed and its slot stays busy; set it, for example ALTER SYSTEM SET wal_sender_timeout = '60s'; SELECT pg_reload_conf();`);
+  }
+  if (!settings.can_replicate) {
+    error(`role "${settings.role}" on the source ${where} lacks the REPLICATION privilege; run ALTER ROLE ${quoteIdent(settings.role)} WITH REPLICATION; as a superuser (on RDS: GRANT rds_replication TO ${quoteIdent(settings.role)};)`);
+  }
+  poolerCheck(endpoint, settings.server_port, warning);
+
+  if (subscription !== null) {
+    const slot = await slotInfo(client, slotNameFor(subscription));
+    if (slot?.active) error(`subscription "${subscription}" is already running: its replication slot "${slotNameFor(subscription)}" on the source is in use; stop that run first (or pick another --subscription)`);
+    if (slot?.walStatus === 'lost') error(`replication slot "${slotNameFor(subscription)}" has lost WAL it needed (wal_status lost); run pg-live-sync drop --subscription ${subscription} and run again to copy afresh`);
+  }
+
+  const missing = await publicationsMissing(client, publications);
+  for (const name of missing) {
+    error(`publication "${name}" does not exist on the source ${where}; create it there, for example CREATE PUBLICATION ${quoteIdent(name)} FOR TABLE ...; or fix --publication`);
+  }
+  const published = missing.length === 0 ? await listPublishedTables(client, publications) : [];
+  if (missing.length === 0 && published.length === 0) {
+    error(`publication ${publications.map((p) => `"${p}"`).join(', ')} on the source ${where} publishes no tables; add some with ALTER PUBLICATION ${quoteIdent(publications[0])} ADD TABLE ...;`);
+  }
+  for (const t of published) {
+    const name = qualified(t.schema, t.table);
+    const table = tableKey(t.schema, t.table);
+    const error = (message: string) => findings.push({ severity: 'error', message, table });
+    if (!t.canSelect) error(`role "${settings.role}" cannot SELECT from ${name} on the source; run GRANT SELECT ON ${name} TO ${quoteIdent(settings.role)};`);
+    if (t.publishesUpdateOrDelete && !t.hasUsableIdentity) {
+      error(`table ${name} has no usable replica identity, so its UPDATEs and DELETEs cannot be replicated; on the source run: ${replicaIdentityFix(t)}`);
+    } else if (t.replicaIdentity === 'f' && t.candidateIndex) {
+      warning(`table ${name} uses REPLICA IDENTITY FULL: each UPDATE and DELETE scans for the row on the target; cheaper: ALTER TABLE ${name} REPLICA IDENTITY USING INDEX ${quoteIdent(t.candidateIndex)};`);
+    }
+  }
+  if (findings.every((f) => f.severity !== 'error')) {
+    // A walsender connection can still be refused (pg_hba "replication" lines): find out now.
+    try {
+      const repl = await connect(endpoint, { replication: true });
+      await repl.query('IDENTIFY_SYSTEM').finally(() => repl.end().catch(() => undefined));
+    } catch (err) {
+      error(`${errorMessage(err)} (replication connection)`);
+    }
+  }
+  return { findings, published };
+}
+
+export interface TargetCheck {
+  findings: Finding[];
+  synced: SyncedTable[];
+  /** Per source table, the first error that keeps it from syncing. */
+  tableErrors: Map<string, string>;
+}
+
+export function tableKey(schema: string, table: string): string {
+  return `${schema}.${table}`;
+}
+
+export async function checkTarget(
+  client: pg.Client,
+  endpoint: Endpoint,
+  published: PublishedTable[],
+  maps: TableMap[],
+  opts: { source?: pg.Client; freshStart?: boolean } = {},
+): Promise<TargetCheck> {
+  const where = describeEndpoint(endpoint.url);
+  const findings: Finding[] = [];
+  const tableErrors = new Map<string, string>();
+  const settings = (await client.query(`SELECT inet_server_port() AS server_port, current_user AS role`)).rows[0];
   try {
     await client.query('SET session_replication_role = replica');
     await client.query('RESET session_replication_role');
   } catch (err) {
-    const user = (await client.query('SELECT current_user AS u')).rows[0].u as string;
-    throw new SyncError(`role "${user}" on the target ${where} cannot SET session_replication_role (${(err as Error).message}); connect to the target as a superuser (on RDS a member of rds_superuser)`, 'privilege');
+    findings.push({ severity: 'error', message: `role "${settings.role}" on the target ${where} cannot SET session_replication_role (${errorMessage(err)}); connect to the target as a superuser (on RDS a member of rds_superuser)` });
   }
+  poolerCheck(endpoint, settings.server_port, (message) => findings.push({ severity: 'warning', message }));
+  const targetExtensions = new Set((await client.query(`SELECT extname FROM pg_extension`)).rows.map((r) => r.extname as string));
+  const typeExtensions = opts.source ? await extensionsOfTypes(opts.source, published) : new Map<number, string>();
+
   const synced: SyncedTable[] = [];
   const seen = new Map<string, string>();
   for (const t of published) {
+    const key = tableKey(t.schema, t.table);
+    const tableError = (message: string) => {
+      findings.push({ severity: 'error', message, table: key });
+      if (!tableErrors.has(key)) tableErrors.set(key, message);
+    };
     const target = resolveTarget(maps, { schema: t.schema, table: t.table });
     const targetName = qualified(target.schema, target.table);
     const sourceName = qualified(t.schema, t.table);
     const other = seen.get(targetName);
     if (other) {
-      throw new SyncError(`source tables ${other} and ${sourceName} both map to the target table ${targetName}; give each its own --table-map`, 'table_map');
+      tableError(`source tables ${other} and ${sourceName} both map to the target table ${targetName}; give each its own --table-map`);
+      continue;
     }
     seen.set(targetName, sourceName);
+    for (const c of t.columns) {
+      const ext = typeExtensions.get(c.typeOid);
+      if (ext && !targetExtensions.has(ext)) tableError(`column ${quoteIdent(c.name)} of ${sourceName} has type ${c.type} from extension "${ext}", which the target lacks; run on the target: CREATE EXTENSION ${quoteIdent(ext)};`);
+    }
     const cols = await targetColumns(client, target);
     if (!cols) {
-      throw new SyncError(`target table ${targetName} (for source table ${sourceName}) does not exist on the target ${where}; create it first, for example: pg_dump --schema-only -t '${sourceName.replace(/'/g, "'\\''")}' "$SOURCE" | psql "$TARGET"`, 'target_table');
+      const quotedForShell = sourceName.replace(/'/g, "'\\''");
+      tableError(`target table ${targetName} (for source table ${sourceName}) does not exist on the target ${where}; create it first, for example: pg_dump --schema-only -t '${quotedForShell}' "$SOURCE" | psql "$TARGET"`);
+      continue;
     }
     const byName = new Map(cols.filter((c) => !c.generated).map((c) => [c.name, c]));
-    const missing = t.columns.find((c) => !byName.has(c.name));
-    if (missing) {
-      throw new SyncError(`target table ${targetName} has no column ${quoteIdent(missing.name)} (source ${sourceName} has it); run on the target: ALTER TABLE ${targetName} ADD COLUMN ${quoteIdent(missing.name)} ${missing.type};`, 'target_column');
+    for (const c of t.columns) {
+      const tc = byName.get(c.name);
+      if (!tc) tableError(`target table ${targetName} has no column ${quoteIdent(c.name)} (source ${sourceName} has it); run on the target: ALTER TABLE ${targetName} ADD COLUMN ${quoteIdent(c.name)} ${c.type};`);
+      else if (tc.type !== c.type) findings.push({ severity: 'warning', message: `column ${quoteIdent(c.name)} is ${c.type} on the source but ${tc.type} on the target ${targetName}; values pass as text, so every source value must fit: ALTER TABLE ${targetName} ALTER COLUMN ${quoteIdent(c.name)} TYPE ${c.type};` });
     }
-    const sameTypes = t.columns.every((c) => byName.get(c.name)?.type === c.type);
-    const builtin = t.columns.every((c) => c.typeOid < FIRST_USER_OID);
-    synced.push({
-      relid: t.relid,
-      source: { schema: t.schema, table: t.table },
-      target,
-      publications: t.publications,
-      columns: t.columns,
-      rowFilter: t.rowFilter,
-      // Binary COPY carries type OIDs inside arrays and records and needs identical types: only
-      // built-in types on both sides qualify, the rest go through text.
-      copyFormat: sameTypes && builtin ? 'binary' : 'text',
-      approximateRows: t.approximateRows,
-      approximateSize: t.approximateSize,
-    });
+    const published = new Set(t.columns.map((c) => c.name));
+    for (const tc of cols) {
+      if (!published.has(tc.name) && tc.notNull && !tc.hasDefault && !tc.generated) {
+        tableError(`target column ${quoteIdent(tc.name)} of ${targetName} is NOT NULL without a default and gets no value from the source; give it a default or drop NOT NULL: ALTER TABLE ${targetName} ALTER COLUMN ${quoteIdent(tc.name)} DROP NOT NULL;`);
+      }
+    }
+    if (tableErrors.has(key)) continue;
+    if (opts.freshStart) {
+      const rows = await client.query(`SELECT EXISTS (SELECT 1 FROM ${targetName}) AS any`);
+      if (rows.rows[0].any) findings.push({ severity: 'warning', message: `target table ${targetName} is not empty; the initial copy empties it first (its rows are replaced by the source's)` });
+    }
+    synced.push(toSyncedTable(t, target, cols));
   }
-  return synced;
+  return { findings, synced, tableErrors };
+}
+
+export function toSyncedTable(t: PublishedTable, target: { schema: string; table: string }, cols: { name: string; type: string }[]): SyncedTable {
+  const byName = new Map(cols.map((c) => [c.name, c.type]));
+  const sameTypes = t.columns.every((c) => byName.get(c.name) === c.type);
+  const builtin = t.columns.every((c) => c.typeOid < FIRST_USER_OID);
+  return {
+    relid: t.relid,
+    source: { schema: t.schema, table: t.table },
+    target,
+    publications: t.publications,
+    columns: t.columns,
+    rowFilter: t.rowFilter,
+    // Binary COPY carries type OIDs inside arrays and records and needs identical types: only
+    // built-in types on both sides qualify, the rest go through text.
+    copyFormat: sameTypes && builtin ? 'binary' : 'text',
+    partitioned: t.partitioned,
+    approximateRows: t.approximateRows,
+    approximateSize: t.approximateSize,
+  };
+}
+
+/** Extension that owns each column type (or the element type of an array), by type OID. */
+async function extensionsOfTypes(source: pg.Client, published: PublishedTable[]): Promise<Map<number, string>> {
+  const oids = [...new Set(published.flatMap((t) => t.columns.map((c) => c.typeOid)))];
+  if (oids.length === 0) return new Map();
+  const r = await source.query(
+    `SELECT t.oid::int AS oid, e.extname
+       FROM pg_type t
+       JOIN pg_depend d ON d.classid = 'pg_type'::regclass AND d.objid = CASE WHEN t.typelem <> 0 AND t.typlen = -1 THEN t.typelem ELSE t.oid END AND d.deptype = 'e'
+       JOIN pg_extension e ON e.oid = d.refobjid
+      WHERE t.oid = ANY($1)`,
+    [oids],
+  );
+  return new Map(r.rows.map((row) => [row.oid as number, row.extname as string]));
+}
+
+/** A pooler answers on one port and reaches PostgreSQL on another; replication cannot pass it. */
+function poolerCheck(endpoint: Endpoint, serverPort: number | null, warn: (m: string) => void): void {
+  const url = new URL(endpoint.url.replace(/^postgres(ql)?:/, 'http:'));
+  const urlPort = Number(url.port || 5432);
+  if (serverPort !== null && url.hostname && !url.hostname.startsWith('%2F') && serverPort !== urlPort) {
+    warn(`the ${endpoint.role} URL uses port ${urlPort} but PostgreSQL there listens on ${serverPort}: this looks like a pooler (PgBouncer) or a port forward; a sync needs a direct connection (session state, replication), so connect to PostgreSQL itself`);
+  }
 }

@@ -1,4 +1,5 @@
 /** Stage 1: the replication slot, created with an exported snapshot the copy stage imports. */
+import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import { connect, quoteIdent, type Endpoint } from './connection';
 import { SyncError } from './errors';
@@ -6,6 +7,22 @@ import { parseLsn, type Lsn } from './lsn';
 
 export function slotNameFor(subscription: string): string {
   return `pg_live_sync_${subscription}`;
+}
+
+/**
+ * A table that joins later syncs through a slot of its own, named from the subscription and the
+ * table's OID; the subscription part is a hash so the name fits in 63 bytes.
+ */
+export function tableSyncSlotName(subscription: string, relid: number): string {
+  return `pgls_${subscriptionHash(subscription)}_sync_${relid}`;
+}
+
+export function tableSyncSlotPattern(subscription: string): string {
+  return `pgls_${subscriptionHash(subscription)}_sync_%`;
+}
+
+function subscriptionHash(subscription: string): string {
+  return createHash('sha256').update(subscription).digest('hex').slice(0, 12);
 }
 
 export function validateSubscriptionName(name: string): void {
@@ -74,4 +91,16 @@ export async function dropSlotIfExists(client: pg.Client, slot: string): Promise
   }
   await client.query('SELECT pg_drop_replication_slot($1)', [slot]);
   return true;
+}
+
+/** Table-sync slots of a subscription that no table needs any more (and on drop, all of them). */
+export async function dropTableSyncSlots(client: pg.Client, subscription: string, keep: Set<string> = new Set()): Promise<string[]> {
+  const r = await client.query(`SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE $1 AND NOT active`, [tableSyncSlotPattern(subscription)]);
+  const dropped: string[] = [];
+  for (const row of r.rows) {
+    if (keep.has(row.slot_name)) continue;
+    await client.query('SELECT pg_drop_replication_slot($1)', [row.slot_name]);
+    dropped.push(row.slot_name);
+  }
+  return dropped;
 }

@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS _pg_live_sync.subscription_rel (
   target_schema    text NOT NULL,
   target_table     text NOT NULL,
   PRIMARY KEY (subname, schemaname, tablename)
-);`;
+);
+ALTER TABLE _pg_live_sync.subscription_rel ADD COLUMN IF NOT EXISTS removed_at timestamptz;
+COMMENT ON COLUMN _pg_live_sync.subscription_rel.removed_at IS 'set when the table left the publication: no longer synced, its target data stays';`;
 
 export interface SubscriptionRow {
   subname: string;
@@ -126,6 +128,48 @@ export async function resetSubscription(
   }
 }
 
+/** A table that joined the publication while running, or came back after leaving it: start at `i`. */
+export async function upsertTableRow(client: pg.Client, subname: string, t: SyncedTable): Promise<void> {
+  await client.query(
+    `INSERT INTO _pg_live_sync.subscription_rel
+       (subname, pubname, schemaname, tablename, rrelid, state, approximate_rows, approximate_size, target_schema, target_table)
+     VALUES ($1, $2, $3, $4, $5, 'i', $6, $7, $8, $9)
+     ON CONFLICT (subname, schemaname, tablename) DO UPDATE
+       SET pubname = EXCLUDED.pubname, rrelid = EXCLUDED.rrelid, state = 'i', lsn = NULL, rows_copied = 0, bytes_copied = 0,
+           approximate_rows = EXCLUDED.approximate_rows, approximate_size = EXCLUDED.approximate_size,
+           target_schema = EXCLUDED.target_schema, target_table = EXCLUDED.target_table,
+           removed_at = NULL, last_error = NULL, updated_at = now()`,
+    [subname, t.publications[0], t.source.schema, t.source.table, t.relid, t.approximateRows, t.approximateSize, t.target.schema, t.target.table],
+  );
+}
+
+/** A table that cannot be synced yet: shown with its error, retried later. */
+export async function upsertTableError(client: pg.Client, subname: string, t: { schema: string; table: string; relid: number; publication: string; target: { schema: string; table: string } }, error: string): Promise<void> {
+  await client.query(
+    `INSERT INTO _pg_live_sync.subscription_rel (subname, pubname, schemaname, tablename, rrelid, state, target_schema, target_table, last_error)
+     VALUES ($1, $2, $3, $4, $5, 'i', $6, $7, $8)
+     ON CONFLICT (subname, schemaname, tablename) DO UPDATE
+       SET state = 'i', lsn = NULL, last_error = EXCLUDED.last_error, removed_at = NULL, updated_at = now()`,
+    [subname, t.publication, t.schema, t.table, t.relid, t.target.schema, t.target.table, error],
+  );
+}
+
+/** Records why a table is not syncing; its state is left as it is so the next attempt resumes. */
+export async function setTableError(client: pg.Client, subname: string, t: { schema: string; table: string }, error: string | null): Promise<void> {
+  await client.query(
+    `UPDATE _pg_live_sync.subscription_rel SET last_error = $4, updated_at = now() WHERE subname = $1 AND schemaname = $2 AND tablename = $3`,
+    [subname, t.schema, t.table, error],
+  );
+}
+
+export async function markTableRemoved(client: pg.Client, subname: string, t: { schema: string; table: string }): Promise<void> {
+  await client.query(
+    `UPDATE _pg_live_sync.subscription_rel SET removed_at = now(), updated_at = now()
+      WHERE subname = $1 AND schemaname = $2 AND tablename = $3 AND removed_at IS NULL`,
+    [subname, t.schema, t.table],
+  );
+}
+
 export async function deleteSubscriptionRows(client: pg.Client, subname: string): Promise<void> {
   await client.query(`DELETE FROM _pg_live_sync.subscription_rel WHERE subname = $1`, [subname]);
   await client.query(`DELETE FROM _pg_live_sync.subscription WHERE subname = $1`, [subname]);
@@ -197,8 +241,8 @@ export async function writeCopyProgress(client: pg.Client, subname: string, rows
 
 export async function loadTableProgress(client: pg.Client, subname: string): Promise<TableProgress[]> {
   const r = await client.query(
-    `SELECT schemaname, tablename, target_schema, target_table, state, rows_copied, bytes_copied,
-            approximate_rows, approximate_size, last_error
+    `SELECT schemaname, tablename, target_schema, target_table, state, lsn::text, rows_copied, bytes_copied,
+            approximate_rows, approximate_size, last_error, removed_at IS NOT NULL AS removed
        FROM _pg_live_sync.subscription_rel WHERE subname = $1 ORDER BY schemaname, tablename`,
     [subname],
   );
@@ -208,6 +252,8 @@ export async function loadTableProgress(client: pg.Client, subname: string): Pro
     targetSchema: row.target_schema,
     targetTable: row.target_table,
     state: row.state,
+    lsn: row.lsn ? parseLsn(row.lsn) : null,
+    removed: row.removed,
     rowsCopied: Number(row.rows_copied),
     bytesCopied: Number(row.bytes_copied),
     approximateRows: Number(row.approximate_rows ?? 0),

@@ -50,6 +50,8 @@ export interface SyncedTable {
   rowFilter: string | null;
   /** Binary COPY only where every column is a built-in type with the same type on the target. */
   copyFormat: 'binary' | 'text';
+  /** A partitioned table is read with SELECT (COPY TO refuses it) and includes its partitions. */
+  partitioned: boolean;
   approximateRows: number;
   approximateSize: number;
 }
@@ -60,6 +62,10 @@ export interface TableProgress {
   targetSchema: string;
   targetTable: string;
   state: TableState;
+  /** Copy position (`f`), or where the main stream takes over (`s`, `r`). */
+  lsn: Lsn | null;
+  /** Left the publication: no longer synced, target data kept. */
+  removed: boolean;
   rowsCopied: number;
   bytesCopied: number;
   approximateRows: number;
