@@ -401,6 +401,7 @@ export class SyncEngine {
         if (polling) return;
         polling = true;
         this.pollPublications(catalog, stateClient, synced, applier)
+          .then(startDueJobs)
           .catch((err) => log('warn', `could not read the publications: ${errorMessage(err)}`))
           .finally(() => (polling = false));
       }, PUBLICATION_POLL_MS);
