@@ -373,7 +373,7 @@ export class SyncEngine {
             this.interrupt?.('task');
           }),
           resume: (table, from) => {
-            if (from !== null) {
+            if (from !== null && !this.progress.get(tableKey(table.source.schema, table.source.table))?.removed) {
               const key = tableKey(table.source.schema, table.source.table);
               synced.set(key, table);
               applier.setTable(table, from);
