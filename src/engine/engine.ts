@@ -289,6 +289,8 @@ export class SyncEngine {
     const catalog = await connect(this.source, { applicationName: 'pg_live_sync_catalog' });
     const stateClient = await connect(this.target, { applicationName: 'pg_live_sync_state' });
     const jobsAbort = new AbortController();
+    const stopJobs = () => jobsAbort.abort();
+    this.abort.signal.addEventListener('abort', stopJobs, { once: true });
     const running = new Set<Promise<void>>();
     let pollTimer: NodeJS.Timeout | undefined;
     let stream: ReplicationStream | null = null;
@@ -396,13 +398,20 @@ export class SyncEngine {
         }
       };
       let polling = false;
+      let backgroundError: unknown = null;
       pollTimer = setInterval(() => {
         startDueJobs();
         if (polling) return;
         polling = true;
         this.pollPublications(catalog, stateClient, synced, applier)
           .then(startDueJobs)
-          .catch((err) => log('warn', `could not read the publications: ${errorMessage(err)}`))
+          .catch((err) => {
+            // A lost connection here is the whole session's: reconnect everything the same way.
+            if (isTransient(err)) {
+              backgroundError ??= err;
+              this.interrupt?.('task');
+            } else log('warn', `could not read the publications: ${errorMessage(err)}`);
+          })
           .finally(() => (polling = false));
       }, PUBLICATION_POLL_MS);
       startDueJobs();
@@ -415,6 +424,7 @@ export class SyncEngine {
       }, IDLE_COMMIT_MS);
       try {
         while (!this.abort.signal.aborted) {
+          if (backgroundError) throw backgroundError;
           // Between source transactions: hand tables over, apply table set changes.
           if (!applier.inSourceTransaction && (pausedFor.length > 0 || this.mainTasks.length > 0)) {
             await this.checkpoint(target, applier, stream);
@@ -442,7 +452,6 @@ export class SyncEngine {
             continue;
           }
           next = null;
-          lastEventAt = Date.now();
           if (got.done) throw new SyncError('the source ended the replication stream', 'stream_ended');
           const ev = got.value;
           if (ev.walEnd > this.serverWalEnd) this.serverWalEnd = ev.walEnd;
@@ -451,13 +460,15 @@ export class SyncEngine {
               if (ev.replyRequested) stream.acknowledge(stream.acknowledged, true);
               continue;
             }
-            // Everything before this keepalive has been seen; with nothing uncommitted the slot
-            // may move to the server's WAL end, so an idle sync never holds WAL back.
+            // Everything before this keepalive has been seen: commit what is open, then the slot
+            // may move to the server's WAL end, so an idle sync never holds WAL back (and a
+            // source shutting down, which asks until it is answered, gets its answer).
             processed = maxLsn(processed, ev.walEnd);
-            if (!applier.group) stream.acknowledge(ev.walEnd, true);
-            else if (ev.replyRequested) stream.acknowledge(stream.acknowledged, true);
+            if (applier.group) await this.checkpoint(target, applier, stream);
+            stream.acknowledge(ev.walEnd, true);
             continue;
           }
+          lastEventAt = Date.now();
           const change = ev.change;
           if (change.tag === 'begin' && this.pendingSince === null) this.pendingSince = change.commitTime;
           await applier.apply(change);
@@ -476,6 +487,7 @@ export class SyncEngine {
       throw err;
     } finally {
       clearInterval(pollTimer);
+      this.abort.signal.removeEventListener('abort', stopJobs);
       jobsAbort.abort();
       await Promise.allSettled([...running]);
       for (const job of this.jobs.values()) job.running = false;
@@ -622,7 +634,7 @@ export function isTransient(err: unknown): boolean {
   if (err instanceof SyncError) return err.code === 'connect' || err.code === 'stream_ended';
   const e = (err ?? {}) as { code?: string; message?: string };
   if (e.code && /^(08|57P0[123]|53300|ECONN|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN)/.test(e.code)) return true;
-  return /Connection terminated|connection timeout|terminating connection|server closed the connection|read ECONNRESET/i.test(e.message ?? '');
+  return /Connection terminated|connection timeout|terminating connection|server closed the connection|read ECONNRESET|not queryable|connection error/i.test(e.message ?? '');
 }
 
 function initialProgress(t: SyncedTable): TableProgress {
