@@ -4,7 +4,8 @@
  * the fix; exit 1 for failures, 2 for usage errors.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { connect } from '../engine/connection';
+import { connect, describeEndpoint } from '../engine/connection';
+import { connectorRoleSql, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
 import { formatBytes } from '../engine/copy';
 import { SyncEngine } from '../engine/engine';
 import { errorMessage, SyncError } from '../engine/errors';
@@ -23,6 +24,9 @@ const USAGE = `usage:
   pg-live-sync drop   --subscription NAME --source URL --target URL
   pg-live-sync check  --source URL --target URL --publication NAME [--publication NAME]...
                       [--table-map JSON]... [--subscription NAME]
+  pg-live-sync sql tuning           --source URL
+  pg-live-sync sql replica-identity --source URL [--publication NAME]
+  pg-live-sync sql role             --source URL --role NAME [--schema NAME]...
 --source and --target default to the SOURCE and TARGET environment variables.`;
 
 class UsageError extends Error {}
@@ -271,6 +275,31 @@ async function check(args: string[]): Promise<number> {
   }
 }
 
+/** Prints SQL to review and run: tuning, replica identities, a connector role. */
+async function sql(args: string[]): Promise<number> {
+  const [kind, ...rest] = args;
+  const v = parse(rest, { source: { type: 'string' }, publication: { type: 'string' }, role: { type: 'string' }, schema: { type: 'string', multiple: true } });
+  const url = required((v.source as string | undefined) ?? process.env.SOURCE, 'source', 'SOURCE');
+  const client = await connect({ url, role: 'source' });
+  try {
+    const where = describeEndpoint(url);
+    let text: string;
+    if (kind === 'tuning') text = tuningSql(await readServerFacts(client), where);
+    else if (kind === 'replica-identity') {
+      const publication = v.publication as string | undefined;
+      text = replicaIdentitySql(await tableIdentities(client, publication), publication ? `publication "${publication}" on ${where}` : `every table on ${where}`);
+    } else if (kind === 'role') {
+      const role = required(v.role as string | undefined, 'role');
+      const schemas = (v.schema as string[] | undefined) ?? ['public'];
+      text = await connectorRoleSql(client, role, schemas, (await readServerFacts(client)).rds);
+    } else throw new UsageError(`sql takes tuning, replica-identity or role, not "${kind ?? ''}"`);
+    process.stdout.write(text);
+    return 0;
+  } finally {
+    await client.end();
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...args] = argv;
   try {
@@ -283,6 +312,8 @@ async function main(argv: string[]): Promise<number> {
         return await drop(args);
       case 'check':
         return await check(args);
+      case 'sql':
+        return await sql(args);
       case undefined:
       case 'help':
       case '--help':

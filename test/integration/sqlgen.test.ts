@@ -1,0 +1,98 @@
+/** The generated SQL runs, and has the effect it says, on real servers. */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { startCluster, type Cluster } from '../harness/cluster';
+import { runCli } from '../harness/sync';
+
+let untuned: Cluster;
+let ready: Cluster;
+before(async () => {
+  [untuned, ready] = await Promise.all([
+    startCluster({ name: 'untuned', walLevel: 'replica', settings: { max_wal_senders: 2, max_replication_slots: 2, wal_sender_timeout: 0 } }),
+    startCluster({ name: 'ready' }),
+  ]);
+});
+after(() => [untuned, ready].forEach((c) => c?.stop()));
+
+/** Runs generated SQL the way psql would: statement by statement, comments skipped. */
+async function runScript(cluster: Cluster, db: string, sql: string): Promise<void> {
+  const statements = sql.split('\n').filter((l) => l.trim() && !l.trim().startsWith('--')).join('\n').split(/;\s*(?:--[^\n]*)?\n/).map((s) => s.trim()).filter(Boolean);
+  for (const st of statements) await cluster.query(db, st);
+}
+
+async function sql(cluster: Cluster, db: string, ...args: string[]): Promise<string> {
+  const r = await runCli(['sql', ...args, '--source', cluster.url(db)]);
+  assert.equal(r.code, 0, r.stderr);
+  return r.stdout;
+}
+
+describe('pg-live-sync sql', () => {
+  it('tuning: only what differs, why, and which needs a restart; after running it and a restart the server is ready', async () => {
+    const text = await sql(untuned, 'postgres', 'tuning');
+    assert.match(text, /ALTER SYSTEM SET wal_level = 'logical';/);
+    assert.match(text, /ALTER SYSTEM SET max_wal_senders = '10';/);
+    assert.match(text, /ALTER SYSTEM SET max_replication_slots = '10';/);
+    assert.match(text, /ALTER SYSTEM SET wal_sender_timeout = '60s';/);
+    assert.match(text, /RESTART NEEDED for: wal_level, max_wal_senders, max_replication_slots/);
+    assert.match(text, /-- [^\n]*takes effect on reload\nALTER SYSTEM SET wal_sender_timeout/);
+    assert.doesNotMatch(text, /password/i);
+    await runScript(untuned, 'postgres', text);
+    untuned.restart();
+    const settings = await untuned.query('postgres', `SELECT name, setting FROM pg_settings WHERE name IN ('wal_level', 'max_wal_senders', 'max_replication_slots', 'wal_sender_timeout') ORDER BY name`);
+    assert.deepEqual(settings.rows.map((r) => [r.name, r.setting]), [['max_replication_slots', '10'], ['max_wal_senders', '10'], ['wal_level', 'logical'], ['wal_sender_timeout', '60000']]);
+    assert.match(await sql(untuned, 'postgres', 'tuning'), /Nothing to change/);
+  });
+
+  it('tuning on Amazon RDS gives the parameter-group steps instead of ALTER SYSTEM', async () => {
+    await runScript(ready, 'postgres', `CREATE ROLE rds_superuser NOLOGIN;\nALTER SYSTEM SET wal_sender_timeout = 0;\nSELECT pg_reload_conf();\n`);
+    try {
+      const text = await sql(ready, 'postgres', 'tuning');
+      assert.match(text, /parameter group/);
+      assert.match(text, /wal_sender_timeout = 60s/);
+      assert.doesNotMatch(text, /^ALTER SYSTEM/m);
+    } finally {
+      await runScript(ready, 'postgres', `DROP ROLE rds_superuser;\nALTER SYSTEM RESET wal_sender_timeout;\nSELECT pg_reload_conf();\n`);
+    }
+  });
+
+  it('replica identity: nothing for a key, USING INDEX for a viable unique index, FULL otherwise; running it gives exactly that', async () => {
+    await ready.createDatabase('ri');
+    await ready.query('ri', `
+      CREATE TABLE keyed (id int PRIMARY KEY);
+      CREATE TABLE "Unique Ü" (code text NOT NULL, v int, CONSTRAINT "code key" UNIQUE (code));
+      CREATE TABLE partial_only (code text, v int); CREATE UNIQUE INDEX partial_idx ON partial_only (code) WHERE v > 0;
+      CREATE TABLE nullable_unique (code text UNIQUE);
+      CREATE TABLE bare (v int);
+      CREATE PUBLICATION pub FOR TABLE keyed, "Unique Ü", bare;`);
+    const all = await sql(ready, 'ri', 'replica-identity');
+    assert.match(all, /"public"\."keyed": uses its primary key; nothing to do/);
+    assert.match(all, /ALTER TABLE "public"\."Unique Ü" REPLICA IDENTITY USING INDEX "code key";/);
+    assert.match(all, /ALTER TABLE "public"\."partial_only" REPLICA IDENTITY FULL;/);
+    assert.match(all, /ALTER TABLE "public"\."nullable_unique" REPLICA IDENTITY FULL;/);
+    assert.match(all, /WARNING: FULL/);
+    const onePub = await sql(ready, 'ri', 'replica-identity', '--publication', 'pub');
+    assert.doesNotMatch(onePub, /partial_only/);
+    await runScript(ready, 'ri', all);
+    const idents = await ready.query('ri', `SELECT relname, relreplident::text AS r FROM pg_class WHERE relname IN ('keyed', 'Unique Ü', 'partial_only', 'nullable_unique', 'bare') ORDER BY relname`);
+    assert.deepEqual(idents.rows.map((r) => [r.relname, r.r]), [['Unique Ü', 'i'], ['bare', 'f'], ['keyed', 'd'], ['nullable_unique', 'f'], ['partial_only', 'f']]);
+    assert.match(await sql(ready, 'ri', 'replica-identity'), /Every table already has a usable replica identity/);
+  });
+
+  it('connector role: after running it (and setting a password) the role passes every source check', async () => {
+    await ready.createDatabase('roles');
+    await ready.query('roles', `CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY); CREATE TABLE public.t (id int PRIMARY KEY);
+      CREATE PUBLICATION pub FOR TABLE sales.orders, public.t;`);
+    const text = await sql(ready, 'roles', 'role', '--role', 'sync bot', '--schema', 'sales', '--schema', 'public');
+    assert.match(text, /CREATE ROLE "sync bot" WITH LOGIN REPLICATION PASSWORD NULL;/);
+    assert.doesNotMatch(text, /PASSWORD '/);
+    await runScript(ready, 'roles', text);
+    await ready.query('roles', `ALTER ROLE "sync bot" PASSWORD 'bot-pw'; CREATE TABLE sales.later (id int PRIMARY KEY);`);
+    const privileges = await ready.query('roles', `SELECT has_table_privilege('sync bot', 'sales.later', 'SELECT') AS later, (SELECT rolreplication FROM pg_roles WHERE rolname = 'sync bot') AS repl`);
+    assert.deepEqual(privileges.rows[0], { later: true, repl: true });
+    await ready.createDatabase('roles_target');
+    await ready.query('roles_target', `CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY); CREATE TABLE public.t (id int PRIMARY KEY);`);
+    const check = await runCli(['check', '--source', ready.url('roles', 'sync bot', 'bot-pw'), '--target', ready.url('roles_target'), '--publication', 'pub']);
+    assert.equal(check.code, 0, check.stdout + check.stderr);
+    assert.doesNotMatch(check.stdout, /^error:/m);
+  });
+});
