@@ -437,6 +437,7 @@ export class SyncEngine {
               await Promise.race([resumed, new Promise<void>((r) => jobsAbort.signal.addEventListener('abort', () => r(), { once: true }))]);
               resumeMain = null;
             }
+            await this.settleIdle(target, applier, processed);
             continue;
           }
           const pending = (next ??= events.next());
@@ -465,6 +466,7 @@ export class SyncEngine {
             // source shutting down, which asks until it is answered, gets its answer).
             processed = maxLsn(processed, ev.walEnd);
             if (applier.group) await this.checkpoint(target, applier, stream);
+            await this.settleIdle(target, applier, processed);
             stream.acknowledge(ev.walEnd, true);
             continue;
           }
@@ -503,7 +505,7 @@ export class SyncEngine {
   private async checkpoint(target: pg.Client, applier: Applier, stream: ReplicationStream): Promise<void> {
     const done = await checkpoint(target, applier, async (client, lsn, commitTime) => {
       await writeAppliedLsn(client, this.options.subscription, lsn, commitTime);
-      if ([...this.progress.values()].some((t) => t.state === 's' && t.lsn !== null && t.lsn <= lsn)) await this.promote(client, lsn);
+      if (this.handedOverBy(lsn)) await this.promote(client, lsn);
     });
     this.pendingSince = null;
     if (done) {
@@ -513,12 +515,35 @@ export class SyncEngine {
     }
   }
 
-  /** Tables whose copy position the main stream has passed are ready: s -> r. */
+  private handedOverBy(lsn: Lsn): boolean {
+    return [...this.progress.values()].some((t) => t.state === 's' && t.lsn !== null && t.lsn <= lsn && !t.removed);
+  }
+
+  /**
+   * With nothing open and everything before `processed` seen, `processed` is as good as an
+   * applied position: record it, so tables handed over there become ready without waiting for a
+   * source write.
+   */
+  private async settleIdle(target: pg.Client, applier: Applier, processed: Lsn): Promise<void> {
+    if (applier.group || applier.inSourceTransaction || !this.handedOverBy(processed)) return;
+    await target.query('BEGIN');
+    try {
+      await writeAppliedLsn(target, this.options.subscription, processed, null);
+      await this.promote(target, processed);
+      await target.query('COMMIT');
+    } catch (err) {
+      await target.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    }
+    applier.committed(processed);
+  }
+
+  /** Tables whose handover position the main stream has passed are ready: s -> r. */
   private async promote(client: pg.Client, lsn: Lsn): Promise<void> {
     const n = await promoteCaughtUpTables(client, this.options.subscription, lsn);
     if (n === 0) return;
     for (const t of this.progress.values()) {
-      if ((t.state === 's' || t.state === 'f') && t.lsn !== null && t.lsn <= lsn && !t.removed) t.state = 'r';
+      if (t.state === 's' && t.lsn !== null && t.lsn <= lsn && !t.removed) t.state = 'r';
     }
   }
 

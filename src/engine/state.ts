@@ -187,7 +187,7 @@ export async function setSubscriptionError(client: pg.Client, subname: string, e
 export async function writeAppliedLsn(client: pg.Client, subname: string, lsn: Lsn, commitTimeMicros: bigint | null): Promise<void> {
   await client.query(
     `UPDATE _pg_live_sync.subscription
-        SET applied_lsn = $2, applied_commit_time = to_timestamp($3::float8 / 1e6), updated_at = now()
+        SET applied_lsn = $2, applied_commit_time = COALESCE(to_timestamp($3::float8 / 1e6), applied_commit_time), updated_at = now()
       WHERE subname = $1`,
     [subname, formatLsn(lsn), commitTimeMicros === null ? null : commitTimeMicros.toString()],
   );
@@ -217,11 +217,11 @@ export async function setTableState(
   );
 }
 
-/** Tables copied at `lsn` are consistent once the stream has applied past it: f -> s -> r. */
+/** A table handed to the main stream at `lsn` is ready once the main stream has applied past it: s -> r. */
 export async function promoteCaughtUpTables(client: pg.Client, subname: string, appliedLsn: Lsn): Promise<number> {
   const r = await client.query(
     `UPDATE _pg_live_sync.subscription_rel SET state = 'r', updated_at = now()
-      WHERE subname = $1 AND state IN ('f', 's') AND lsn <= $2::pg_lsn`,
+      WHERE subname = $1 AND state = 's' AND lsn <= $2::pg_lsn AND removed_at IS NULL`,
     [subname, formatLsn(appliedLsn)],
   );
   return r.rowCount ?? 0;
