@@ -108,6 +108,9 @@ async function catchUp(ctx: TableSyncContext, table: SyncedTable, slot: string, 
     const applier = new Applier(target, from, ctx.log);
     applier.setTable(table, 0n);
     let mainAt: Lsn | null = null;
+    // Chase without holding anything up until reaching where the main stream was when the
+    // catch-up began; only then pause it, for the (short) rest of the way.
+    const chaseTo = ctx.main.position();
     const commit = async () => {
       const done = await checkpoint(target, applier, writePosition);
       if (done) stream!.acknowledge(done.lsn, true);
@@ -115,7 +118,7 @@ async function catchUp(ctx: TableSyncContext, table: SyncedTable, slot: string, 
     /** The main stream pauses once the catch-up has reached where it was. */
     const maybeHandOver = async (): Promise<boolean> => {
       if (mainAt === null) {
-        if (position < ctx.main.position() && !idle) return false;
+        if (position < chaseTo) return false;
         await commit();
         mainAt = await ctx.main.pause();
         paused = true;
@@ -126,17 +129,14 @@ async function catchUp(ctx: TableSyncContext, table: SyncedTable, slot: string, 
       await setTableState(target, ctx.subscription, table.source, 's', { lsn: takeover });
       return true;
     };
-    let idle = false;
     stream = await ReplicationStream.start(ctx.source, slot, ctx.publications, from);
     const opened = stream;
     // A quiet stream may not send anything for a long time: closing it ends the wait on stop.
     ctx.signal.addEventListener('abort', () => void opened.close(), { once: true });
     for await (const ev of stream.events()) {
       if (ctx.signal.aborted) break;
-      idle = false;
       if (ev.kind === 'keepalive') {
         if (!applier.inSourceTransaction) {
-          idle = true;
           position = maxLsn(position, ev.walEnd);
           stream.acknowledge(applier.group ? stream.acknowledged : ev.walEnd, true);
           if (await maybeHandOver()) break;
