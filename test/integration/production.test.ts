@@ -418,6 +418,13 @@ describe('WAL retention', () => {
       assert.equal(typeof parsed.slot.retainedBytes, 'number', json.stdout);
       assert.ok(parsed.slot.retainedBytes >= 0 && parsed.slot.retainedBytes < 1024 * MB, json.stdout);
       for (const out of [text.stdout, text.stderr, json.stdout, json.stderr]) assert.ok(!out.includes('sync-test-pw'), 'status must not show the password');
+      assert.deepEqual(parsed.warnings, [], 'a caught-up slot is not worth a warning');
+
+      // Past the threshold, status warns (a 1-byte threshold stands in for a slot gone stale).
+      const warned = await runCli(['status', '--subscription', sub, '--target', targetUrl, '--source', sourceUrl, '--warn-retained-wal', '1B']);
+      assert.match(warned.stdout, /^warning\s+the slot holds .* of WAL on the source \(over 1 B\)/m, warned.stdout);
+      const warnedJson = JSON.parse((await runCli(['status', '--subscription', sub, '--target', targetUrl, '--source', sourceUrl, '--warn-retained-wal', '1B', '--json'])).stdout);
+      assert.equal(warnedJson.warnings.length, 1);
       assert.equal(await finish(run), 0, tail(run.output()));
     } finally {
       await finish(run);

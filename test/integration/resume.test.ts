@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { startProxy } from '../harness/proxy';
 import { freshDatabases, pg, runCli, sameContents, startCli, startPair, tableStates, waitAllReady, waitCaughtUp, waitFor, type CliRun, type Pair } from '../harness/sync';
 
 let pair: Pair;
@@ -203,6 +204,16 @@ describe('check', () => {
     const ok = await check(sourceUrl, targetUrl, '--publication', 'pub');
     assert.equal(ok.code, 0, ok.stdout + ok.stderr);
     assert.match(ok.out.at(-1)!, /^check: 1 table\(s\), 0 error\(s\), \d+ warning\(s\); ready to run$/);
+    assert.ok(!ok.out.some((l) => /pooler/.test(l)), ok.stdout);
+
+    // Through something that answers on another port than PostgreSQL's own (a pooler, say).
+    const proxy = await startProxy(pair.source.port);
+    try {
+      const pooled = await check(sourceUrl.replace(`:${pair.source.port}/`, `:${proxy.port}/`), targetUrl, '--publication', 'pub');
+      assert.ok(pooled.out.some((l) => new RegExp(`^warning: the source URL uses port ${proxy.port} but PostgreSQL there listens on ${pair.source.port}.*pooler`).test(l)), pooled.stdout);
+    } finally {
+      await proxy.close();
+    }
 
     const setTimeoutTo = async (value: string | null, shows: string) => {
       await pair.source.query('postgres', value === null ? 'ALTER SYSTEM RESET wal_sender_timeout' : `ALTER SYSTEM SET wal_sender_timeout = ${value}`);
