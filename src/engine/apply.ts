@@ -3,12 +3,14 @@
  * into target transactions (the checkpoint stage closes a group); a group never splits a source
  * transaction, so each source transaction is atomic on the target.
  *
- * Runs of the same operation on the same table are applied as one set-based statement over
- * `unnest()` of text arrays (one round trip for up to BATCH_ROWS changes), each value cast to its
- * target column's type by the type's own input function, as a parameter would be. Only one batch
- * is held in memory, whatever the size of a transaction.
+ * Runs of the same operation on the same table are applied together, one round trip for up to
+ * BATCH_ROWS changes: inserts through COPY, updates and deletes as one set-based statement over
+ * `unnest()` of text arrays, each value cast to its target column's type by the type's own input
+ * function, as a parameter would be. Only one batch (at most BATCH_BYTES of values) is held in
+ * memory, whatever the size of a transaction.
  */
 import type pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
 import { targetColumns } from './catalog';
 import { emptyTables, qualified, quoteIdent } from './connection';
 import { errorMessage, SyncError } from './errors';
@@ -16,7 +18,9 @@ import type { Lsn } from './lsn';
 import { UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './stream';
 import type { Logger, SyncedTable } from './types';
 
-const BATCH_ROWS = 2000;
+const BATCH_ROWS = 5000;
+/** A batch of wide rows flushes early: memory stays bounded whatever the values' size. */
+const BATCH_BYTES = 8 * 1024 * 1024;
 
 interface RelationPlan {
   relation: Relation;
@@ -37,6 +41,7 @@ interface Batch {
   /** For updates: which columns are set (unchanged TOAST values are not). */
   shape: string;
   rows: Tuple[];
+  bytes: number;
   /** For updates: keys in the batch; a second change to the same row starts a new batch. */
   keys: Set<string>;
 }
@@ -176,10 +181,11 @@ export class Applier {
   private async add(op: Batch['op'], plan: RelationPlan, shape: string, row: Tuple, key: string | null): Promise<void> {
     const b = this.batch;
     if (b && (b.op !== op || b.plan !== plan || b.shape !== shape || (key !== null && b.keys.has(key)))) await this.flush();
-    this.batch ??= { op, plan, shape, rows: [], keys: new Set() };
+    this.batch ??= { op, plan, shape, rows: [], bytes: 0, keys: new Set() };
     this.batch.rows.push(row);
+    for (const v of row) if (typeof v === 'string') this.batch.bytes += v.length;
     if (key !== null) this.batch.keys.add(key);
-    if (this.batch.rows.length >= BATCH_ROWS) await this.flush();
+    if (this.batch.rows.length >= BATCH_ROWS || this.batch.bytes >= BATCH_BYTES) await this.flush();
   }
 
   /** Applies the pending batch; the checkpoint calls it before COMMIT. */
@@ -188,23 +194,47 @@ export class Applier {
     if (!b) return;
     this.batch = null;
     const { plan } = b;
+    if (b.op === 'insert') return this.copyRows(plan, b.rows);
     // Column i of the batch travels as one text[] parameter and is cast back per value.
-    const used = b.op === 'update' ? [...b.shape].flatMap((s, i) => (s === '1' || plan.keyIndexes.includes(i) ? [i] : [])) : b.op === 'delete' ? plan.keyIndexes : plan.columns.map((_, i) => i);
+    const used = b.op === 'update' ? [...b.shape].flatMap((s, i) => (s === '1' || plan.keyIndexes.includes(i) ? [i] : [])) : plan.keyIndexes;
     const params = used.map((i) => b.rows.map((r) => r[i] as string | null));
     const source = `unnest(${used.map((_, p) => `$${p + 1}::text[]`).join(', ')}) AS u(${used.map((i) => `c${i}`).join(', ')})`;
     const val = (i: number) => `u.c${i}::${plan.types[i]}`;
     const keyMatch = plan.keyIndexes.map((i) => `t.${plan.columns[i]} = ${val(i)}`).join(' AND ');
     let sql: string;
-    if (b.op === 'insert') {
-      sql = `INSERT INTO ${plan.targetName} (${plan.columns.join(', ')}) OVERRIDING SYSTEM VALUE SELECT ${used.map(val).join(', ')} FROM ${source}`;
-    } else if (b.op === 'update') {
+    if (b.op === 'update') {
       const sets = [...b.shape].flatMap((s, i) => (s === '1' ? [`${plan.columns[i]} = ${val(i)}`] : []));
       sql = `UPDATE ${plan.targetName} AS t SET ${sets.join(', ')} FROM ${source} WHERE ${keyMatch}`;
     } else {
       sql = `DELETE FROM ${plan.targetName} AS t USING ${source} WHERE ${keyMatch}`;
     }
-    const r = await this.exec(plan, b.op, sql, params);
-    if (b.op !== 'insert' && (r.rowCount ?? 0) < b.rows.length) this.missingRows(b.op, plan, b.rows.length - (r.rowCount ?? 0));
+    const r = await this.exec(plan, b.op, () => this.target.query(sql, params));
+    if ((r.rowCount ?? 0) < b.rows.length) this.missingRows(b.op, plan, b.rows.length - (r.rowCount ?? 0));
+  }
+
+  /**
+   * Inserts go through COPY: pgoutput's values are already each type's text form, which is what
+   * COPY's text format reads, once tabs, newlines and backslashes are escaped.
+   */
+  private async copyRows(plan: RelationPlan, rows: Tuple[]): Promise<void> {
+    const lines = new Array<string>(rows.length);
+    for (let r = 0; r < rows.length; r++) {
+      const row = rows[r];
+      let line = '';
+      for (let c = 0; c < row.length; c++) {
+        const v = row[c];
+        if (c > 0) line += '\t';
+        line += v === null ? '\\N' : COPY_SPECIAL.test(v as string) ? (v as string).replace(COPY_ESCAPES, escapeCopyChar) : (v as string);
+      }
+      lines[r] = line;
+    }
+    const data = lines.join('\n') + '\n';
+    await this.exec(plan, 'insert', () => new Promise<pg.QueryResult>((resolve, reject) => {
+      const stream = this.target.query(copyFrom(`COPY ${plan.targetName} (${plan.columns.join(', ')}) FROM STDIN`));
+      stream.on('error', reject);
+      stream.on('finish', () => resolve({ rowCount: rows.length } as pg.QueryResult));
+      stream.end(data);
+    }));
   }
 
   /** The group is durable on the target (checkpoint committed it). */
@@ -304,21 +334,21 @@ export class Applier {
     });
     if (sets.length === 0) return;
     const where = this.whereClause(plan, identity, params);
-    const r = await this.exec(plan, 'update', `UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${where}`, params);
+    const r = await this.exec(plan, 'update', () => this.target.query(`UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${where}`, params));
     if (r.rowCount === 0) this.missingRows('update', plan, 1);
   }
 
   private async deleteOne(plan: RelationPlan, identity: Tuple): Promise<void> {
     const params: (string | null)[] = [];
     const where = this.whereClause(plan, identity, params);
-    const r = await this.exec(plan, 'delete', `DELETE FROM ${plan.targetName} WHERE ${where}`, params);
+    const r = await this.exec(plan, 'delete', () => this.target.query(`DELETE FROM ${plan.targetName} WHERE ${where}`, params));
     if (r.rowCount === 0) this.missingRows('delete', plan, 1);
   }
 
   /** A statement the target refuses (constraint, type, permission) names the table and stops the sync. */
-  private async exec(plan: RelationPlan, op: string, sql: string, params: (string | null | (string | null)[])[]): Promise<pg.QueryResult> {
+  private async exec(plan: RelationPlan, op: string, run: () => Promise<pg.QueryResult>): Promise<pg.QueryResult> {
     try {
-      return await this.target.query(sql, params);
+      return await run();
     } catch (err) {
       const e = err as { code?: string; message?: string };
       if (!e.code || e.code.startsWith('08') || e.code === '57P01') throw err; // connection trouble: not the table's fault
@@ -330,6 +360,13 @@ export class Applier {
     // As PostgreSQL's own subscriber does: the row is gone on the target; report and go on.
     this.log('warn', `${op} found no row for ${n} change(s) in ${plan.targetName}: the target was changed outside the sync`);
   }
+}
+
+const COPY_SPECIAL = /[\\\n\r\t]/;
+const COPY_ESCAPES = /[\\\n\r\t]/g;
+const COPY_ESCAPED: Record<string, string> = { '\\': '\\\\', '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+function escapeCopyChar(ch: string): string {
+  return COPY_ESCAPED[ch];
 }
 
 function tableKey(schema: string, table: string): string {
