@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { freshDatabases, sameContents, startCli, startPair, waitAllReady, waitCaughtUp, waitFor, type Pair } from '../harness/sync';
+import { freshDatabases, sameContents, startCli, startPair, waitAllReady, waitCaughtUp, waitFor, WORKLOAD_SCHEMA, WORKLOAD_SEED, workloadTxn, type Pair } from '../harness/sync';
 
 let pair: Pair;
 before(async () => {
@@ -16,16 +16,7 @@ function workload(db: string): { stop(): Promise<number> } {
     let i = 0;
     while (running) {
       i++;
-      await pair.source.query(db, `
-        BEGIN;
-        INSERT INTO accounts (id, balance) SELECT ${i} * 1000 + g, g FROM generate_series(1, 20) g;
-        UPDATE accounts SET balance = balance + 1 WHERE id % 7 = ${i % 7};
-        UPDATE accounts SET id = id + 500 WHERE id = ${i} * 1000 + 1;
-        DELETE FROM accounts WHERE id = ${i} * 1000 + 2;
-        INSERT INTO ledger VALUES ('dup', ${i % 3}), ('dup', ${i % 3}), ('one', ${i});
-        DELETE FROM ledger WHERE ctid = (SELECT ctid FROM ledger WHERE account = 'dup' AND amount = ${i % 3} LIMIT 1);
-        UPDATE ledger SET amount = amount + 1 WHERE ctid = (SELECT ctid FROM ledger WHERE account = 'one' LIMIT 1);
-        COMMIT;`);
+      await pair.source.query(db, workloadTxn(i, { rows: 20, modulus: 7 }));
       txns++;
     }
   })();
@@ -40,13 +31,8 @@ function workload(db: string): { stop(): Promise<number> } {
 
 describe('crash and stop', () => {
   it('kill -9 during streaming, restarted each time: nothing lost, nothing applied twice', async () => {
-    const schema = `CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint); CREATE TABLE ledger (account text, amount bigint);`;
-    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'crash', schema);
-    await pair.source.query(db, `
-      ALTER TABLE ledger REPLICA IDENTITY FULL;
-      INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 999) g;
-      INSERT INTO ledger SELECT 'dup', 0 FROM generate_series(1, 5);
-      CREATE PUBLICATION pub FOR TABLE accounts, ledger;`);
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'crash', WORKLOAD_SCHEMA);
+    await pair.source.query(db, `${WORKLOAD_SEED} CREATE PUBLICATION pub FOR TABLE accounts, ledger;`);
     const args = ['run', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', 'crash'];
     let run = startCli(args);
     await waitAllReady(pair.target, db, 'crash', 2);

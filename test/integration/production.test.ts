@@ -15,68 +15,20 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { startProxy } from '../harness/proxy';
-import { freshDatabases, pg, runCli, sameContents, startCli, startPair, tableFingerprint, waitAllReady, waitFor, type CliRun, type Pair } from '../harness/sync';
+import {
+  alive, exitWithin, finish, freshDatabases, pg, runCli, sameContents, sleep, startPair, tableFingerprint, tail, trackRuns, waitAllReady, waitCaughtUp, waitFor,
+  WORKLOAD_SCHEMA, WORKLOAD_SEED, workloadTxn, type CliRun, type Pair,
+} from '../harness/sync';
 
 const MB = 1024 * 1024;
 const RSS_LIMIT = 300 * MB;
 
 let pair: Pair;
-const runs = new Set<CliRun>();
+const cli = trackRuns();
 before(async () => {
   pair = await startPair();
 });
-after(async () => {
-  for (const run of runs) if (alive(run)) await run.kill9();
-  pair?.stop();
-});
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function cli(args: string[]): CliRun {
-  const run = startCli(args);
-  runs.add(run);
-  return run;
-}
-
-function alive(run: CliRun): boolean {
-  return run.proc.exitCode === null && run.proc.signalCode === null;
-}
-
-function tail(text: string, chars = 3000): string {
-  return text.length <= chars ? text : '...' + text.slice(-chars);
-}
-
-/** The exit code, or 'running' if the process is still up after `ms`. */
-async function exitWithin(run: CliRun, ms: number): Promise<number | null | 'running'> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<'running'>((resolve) => (timer = setTimeout(() => resolve('running'), ms)));
-  try {
-    return await Promise.race([run.exited, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** SIGINT, and SIGKILL if it does not exit within 20 s. Returns the exit code (null if killed). */
-async function finish(run: CliRun): Promise<number | null> {
-  if (!alive(run)) return run.proc.exitCode;
-  run.proc.kill('SIGINT');
-  const code = await exitWithin(run, 20_000);
-  if (code !== 'running') return code;
-  await run.kill9();
-  return null;
-}
-
-/** The harness's waitCaughtUp, but fails at once (with the output) if the run exits meanwhile. */
-async function caughtUp(db: string, sub: string, run: CliRun, timeoutMs = 120_000): Promise<void> {
-  const lsn = (await pair.source.query(db, 'SELECT pg_current_wal_insert_lsn()::text AS l')).rows[0].l as string;
-  await waitFor(`the target to apply up to ${lsn}`, async () => {
-    if (!alive(run)) return true;
-    const r = await pair.source.query(db, `SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = $2`, [lsn, `pg_live_sync_${sub}`]);
-    return r.rows[0]?.ok === true;
-  }, timeoutMs);
-  assert.ok(alive(run), `the run exited (code ${run.proc.exitCode}) before catching up:\n${tail(run.output())}`);
-}
+after(() => pair?.stop());
 
 async function appliedLsn(db: string, sub: string): Promise<string | null> {
   const r = await pair.target.query(db, `SELECT applied_lsn::text AS l FROM _pg_live_sync.subscription WHERE subname = $1`, [sub]);
@@ -111,11 +63,7 @@ const mb = (bytes: number) => `${(bytes / MB).toFixed(1)} MB`;
 // ---------------------------------------------------------------------------------------------
 // Faults
 
-const FAULT_SCHEMA = `CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint);
-  CREATE TABLE ledger (account text, amount bigint); ALTER TABLE ledger REPLICA IDENTITY FULL;`;
-const FAULT_SETUP = `INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 999) g;
-  INSERT INTO ledger SELECT 'dup', 0 FROM generate_series(1, 5);
-  CREATE PUBLICATION pub FOR TABLE accounts, ledger;`;
+const FAULT_SETUP = `${WORKLOAD_SEED} CREATE PUBLICATION pub FOR TABLE accounts, ledger;`;
 
 /**
  * A light, steady write load on the source (one mixed transaction every ~50 ms, duplicates in the
@@ -135,16 +83,7 @@ function workload(url: string): { readonly committed: number; readonly failed: n
           client.on('error', () => undefined);
           await client.connect();
         }
-        await client.query(`
-          BEGIN;
-          INSERT INTO accounts (id, balance) SELECT ${i} * 1000 + g, g FROM generate_series(1, 10) g;
-          UPDATE accounts SET balance = balance + 1 WHERE id % 97 = ${i % 97};
-          UPDATE accounts SET id = id + 500 WHERE id = ${i} * 1000 + 1;
-          DELETE FROM accounts WHERE id = ${i} * 1000 + 2;
-          INSERT INTO ledger VALUES ('dup', ${i % 3}), ('dup', ${i % 3}), ('one', ${i});
-          DELETE FROM ledger WHERE ctid = (SELECT ctid FROM ledger WHERE account = 'dup' AND amount = ${i % 3} LIMIT 1);
-          UPDATE ledger SET amount = amount + 1 WHERE ctid = (SELECT ctid FROM ledger WHERE account = 'one' LIMIT 1);
-          COMMIT;`);
+        await client.query(workloadTxn(i, { rows: 10, modulus: 97 }));
         committed++;
       } catch {
         failed++;
@@ -184,7 +123,7 @@ interface FaultContext {
  * the fault, the workload's later transactions applied, and both tables equal.
  */
 async function ridesThrough(t: { diagnostic(msg: string): void }, sub: string, fault: (ctx: FaultContext) => Promise<void>, sourceUrlFor?: (db: string) => string): Promise<void> {
-  const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub, FAULT_SCHEMA);
+  const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub, WORKLOAD_SCHEMA);
   await pair.source.query(db, FAULT_SETUP);
   const run = cli(['run', '--source', sourceUrlFor?.(db) ?? sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', sub]);
   const load = workload(sourceUrl);
@@ -212,7 +151,7 @@ async function ridesThrough(t: { diagnostic(msg: string): void }, sub: string, f
     await waitFor('20 more workload transactions on the source', async () => load.committed >= committedAtRetry + 20, 120_000);
     const { committed, failed } = await load.stop();
     stopped = true;
-    await caughtUp(db, sub, run, 180_000);
+    await waitCaughtUp(pair, db, sub, 180_000, run);
     t.diagnostic(`workload: ${committed} transactions committed, ${failed} failed; converged ${((Date.now() - faultAt) / 1000).toFixed(1)} s after the fault`);
     assert.ok(await sameContents(pair, db, 'accounts'), 'accounts (primary key) match');
     assert.ok(await sameContents(pair, db, 'ledger'), 'ledger (no key, REPLICA IDENTITY FULL, duplicate rows) matches');
@@ -289,7 +228,7 @@ describe('faults', () => {
     try {
       await waitAllReady(pair.target, db, sub, 1, 120_000);
       await pair.source.query(db, `UPDATE t SET v = v + 1`);
-      await caughtUp(db, sub, run);
+      await waitCaughtUp(pair, db, sub, 120_000, run);
 
       // Someone drops the slot: end its walsender, then drop it while it is inactive. A run that
       // reconnects quickly may take the slot again before the drop: keep at it.
@@ -333,7 +272,7 @@ describe('WAL retention', () => {
     const busy = `busy_${process.pid}`;
     try {
       await waitAllReady(pair.target, db, sub, 1, 120_000);
-      await caughtUp(db, sub, run);
+      await waitCaughtUp(pair, db, sub, 120_000, run);
       await pair.source.createDatabase(busy);
 
       // The workload: ~1 kB rows into a table of another database, paced to ~100 MB over 30 s.
@@ -403,7 +342,7 @@ describe('WAL retention', () => {
     try {
       await waitAllReady(pair.target, db, sub, 1, 120_000);
       await pair.source.query(db, `UPDATE t SET v = v + 1`);
-      await caughtUp(db, sub, run);
+      await waitCaughtUp(pair, db, sub, 120_000, run);
 
       const text = await runCli(['status', '--subscription', sub, '--target', targetUrl, '--source', sourceUrl]);
       assert.equal(text.code, 0, text.stderr);
@@ -452,7 +391,7 @@ describe('memory', () => {
       const began = Date.now();
       await pair.source.query(db, fill(1, rows));
       const committed = Date.now();
-      await caughtUp(db, sub, run, 600_000);
+      await waitCaughtUp(pair, db, sub, 600_000, run);
       const done = Date.now();
       const peak = rss.stop();
       const applySeconds = (done - committed) / 1000;
@@ -503,7 +442,7 @@ describe('memory', () => {
       const released = Date.now();
       t.diagnostic(`lock held ${((released - lockedAt) / 1000).toFixed(1)} s; peak RSS while locked ${mb(peakWhileLocked)}`);
 
-      await caughtUp(db, sub, run, 300_000);
+      await waitCaughtUp(pair, db, sub, 300_000, run);
       const seconds = (Date.now() - released) / 1000;
       const peak = rss.stop();
       t.diagnostic(`all ${rows} rows applied ${seconds.toFixed(1)} s after the release (${Math.round(rows / seconds)} rows/s); peak RSS of the CLI (VmHWM): ${mb(peak)}`);

@@ -8,91 +8,37 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { startProxy } from '../harness/proxy';
-import { freshDatabases, pg, runCli, sameContents, startCli, startPair, tableStates, waitAllReady, waitCaughtUp, waitFor, type CliRun, type Pair } from '../harness/sync';
+import {
+  alive, commitLoop, finish, freshDatabases, rnd, runCli, sameContents, sleep, startPair, tableStates, tail, trackRuns, waitAllReady, waitCaughtUp, waitFor,
+  whileAlive, WORKLOAD_SCHEMA, WORKLOAD_SEED, workloadTxn, type CliRun, type Pair,
+} from '../harness/sync';
 
 let pair: Pair;
-const runs = new Set<CliRun>();
+const cli = trackRuns();
 before(async () => {
   pair = await startPair();
 });
-after(async () => {
-  for (const run of runs) if (alive(run)) await run.kill9();
-  pair?.stop();
-});
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const alive = (run: CliRun) => run.proc.exitCode === null && run.proc.signalCode === null;
-const tail = (text: string, chars = 4000) => (text.length <= chars ? text : '...' + text.slice(-chars));
-const rnd = (n: number) => 1 + Math.floor(Math.random() * n);
-
-function cli(args: string[]): CliRun {
-  const run = startCli(args);
-  runs.add(run);
-  return run;
-}
-
-/** SIGINT, then SIGKILL if it has not exited within 20 s; the exit code (null if killed). */
-async function finish(run: CliRun): Promise<number | null> {
-  if (!alive(run)) return run.proc.exitCode;
-  run.proc.kill('SIGINT');
-  const code = await Promise.race([run.exited, sleep(20_000).then(() => 'running' as const)]);
-  if (code !== 'running') return code;
-  await run.kill9();
-  return null;
-}
-
-/** Waits for `probe`, failing at once with the run's output if the run exits first. */
-async function whileAlive(run: CliRun, what: string, probe: () => Promise<boolean>, timeoutMs = 60_000, everyMs = 20): Promise<void> {
-  await waitFor(what, async () => !alive(run) || (await probe()), timeoutMs, everyMs);
-  assert.ok(alive(run), `the run exited (code ${run.proc.exitCode}) while waiting for ${what}:\n${tail(run.output())}`);
-}
-
-/** Commits `body(i)` back to back on one connection until stopped; a failing transaction fails the test. */
-function workload(url: string, body: (i: number) => string) {
-  let running = true;
-  let committed = 0;
-  const client = new pg.Client({ connectionString: url });
-  const loop = (async () => {
-    await client.connect();
-    try {
-      for (let i = 1; running; i++) {
-        await client.query(body(i));
-        committed++;
-      }
-    } finally {
-      await client.end();
-    }
-  })();
-  return { get committed() { return committed; }, async stop() { running = false; await loop; return committed; } };
-}
+after(() => pair?.stop());
 
 const copiedTables = (output: string) => [...output.matchAll(/copied "public"\."(\w+)"/g)].map((m) => m[1]);
 
 describe('resume anywhere', () => {
   it('kill -9 at random points (copy, handover to streaming, apply) x12 under a workload: exact, ready tables never recopied', { timeout: 420_000 }, async (t) => {
     const sub = 'resume_any';
-    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub, `CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint);
-      CREATE TABLE ledger (account text, amount bigint); CREATE TABLE big (id bigint PRIMARY KEY, v bigint, pad text);`);
-    await pair.source.query(db, `ALTER TABLE ledger REPLICA IDENTITY FULL;
-      INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 999) g;
-      INSERT INTO ledger SELECT 'dup', 0 FROM generate_series(1, 5);
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub, `${WORKLOAD_SCHEMA} CREATE TABLE big (id bigint PRIMARY KEY, v bigint, pad text);`);
+    await pair.source.query(db, `${WORKLOAD_SEED}
       INSERT INTO big SELECT g, g, md5(g::text) FROM generate_series(1, 200000) g;
       CREATE PUBLICATION pub FOR TABLE accounts, ledger, big;`);
     const args = ['run', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', sub];
-    const load = workload(sourceUrl, (i) => {
+    const load = commitLoop(sourceUrl, (i) => {
       const [r1, r2] = [rnd(200_000), rnd(200_000)];
-      return `BEGIN;
-        INSERT INTO accounts (id, balance) SELECT ${i} * 1000 + g, g FROM generate_series(1, 20) g;
-        UPDATE accounts SET balance = balance + 1 WHERE id % 97 = ${i % 97};
-        UPDATE accounts SET id = id + 500 WHERE id = ${i} * 1000 + 1;
-        DELETE FROM accounts WHERE id = ${i} * 1000 + 2;
-        INSERT INTO ledger VALUES ('dup', ${i % 3}), ('dup', ${i % 3}), ('one', ${i});
-        DELETE FROM ledger WHERE ctid = (SELECT ctid FROM ledger WHERE account = 'dup' AND amount = ${i % 3} LIMIT 1);
-        UPDATE ledger SET amount = amount + 1 WHERE ctid = (SELECT ctid FROM ledger WHERE account = 'one' LIMIT 1);
-        UPDATE big SET v = v + 1 WHERE id BETWEEN ${r1} AND ${r1 + 20};
-        INSERT INTO big VALUES (1000000 + ${i}, ${i}, 'new');
-        DELETE FROM big WHERE id = ${r2};
-        COMMIT;`;
+      return workloadTxn(i, {
+        rows: 20,
+        modulus: 97,
+        extra: `UPDATE big SET v = v + 1 WHERE id BETWEEN ${r1} AND ${r1 + 20};
+          INSERT INTO big VALUES (1000000 + ${i}, ${i}, 'new');
+          DELETE FROM big WHERE id = ${r2};`,
+      });
     });
     const appliedLsn = async () => (await pair.target.query(db, `SELECT applied_lsn::text AS l FROM _pg_live_sync.subscription WHERE subname = $1`, [sub]).catch(() => null))?.rows[0]?.l ?? null;
     // start: right after start (slot creation, copy); copied: right after a table's copy (or,

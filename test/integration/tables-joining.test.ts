@@ -5,26 +5,18 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { freshDatabases, pg, runCli, sameContents, startCli, startPair, tableFingerprint, waitAllReady, waitFor, type CliRun, type Pair } from '../harness/sync';
+import {
+  alive, commitLoop, finish, freshDatabases, pg, rnd, runCli, sameContents, sleep, startPair, tableFingerprint, tail, trackRuns, waitAllReady, waitCaughtUp, waitFor,
+  type CliRun, type Pair,
+} from '../harness/sync';
 
 let pair: Pair;
-const runs = new Set<CliRun>();
+const startRun = trackRuns();
 before(async () => (pair = await startPair()));
-after(async () => {
-  for (const run of runs) if (alive(run)) await run.kill9();
-  pair?.stop();
-});
+after(() => pair?.stop());
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const alive = (run: CliRun) => run.proc.exitCode === null && run.proc.signalCode === null;
-const tail = (text: string, chars = 4000) => (text.length <= chars ? text : '...' + text.slice(-chars));
-const rnd = (n: number) => 1 + Math.floor(Math.random() * n);
-
-function cli(sourceUrl: string, targetUrl: string, sub: string, ...extra: string[]): CliRun {
-  const run = startCli(['run', '--source', sourceUrl, '--target', targetUrl, '--subscription', sub, '--publication', 'pub', ...extra]);
-  runs.add(run);
-  return run;
-}
+const cli = (sourceUrl: string, targetUrl: string, sub: string, ...extra: string[]): CliRun =>
+  startRun(['run', '--source', sourceUrl, '--target', targetUrl, '--subscription', sub, '--publication', 'pub', ...extra]);
 
 /** Fresh databases (`schema` on both sides, then `source` / `target` SQL), and a run once `ready` tables are r. */
 async function started(sub: string, o: { schema?: string; source: string; target?: string; ready: number; extra?: string[] }) {
@@ -34,25 +26,6 @@ async function started(sub: string, o: { schema?: string; source: string; target
   const run = cli(dbs.sourceUrl, dbs.targetUrl, sub, ...(o.extra ?? []));
   await waitAllReady(pair.target, dbs.db, sub, o.ready, 120_000);
   return { ...dbs, run };
-}
-
-/** SIGINT, then SIGKILL if it has not exited within 20 s; the exit code (null if killed). */
-async function finish(run: CliRun): Promise<number | null> {
-  if (!alive(run)) return run.proc.exitCode;
-  run.proc.kill('SIGINT');
-  const code = await Promise.race([run.exited, sleep(20_000).then(() => 'running' as const)]);
-  return code !== 'running' ? code : run.kill9().then(() => null);
-}
-
-/** The harness's waitCaughtUp, failing at once with the output if the run exits meanwhile. */
-async function caughtUp(db: string, sub: string, run: CliRun, timeoutMs = 120_000): Promise<void> {
-  const lsn = (await pair.source.query(db, 'SELECT pg_current_wal_insert_lsn()::text AS l')).rows[0].l as string;
-  await waitFor(`the target to apply up to ${lsn}`, async () => {
-    if (!alive(run)) return true;
-    const r = await pair.source.query(db, `SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = $2`, [lsn, `pg_live_sync_${sub}`]);
-    return r.rows[0]?.ok === true;
-  }, timeoutMs);
-  assert.ok(alive(run), `the run exited (code ${run.proc.exitCode}) before catching up:\n${tail(run.output())}`);
 }
 
 interface Rel { tablename: string; state: string; last_error: string | null; removed: boolean }
@@ -99,23 +72,6 @@ function stateSampler(db: string, sub: string, tables: string[]) {
   return { seen, slots, async stop() { running = false; await loop; } };
 }
 
-/** Commits `body(i)` back to back on one connection until stopped; a failing transaction fails the test. */
-function workload(url: string, body: (i: number) => string) {
-  let running = true;
-  let committed = 0;
-  const client = new pg.Client({ connectionString: url });
-  const loop = (async () => {
-    await client.connect();
-    try {
-      for (let i = 1; running; i++, committed++) await client.query(body(i));
-    } finally {
-      await client.end();
-    }
-  })();
-  const more = (n: number, from = committed) => waitFor(`${n} more workload transactions`, async () => committed >= from + n, 60_000, 20);
-  return { get committed() { return committed; }, more, async stop() { running = false; await loop; return committed; } };
-}
-
 describe('tables joining and leaving while run streams', () => {
   it('ADD TABLE: noticed without restart, copied in its own snapshot, caught up under heavy writes, exact', { timeout: 300_000 }, async (t) => {
     const sub = 'join_add';
@@ -128,7 +84,7 @@ describe('tables joining and leaving while run streams', () => {
       ready: 1,
     });
     const sampler = stateSampler(db, sub, ['big', 'dupes']);
-    const load = workload(sourceUrl, (i) => {
+    const load = commitLoop(sourceUrl, (i) => {
       const [r1, r2, r3] = [rnd(300_000), rnd(300_000), rnd(300_000)];
       return `BEGIN;
         INSERT INTO big SELECT 1000000 + ${i} * 100 + g, g, 'new' FROM generate_series(1, 50) g;
@@ -154,7 +110,7 @@ describe('tables joining and leaving while run streams', () => {
       await load.more(20); // the main stream applies them after the handover
       t.diagnostic(`workload: ${await load.stop()} transactions`);
       stopped = true;
-      await caughtUp(db, sub, run);
+      await waitCaughtUp(pair, db, sub, 120_000, run);
       await sampler.stop();
       t.diagnostic(`states seen: big ${sampler.seen.get('big')!.join('>')}, dupes ${sampler.seen.get('dupes')!.join('>')}; sync slots seen: ${[...sampler.slots].join(', ')}`);
       for (const table of ['seed', 'big', 'dupes']) assert.ok(await sameContents(pair, db, table), `${table} matches`);
@@ -184,14 +140,14 @@ describe('tables joining and leaving while run streams', () => {
     });
     try {
       await pair.source.query(db, `UPDATE a SET v = v + 1; UPDATE b SET v = v + 1 WHERE id <= 50;`);
-      await caughtUp(db, sub, run);
+      await waitCaughtUp(pair, db, sub, 120_000, run);
       assert.ok(await sameContents(pair, db, 'b'));
 
       await pair.source.query(db, `ALTER PUBLICATION pub DROP TABLE b`);
       await waitFor('b marked removed', async () => (await rel(db, sub, 'b'))?.removed, 30_000, 50);
       const frozen = await tableFingerprint(pair.target, db, 'b');
       await pair.source.query(db, `INSERT INTO b VALUES (1000, 1); UPDATE b SET v = -1 WHERE id <= 20; DELETE FROM b WHERE id > 90; INSERT INTO a VALUES (1000, 1);`);
-      await caughtUp(db, sub, run);
+      await waitCaughtUp(pair, db, sub, 120_000, run);
       assert.ok(await sameContents(pair, db, 'a'), 'a keeps syncing');
       assert.deepEqual(await tableFingerprint(pair.target, db, 'b'), frozen, 'later changes to b do not reach the target; its data stays');
       assert.equal(frozen.rows, 100);
@@ -203,7 +159,7 @@ describe('tables joining and leaving while run streams', () => {
       await waitState(db, sub, ['b'], 'sr', run, 60_000);
       assert.ok(await sameContents(pair, db, 'b'), 'b copied again from scratch');
       await pair.source.query(db, `UPDATE b SET v = v * 2 WHERE id BETWEEN 20 AND 40; DELETE FROM b WHERE id = 50;`);
-      await caughtUp(db, sub, run);
+      await waitCaughtUp(pair, db, sub, 120_000, run);
       assert.ok(await sameContents(pair, db, 'b'), 'b streams again');
       assert.ok(await sameContents(pair, db, 'a'));
       assert.equal((await rel(db, sub, 'b'))?.state, 'r');
@@ -232,7 +188,7 @@ describe('tables joining and leaving while run streams', () => {
       assert.match(failed.last_error!, /does not exist/);
 
       await pair.source.query(db, `INSERT INTO a VALUES (11, 11); UPDATE a SET v = 0 WHERE id = 1; INSERT INTO c VALUES (1001, 'while failing'); DELETE FROM c WHERE id = 1;`);
-      await caughtUp(db, sub, run);
+      await waitCaughtUp(pair, db, sub, 120_000, run);
       assert.ok(await sameContents(pair, db, 'a'), 'the other table keeps syncing');
       assert.notEqual((await rel(db, sub, 'c'))?.state, 'r');
       const status = await runCli(['status', '--subscription', sub, '--target', targetUrl]);
@@ -244,7 +200,7 @@ describe('tables joining and leaving while run streams', () => {
       await waitState(db, sub, ['c'], 'sr', run, 75_000);
       t.diagnostic(`c handed over ${((Date.now() - createdAt) / 1000).toFixed(1)} s after its target table was created`);
       await pair.source.query(db, `UPDATE c SET v = 'later' WHERE id <= 10; INSERT INTO c VALUES (2000, 'x');`);
-      await caughtUp(db, sub, run);
+      await waitCaughtUp(pair, db, sub, 120_000, run);
       assert.ok(await sameContents(pair, db, 'c'));
       assert.deepEqual(await rel(db, sub, 'c'), { tablename: 'c', state: 'r', last_error: null, removed: false }, 'ready, error cleared');
       assert.equal(await finish(run), 0, tail(run.output()));
@@ -302,7 +258,7 @@ describe('tables joining and leaving while run streams', () => {
       await pair.source.query(g.db, `ALTER PUBLICATION pub ADD TABLE w`);
       await waitState(g.db, sub, ['w'], 'sr', run, 60_000);
       await pair.source.query(g.db, `INSERT INTO w VALUES (1, 1); INSERT INTO a VALUES (1, 1);`);
-      await caughtUp(g.db, sub, run);
+      await waitCaughtUp(pair, g.db, sub, 120_000, run);
       const y = (await rel(g.db, sub, 'y'))!;
       t.diagnostic(`after w's handover: y ${y.state} (last_error: ${y.last_error})`);
       await run.kill9();
@@ -310,7 +266,7 @@ describe('tables joining and leaving while run streams', () => {
       run = cli(g.sourceUrl, g.targetUrl, sub);
       await waitState(g.db, sub, ['a', 'w', 'y'], 'sr', run, 120_000);
       await pair.source.query(g.db, `INSERT INTO y VALUES (-1, 1); INSERT INTO w VALUES (2, 2);`);
-      await caughtUp(g.db, sub, run);
+      await waitCaughtUp(pair, g.db, sub, 120_000, run);
       const kept = await pair.target.query(g.db, `SELECT count(*)::int AS n FROM y WHERE id = 0`);
       assert.ok(await sameContents(pair, g.db, 'y'), `y matches after the restart (y was "${y.state}" while its catch-up failed; row 0 on the target: ${kept.rows[0].n})`);
       assert.equal(y.state, 'f', 'y was marked r while its catch-up had not handed over');
@@ -344,7 +300,7 @@ describe('tables joining and leaving while run streams', () => {
         await pair.source.query(db, `INSERT INTO m SELECT g, g % 300, 'new' FROM generate_series(3001, 3300) g;
           UPDATE m SET v = 'upd' WHERE id % 10 = 0; UPDATE m SET k = k + 100 WHERE id IN (1, 2, 3);
           UPDATE m SET k = 200, v = 'moved' WHERE id = 140; DELETE FROM m WHERE id % 7 = 0;`);
-        await caughtUp(db, sub, run);
+        await waitCaughtUp(pair, db, sub, 120_000, run);
         for (const table of tables) assert.ok(await sameContents(pair, db, table), `${table} after streaming`);
         assert.equal(await finish(run), 0, tail(run.output()));
       } finally {
@@ -368,7 +324,7 @@ describe('tables joining and leaving while run streams', () => {
       await pair.source.query(db, `INSERT INTO late SELECT g, g FROM generate_series(101, 150) g;
         UPDATE late SET v = -v WHERE id BETWEEN 101 AND 110; DELETE FROM late WHERE id > 140;
         INSERT INTO a SELECT g, g FROM generate_series(51, 60) g;`);
-      await caughtUp(db, sub, run);
+      await waitCaughtUp(pair, db, sub, 120_000, run);
       const old = await pair.target.query(db, `SELECT (SELECT count(*)::int FROM late WHERE id <= 100) AS late, (SELECT count(*)::int FROM a WHERE id <= 50) AS a`);
       assert.deepEqual(old.rows[0], { late: 0, a: 0 }, 'rows present before are not copied');
       assert.ok(await sameContents(pair, db, '(SELECT * FROM late WHERE id > 100)', 'late'), 'changes after the join are applied');
@@ -416,7 +372,7 @@ describe('tables joining and leaving while run streams', () => {
       await holder.end();
     }
     await waitAllReady(pair.target, db, 'join_block', 2, 120_000);
-    await caughtUp(db, 'join_block', run);
+    await waitCaughtUp(pair, db, 'join_block', 120_000, run);
     assert.ok(await sameContents(pair, db, 'joining'));
     assert.ok(await sameContents(pair, db, 'other'));
     assert.equal(await finish(run), 0, tail(run.output()));
