@@ -8,7 +8,7 @@ import { Applier } from './apply';
 import { listPublishedTables, type PublishedTable } from './catalog';
 import { abandonGroup, checkpoint, checkpointDue } from './checkpoint';
 import { connect, describeEndpoint, type Endpoint } from './connection';
-import { copyTables, formatBytes, type CopyProgress } from './copy';
+import { copyTables, type CopyProgress } from './copy';
 import { errorMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, type Lsn } from './lsn';
 import { checkSource, checkTarget, tableKey, type Finding } from './precheck';
@@ -297,7 +297,6 @@ export class SyncEngine {
     const applier = new Applier(target, startLsn, log);
     /** Every source transaction committing before this has been seen by this stream. */
     let processed = startLsn;
-    const synced = new Map<string, SyncedTable>();
     try {
       const info = await slotInfo(catalog, this.slot);
       if (!info) {
@@ -329,13 +328,11 @@ export class SyncEngine {
           throw new SyncError(check.tableErrors.get(key) ?? `${key} cannot be synced any more`, 'target_table');
         }
         if ((row.state === 'r' || row.state === 's') && table) {
-          synced.set(key, table);
           applier.setTable(table, row.state === 'r' ? 0n : (row.lsn ?? 0n));
         } else if (row.state === 'f' && table && row.lsn !== null && row.lsn >= startLsn && !(await slotInfo(catalog, tableSyncSlotName(options.subscription, pub.relid)))) {
           // Copied in the main slot's snapshot: the main stream takes it from its copy position.
           await setTableState(target, options.subscription, row, 's', { lsn: row.lsn });
           row.state = 's';
-          synced.set(key, table);
           applier.setTable(table, row.lsn);
         } else {
           if (row.state === 'f') slotsInUse.add(tableSyncSlotName(options.subscription, pub.relid));
@@ -376,8 +373,6 @@ export class SyncEngine {
           }),
           resume: (table, from) => {
             if (from !== null && !this.progress.get(tableKey(table.source.schema, table.source.table))?.removed) {
-              const key = tableKey(table.source.schema, table.source.table);
-              synced.set(key, table);
               applier.setTable(table, from);
               this.setProgressState(table.source.schema, table.source.table, 's', from);
             }
@@ -403,7 +398,7 @@ export class SyncEngine {
         startDueJobs();
         if (polling) return;
         polling = true;
-        this.pollPublications(catalog, stateClient, synced, applier)
+        this.pollPublications(catalog, stateClient, applier)
           .then(startDueJobs)
           .catch((err) => {
             // A lost connection here is the whole session's: reconnect everything the same way.
@@ -574,14 +569,14 @@ export class SyncEngine {
       const error = check.tableErrors.get(key) ?? 'cannot be synced';
       const target = resolveTarget(this.options.tableMaps, { schema: pub.schema, table: pub.table });
       await upsertTableError(stateClient, this.options.subscription, { schema: pub.schema, table: pub.table, relid: pub.relid, publication: pub.publications[0], target }, error);
-      this.progress.set(key, { ...initialProgressOf(pub), targetSchema: target.schema, targetTable: target.table, lastError: error });
+      this.progress.set(key, { ...initialProgress({ ...pub, source: { schema: pub.schema, table: pub.table }, target }), lastError: error });
     }
     this.hooks.log('info', `${key} joined the publication; syncing it on its own`);
     this.queueJob(pub);
   }
 
   /** Finds tables that joined or left the publications since the last look. */
-  private async pollPublications(catalog: pg.Client, stateClient: pg.Client, synced: Map<string, SyncedTable>, applier: Applier): Promise<void> {
+  private async pollPublications(catalog: pg.Client, stateClient: pg.Client, applier: Applier): Promise<void> {
     const published = new Map((await listPublishedTables(catalog, this.options.publications)).map((p) => [tableKey(p.schema, p.table), p]));
     for (const [key, pub] of published) {
       const known = this.progress.get(key);
@@ -591,7 +586,6 @@ export class SyncEngine {
       if (tp.removed || published.has(key)) continue;
       tp.removed = true;
       this.jobs.delete(key);
-      synced.delete(key);
       this.mainTasks.push(async () => applier.removeTable(tp.schema, tp.table));
       this.interrupt?.('task');
       await markTableRemoved(stateClient, this.options.subscription, tp);
@@ -662,7 +656,8 @@ export function isTransient(err: unknown): boolean {
   return /Connection terminated|connection timeout|terminating connection|server closed the connection|read ECONNRESET|not queryable|connection error/i.test(e.message ?? '');
 }
 
-function initialProgress(t: SyncedTable): TableProgress {
+/** A table's progress before its copy starts. */
+function initialProgress(t: { source: { schema: string; table: string }; target: { schema: string; table: string }; approximateRows: number; approximateSize: number }): TableProgress {
   return {
     schema: t.source.schema,
     table: t.source.table,
@@ -679,21 +674,3 @@ function initialProgress(t: SyncedTable): TableProgress {
   };
 }
 
-function initialProgressOf(p: PublishedTable): TableProgress {
-  return {
-    schema: p.schema,
-    table: p.table,
-    targetSchema: p.schema,
-    targetTable: p.table,
-    state: 'i',
-    lsn: null,
-    removed: false,
-    rowsCopied: 0,
-    bytesCopied: 0,
-    approximateRows: p.approximateRows,
-    approximateSize: p.approximateSize,
-    lastError: null,
-  };
-}
-
-export { formatBytes };
