@@ -56,7 +56,7 @@ async function slotIdle(c: Cluster, slot: string): Promise<boolean> {
 /** The CLI's target session is inside a transaction that has inserted into `table`. */
 async function applying(db: string, table: string): Promise<boolean> {
   const r = await target.query(db, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND application_name = 'pg_live_sync'
-    AND backend_xid IS NOT NULL AND query LIKE $2`, [db, `INSERT INTO "public"."${table}"%`]);
+    AND backend_xid IS NOT NULL AND (query LIKE $2 OR query LIKE $3)`, [db, `INSERT INTO "public"."${table}"%`, `COPY "public"."${table}"%`]);
   return r.rows[0].n > 0;
 }
 
