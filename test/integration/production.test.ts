@@ -164,6 +164,18 @@ async function ridesThrough(t: { diagnostic(msg: string): void }, sub: string, f
   }
 }
 
+
+/** One 100-row table synced by a run that has applied a first change: the start of several tests. */
+async function streamingOneTable(sub: string) {
+  const dbs = await freshDatabases(pair, sub, `CREATE TABLE t (id int PRIMARY KEY, v int)`);
+  await pair.source.query(dbs.db, `INSERT INTO t SELECT g, g FROM generate_series(1, 100) g; CREATE PUBLICATION pub FOR TABLE t;`);
+  const run = cli(['run', '--source', dbs.sourceUrl, '--target', dbs.targetUrl, '--publication', 'pub', '--subscription', sub]);
+  await waitAllReady(pair.target, dbs.db, sub, 1, 120_000);
+  await pair.source.query(dbs.db, `UPDATE t SET v = v + 1`);
+  await waitCaughtUp(pair, dbs.db, sub, 120_000, run);
+  return { ...dbs, run };
+}
+
 describe('faults', () => {
   it('source restart: the run retries, resumes and converges, and does not hold the shutdown up', { timeout: 360_000 }, async (t) => {
     let restartMs = 0;
@@ -222,14 +234,8 @@ describe('faults', () => {
   it('the slot dropped on the source: one error line naming the slot with drop as the fix, exit non-zero', { timeout: 240_000 }, async (t) => {
     const sub = 'fault_slot';
     const slot = `pg_live_sync_${sub}`;
-    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub, `CREATE TABLE t (id int PRIMARY KEY, v int)`);
-    await pair.source.query(db, `INSERT INTO t SELECT g, g FROM generate_series(1, 100) g; CREATE PUBLICATION pub FOR TABLE t;`);
-    const run = cli(['run', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', sub]);
+    const { run } = await streamingOneTable(sub);
     try {
-      await waitAllReady(pair.target, db, sub, 1, 120_000);
-      await pair.source.query(db, `UPDATE t SET v = v + 1`);
-      await waitCaughtUp(pair, db, sub, 120_000, run);
-
       // Someone drops the slot: end its walsender, then drop it while it is inactive. A run that
       // reconnects quickly may take the slot again before the drop: keep at it.
       let terminations = 0;
@@ -336,14 +342,8 @@ describe('WAL retention', () => {
 
   it('status --source shows the slot wal_status and retained WAL, as text and as JSON', { timeout: 180_000 }, async () => {
     const sub = 'status_slot';
-    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub, `CREATE TABLE t (id int PRIMARY KEY, v int)`);
-    await pair.source.query(db, `INSERT INTO t SELECT g, g FROM generate_series(1, 100) g; CREATE PUBLICATION pub FOR TABLE t;`);
-    const run = cli(['run', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', sub]);
+    const { sourceUrl, targetUrl, run } = await streamingOneTable(sub);
     try {
-      await waitAllReady(pair.target, db, sub, 1, 120_000);
-      await pair.source.query(db, `UPDATE t SET v = v + 1`);
-      await waitCaughtUp(pair, db, sub, 120_000, run);
-
       const text = await runCli(['status', '--subscription', sub, '--target', targetUrl, '--source', sourceUrl]);
       assert.equal(text.code, 0, text.stderr);
       assert.match(text.stdout, /wal_status (reserved|extended|unreserved)\b/, text.stdout);
