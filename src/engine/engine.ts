@@ -5,7 +5,7 @@
  */
 import type pg from 'pg';
 import { Applier } from './apply';
-import { listPublishedTables, type PublishedTable } from './catalog';
+import { listPublishedTables, replicaIdentityFix, type PublishedTable } from './catalog';
 import { abandonGroup, checkpoint, checkpointDue } from './checkpoint';
 import { connect, describeEndpoint, type Endpoint } from './connection';
 import { copyTables, type CopyProgress } from './copy';
@@ -310,6 +310,9 @@ export class SyncEngine {
       const published = new Map((await listPublishedTables(catalog, options.publications)).map((p) => [tableKey(p.schema, p.table), p]));
       const states = await loadTableProgress(target, options.subscription);
       const slotsInUse = new Set<string>();
+      // One pass over the target's catalog for every table, not one per table.
+      const checked = await checkTarget(stateClient, this.target, [...published.values()], options.tableMaps);
+      const syncedByKey = new Map(checked.synced.map((t) => [tableKey(t.source.schema, t.source.table), t]));
       for (const row of states) this.progress.set(tableKey(row.schema, row.table), row);
       for (const row of states) {
         const key = tableKey(row.schema, row.table);
@@ -321,11 +324,10 @@ export class SyncEngine {
           log('warn', `${key} left the publication: no longer synced; its target data stays`);
           continue;
         }
-        const check = await checkTarget(stateClient, this.target, [pub], options.tableMaps);
-        const table = check.synced[0];
+        const table = syncedByKey.get(key);
         if ((row.state === 'r' || row.state === 's') && !table) {
           // A ready table that can no longer be written (renamed or altered on the target).
-          throw new SyncError(check.tableErrors.get(key) ?? `${key} cannot be synced any more`, 'target_table');
+          throw new SyncError(checked.tableErrors.get(key) ?? `${key} cannot be synced any more`, 'target_table');
         }
         if ((row.state === 'r' || row.state === 's') && table) {
           applier.setTable(table, row.state === 'r' ? 0n : (row.lsn ?? 0n));
@@ -599,7 +601,7 @@ export class SyncEngine {
     const pub = job.published;
     try {
       if (pub.publishesUpdateOrDelete && !pub.hasUsableIdentity) {
-        throw new SyncError(`table ${key} has no usable replica identity; on the source run ALTER TABLE ... REPLICA IDENTITY FULL (or add a primary key)`, 'replica_identity');
+        throw new SyncError(`table ${key} has no usable replica identity, so its UPDATEs and DELETEs cannot be replicated; on the source run: ${replicaIdentityFix(pub)}`, 'replica_identity');
       }
       const check = await checkTarget(stateClient, this.target, [pub], options.tableMaps);
       const table = check.synced[0];
