@@ -10,10 +10,11 @@ import { formatBytes } from '../engine/copy';
 import { SyncEngine } from '../engine/engine';
 import { errorMessage, SyncError } from '../engine/errors';
 import { formatLsn } from '../engine/lsn';
-import { dropSlotIfExists, dropTableSyncSlots, slotInfo, slotNameFor, validateSubscriptionName } from '../engine/slot';
+import { validateSubscriptionName } from '../engine/slot';
 import { checkSource, checkTarget } from '../engine/precheck';
-import { deleteSubscriptionRows, loadSubscription, loadTableProgress, stateSchemaExists } from '../engine/state';
+import { dropSync, notFound, readSyncReport } from '../engine/report';
 import { parseTableMap } from '../engine/tablemap';
+import { statusToJson, type FromEngine, type ToEngine } from './ipc';
 import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
 
 const USAGE = `usage:
@@ -102,6 +103,41 @@ async function run(args: string[]): Promise<number> {
   return 0;
 }
 
+/**
+ * The extension's background run: options arrive over the IPC channel, logs and status go back
+ * on it. The parent going away (VS Code closing) stops the run the same way SIGTERM does.
+ */
+async function serveIpc(): Promise<number> {
+  const send = process.send?.bind(process);
+  if (!send) throw new UsageError('serve-ipc is started by the VS Code extension over an IPC channel');
+  const post = (m: FromEngine) => { if (process.connected) send(m); };
+  const options = await new Promise<ToEngine & { type: 'start' }>((resolve, reject) => {
+    process.once('message', (m: ToEngine) => (m.type === 'start' ? resolve(m) : reject(new UsageError('serve-ipc expects start first'))));
+    process.once('disconnect', () => reject(new UsageError('the extension went away before start')));
+  });
+  const engine = new SyncEngine(options.options, {
+    log: (level, message) => {
+      log(level, message);
+      post({ type: 'log', level, message });
+    },
+    onStatus: (s) => post({ type: 'status', status: statusToJson(s) }),
+  });
+  process.on('message', (m: ToEngine) => { if (m.type === 'stop') engine.stop(); });
+  process.on('disconnect', () => engine.stop());
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => engine.stop());
+  // process.exit would drop a message still queued on the channel: wait for the last one.
+  const finish = (error: string | null) =>
+    new Promise<void>((resolve) => (process.connected ? send({ type: 'exit', error } satisfies FromEngine, () => resolve()) : resolve()));
+  try {
+    await engine.run();
+    await finish(null);
+    return 0;
+  } catch (err) {
+    await finish(errorMessage(err));
+    return 1;
+  }
+}
+
 /** Prints per-table state changes as they happen and a summary line every few seconds. */
 function progressReporter(): (s: SyncStatus) => void {
   const lastState = new Map<string, string>();
@@ -142,18 +178,10 @@ async function status(args: string[]): Promise<number> {
   const sourceUrl = (v.source as string | undefined) ?? process.env.SOURCE;
   const target = await connect({ url: targetUrl, role: 'target' });
   try {
-    const sub = (await stateSchemaExists(target)) ? await loadSubscription(target, subscription) : null;
-    if (!sub) throw new SyncError(`the target has no state for subscription "${subscription}"; check --subscription and --target, or start it with pg-live-sync run`, 'not_found');
-    const tables = await loadTableProgress(target, subscription);
-    let slot = null;
-    if (sourceUrl) {
-      const source = await connect({ url: sourceUrl, role: 'source' });
-      try {
-        slot = await slotInfo(source, sub.slotName);
-      } finally {
-        await source.end();
-      }
-    }
+    const source = sourceUrl ? await connect({ url: sourceUrl, role: 'source' }) : null;
+    const report = await readSyncReport(target, subscription, source).finally(() => source?.end());
+    if (!report) throw notFound(subscription);
+    const { subscription: sub, tables, slot } = report;
     if (v.json) {
       process.stdout.write(JSON.stringify({
         subscription: sub.subname,
@@ -216,27 +244,12 @@ function tableRows(tables: TableProgress[]): string {
 async function drop(args: string[]): Promise<number> {
   const v = parse(args, { subscription: { type: 'string' }, source: { type: 'string' }, target: { type: 'string' } });
   const subscription = required(v.subscription as string | undefined, 'subscription');
-  validateSubscriptionName(subscription);
-  const source = await connect({ url: required((v.source as string | undefined) ?? process.env.SOURCE, 'source', 'SOURCE'), role: 'source' });
-  try {
-    const target = await connect({ url: required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET'), role: 'target' });
-    try {
-      const slot = slotNameFor(subscription);
-      const dropped = await dropSlotIfExists(source, slot);
-      log('info', dropped ? `dropped replication slot "${slot}" on the source` : `no replication slot "${slot}" on the source`);
-      for (const s of await dropTableSyncSlots(source, subscription)) log('info', `dropped table-sync slot "${s}" on the source`);
-      if (await stateSchemaExists(target)) {
-        await target.query('BEGIN');
-        await deleteSubscriptionRows(target, subscription);
-        await target.query('COMMIT');
-      }
-      log('info', `removed the state of subscription "${subscription}" from the target; the target tables and their data stay`);
-    } finally {
-      await target.end();
-    }
-  } finally {
-    await source.end();
-  }
+  await dropSync(
+    { url: required((v.source as string | undefined) ?? process.env.SOURCE, 'source', 'SOURCE'), role: 'source' },
+    { url: required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET'), role: 'target' },
+    subscription,
+    log,
+  );
   return 0;
 }
 
@@ -314,6 +327,8 @@ async function main(argv: string[]): Promise<number> {
         return await check(args);
       case 'sql':
         return await sql(args);
+      case 'serve-ipc':
+        return await serveIpc();
       case undefined:
       case 'help':
       case '--help':

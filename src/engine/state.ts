@@ -261,3 +261,17 @@ export async function loadTableProgress(client: pg.Client, subname: string): Pro
     lastError: row.last_error,
   }));
 }
+
+/**
+ * Sends one table back to `i` so the next run copies it afresh through its own slot (a resync).
+ * Only while no run holds the subscription: the caller stops the run first.
+ */
+export async function resetTableForResync(client: pg.Client, subname: string, table: { schema: string; table: string }): Promise<boolean> {
+  const r = await client.query(
+    `UPDATE _pg_live_sync.subscription_rel
+        SET state = 'i', lsn = NULL, rows_copied = 0, bytes_copied = 0, last_error = NULL, updated_at = now()
+      WHERE subname = $1 AND schemaname = $2 AND tablename = $3 AND removed_at IS NULL`,
+    [subname, table.schema, table.table],
+  );
+  return (r.rowCount ?? 0) > 0;
+}
