@@ -1,7 +1,8 @@
 import pg from 'pg';
 import { explainConnectError } from './errors';
 
-export type Role = 'source' | 'target';
+/** Shown in errors: "the source", "the target", or a connection's own name in the extension. */
+export type Role = 'source' | 'target' | (string & {});
 
 /**
  * Every session we open, on both sides, gets the same output settings so a value's text is the
@@ -23,6 +24,8 @@ const SESSION_OPTIONS = [
 export interface Endpoint {
   url: string;
   role: Role;
+  /** Where the user fixes this endpoint, for error messages; the CLI's default is its --<role> flag. */
+  configuredIn?: string;
 }
 
 export interface ConnectOptions {
@@ -56,7 +59,7 @@ export async function connect(endpoint: Endpoint, opts: ConnectOptions = {}): Pr
     await client.connect();
   } catch (err) {
     await client.end().catch(() => undefined);
-    throw explainConnectError(err, endpoint.role, describeEndpoint(endpoint.url), client.user ?? '');
+    throw explainConnectError(err, endpoint.role, describeEndpoint(endpoint.url), client.user ?? '', endpoint.configuredIn);
   }
   return client;
 }

@@ -66,8 +66,8 @@ export class SyncEngine {
   private jobs = new Map<string, TableJob>();
 
   constructor(private readonly options: SyncOptions, private readonly hooks: SyncEngineHooks) {
-    this.source = { url: options.source, role: 'source' };
-    this.target = { url: options.target, role: 'target' };
+    this.source = { url: options.source, role: 'source', configuredIn: options.configuredIn?.source };
+    this.target = { url: options.target, role: 'target', configuredIn: options.configuredIn?.target };
     this.slot = slotNameFor(options.subscription);
   }
 

@@ -17,23 +17,23 @@ interface PgLikeError {
 }
 
 /** Turns a driver or server error met while connecting or checking into a SyncError. */
-export function explainConnectError(err: unknown, role: string, endpoint: string, user: string): SyncError {
+export function explainConnectError(err: unknown, role: string, endpoint: string, user: string, configuredIn = `the --${role} URL`): SyncError {
   const e = (err ?? {}) as PgLikeError;
   const text = oneLine(e.message ?? String(err));
   switch (e.code) {
     case 'ECONNREFUSED':
-      return new SyncError(`cannot connect to the ${role} at ${endpoint}: connection refused; check that PostgreSQL is running there and the host and port in the --${role} URL`, 'connect');
+      return new SyncError(`cannot connect to the ${role} at ${endpoint}: connection refused; check that PostgreSQL is running there and the host and port in ${configuredIn}`, 'connect');
     case 'ENOTFOUND':
     case 'EAI_AGAIN':
-      return new SyncError(`cannot connect to the ${role}: host of ${endpoint} not found; fix the host in the --${role} URL`, 'connect');
+      return new SyncError(`cannot connect to the ${role}: host of ${endpoint} not found; fix the host in ${configuredIn}`, 'connect');
     case 'ETIMEDOUT':
       return new SyncError(`cannot connect to the ${role} at ${endpoint}: timed out; check the host, port and firewall`, 'connect');
     case '28P01':
-      return new SyncError(`password authentication failed for user "${user}" on the ${role} ${endpoint}; fix the password in the --${role} URL, PGPASSWORD or ~/.pgpass`, 'auth');
+      return new SyncError(`password authentication failed for user "${user}" on the ${role} ${endpoint}; fix the password in ${configuredIn}, PGPASSWORD or ~/.pgpass`, 'auth');
     case '28000':
       return new SyncError(`the ${role} ${endpoint} refused user "${user}": ${text}; add a pg_hba.conf entry for this host and user (and "replication" for the source)`, 'auth');
     case '3D000':
-      return new SyncError(`the ${role} ${endpoint} has no such database: ${text}; fix the database name in the --${role} URL`, 'connect');
+      return new SyncError(`the ${role} ${endpoint} has no such database: ${text}; fix the database name in ${configuredIn}`, 'connect');
     case '53300':
       return new SyncError(`the ${role} ${endpoint} has no free connection slots; raise max_connections (or max_wal_senders for the source) or close idle sessions`, 'connect');
   }

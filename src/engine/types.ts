@@ -9,6 +9,8 @@ export interface SyncOptions {
   tableMaps: TableMap[];
   tableSyncWorkers: number;
   copyData: boolean;
+  /** Where the user fixes each URL, for errors (the extension names its connections); default the CLI flags. */
+  configuredIn?: { source: string; target: string };
 }
 
 /** `--table-map`: a whole table, or (without `table`) every table of a schema. */

@@ -1,0 +1,526 @@
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { appendFileSync } from 'node:fs';
+import * as vscode from 'vscode';
+import { connect, type Endpoint } from '../engine/connection';
+import { errorMessage } from '../engine/errors';
+import { readSyncReport, dropSync } from '../engine/report';
+import { slotInfo, slotNameFor, validateSubscriptionName } from '../engine/slot';
+import { resetTableForResync } from '../engine/state';
+import { parseTableMap } from '../engine/tablemap';
+import type { TableMap } from '../engine/types';
+import type { PanelAction } from '../../webview/protocol';
+import type { ConnectionStore } from './connections';
+import { EngineProcess } from './engineProcess';
+import type { PanelSnapshot, PanelSource } from './panelSource';
+import { readingFromReport, readingFromStatus, sanitizeSyncDefinition, SyncTracker, type SyncDefinition } from './syncModel';
+
+const SECTION = 'pgLiveSync';
+const KEY = 'syncs';
+const RUNNING_AT_CLOSE = 'pgLiveSync.runningAtClose';
+const PAUSED = 'pgLiveSync.paused';
+const SLOT_POLL_MS = 5_000;
+
+interface LocalRun {
+  process: EngineProcess;
+  source: Endpoint;
+  /** Set when the user paused it: the run ends but the sync stays "paused", not "stopped". */
+  pausing: boolean;
+}
+
+/**
+ * Every sync this window knows: those it runs (each in its own engine process) and those it
+ * watches from the target's state. It is the panel's, the tree's and the status bar's source.
+ */
+export class SyncManager implements PanelSource, vscode.Disposable {
+  private readonly changed = new vscode.EventEmitter<string>();
+  readonly onDidChange = this.changed.event;
+  private readonly runs = new Map<string, LocalRun>();
+  private readonly trackers = new Map<string, SyncTracker>();
+  private readonly retained = new Map<string, { at: number; bytes: number | null }>();
+  private readonly pollErrors = new Map<string, string>();
+  private readonly timer: NodeJS.Timeout;
+  private polling = false;
+  private loopDelay: IntervalHistogram | null = null;
+  private loopTimer: NodeJS.Timeout | null = null;
+  private readonly disposables: vscode.Disposable[] = [];
+
+  constructor(
+    private readonly context: vscode.ExtensionContext,
+    private readonly connections: ConnectionStore,
+    private readonly log: vscode.LogOutputChannel,
+  ) {
+    const seconds = vscode.workspace.getConfiguration(SECTION).get<number>('statusRefreshSeconds', 2);
+    this.timer = setInterval(() => void this.poll(), Math.max(1, seconds) * 1000);
+    this.disposables.push(vscode.workspace.onDidChangeConfiguration((e) => {
+      if (e.affectsConfiguration(`${SECTION}.${KEY}`)) void this.poll();
+    }));
+    void this.poll();
+  }
+
+  dispose(): void {
+    clearInterval(this.timer);
+    this.stopLoopMonitor();
+    for (const d of this.disposables) d.dispose();
+    this.changed.dispose();
+  }
+
+  // ---- definitions -------------------------------------------------------------------------
+
+  definitions(): SyncDefinition[] {
+    const inspect = vscode.workspace.getConfiguration(SECTION).inspect<unknown[]>(KEY);
+    const seen = new Set<string>();
+    const out: SyncDefinition[] = [];
+    for (const values of [inspect?.workspaceValue, inspect?.globalValue]) {
+      for (const raw of values ?? []) {
+        const d = sanitizeSyncDefinition(raw);
+        if (!d || seen.has(d.name)) continue;
+        seen.add(d.name);
+        out.push(d);
+      }
+    }
+    return out;
+  }
+
+  definition(name: string): SyncDefinition | undefined {
+    return this.definitions().find((d) => d.name === name);
+  }
+
+  private async saveDefinition(def: SyncDefinition): Promise<void> {
+    const config = vscode.workspace.getConfiguration(SECTION);
+    const inWorkspace = (vscode.workspace.workspaceFolders?.length ?? 0) > 0;
+    const inspect = config.inspect<unknown[]>(KEY);
+    const current = ((inWorkspace ? inspect?.workspaceValue : inspect?.globalValue) ?? []).filter((raw) => sanitizeSyncDefinition(raw)?.name !== def.name);
+    await config.update(KEY, [...current, def], inWorkspace ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global);
+  }
+
+  private async removeDefinition(name: string): Promise<void> {
+    const config = vscode.workspace.getConfiguration(SECTION);
+    const inspect = config.inspect<unknown[]>(KEY);
+    for (const [values, target] of [[inspect?.workspaceValue, vscode.ConfigurationTarget.Workspace], [inspect?.globalValue, vscode.ConfigurationTarget.Global]] as const) {
+      if (values?.some((raw) => sanitizeSyncDefinition(raw)?.name === name)) {
+        await config.update(KEY, values.filter((raw) => sanitizeSyncDefinition(raw)?.name !== name), target);
+      }
+    }
+    this.trackers.delete(name);
+    this.changed.fire(name);
+  }
+
+  // ---- PanelSource --------------------------------------------------------------------------
+
+  names(): string[] {
+    return this.definitions().map((d) => d.name);
+  }
+
+  snapshot(name: string): PanelSnapshot | null {
+    return this.trackers.get(name)?.snapshot() ?? null;
+  }
+
+  isRunning(name: string): boolean {
+    return this.runs.has(name);
+  }
+
+  isPaused(name: string): boolean {
+    return this.context.workspaceState.get<string[]>(PAUSED, []).includes(name);
+  }
+
+  async act(name: string, action: PanelAction): Promise<void> {
+    switch (action) {
+      case 'pause':
+        return this.pause(name);
+      case 'resume':
+        return this.resume(name);
+      case 'stop':
+        return this.stop(name);
+      case 'drop':
+        return this.drop(name);
+      case 'openLogs':
+        this.log.show(true);
+        return;
+      case 'copyStatus':
+        await vscode.env.clipboard.writeText(JSON.stringify(this.snapshot(name), null, 2));
+        void vscode.window.showInformationMessage(`Copied the status of sync ${name} as JSON.`);
+        return;
+    }
+  }
+
+  /** Stops the run, sends the table back to init on the target, and runs again: the table recopies alone. */
+  async resyncTable(name: string, key: string): Promise<void> {
+    const def = this.definition(name);
+    if (!def || def.attach) throw new Error(`sync ${name} is not run by this window; resync it where it runs`);
+    const table = this.snapshot(name)?.tables.find((t) => t.key === key);
+    if (!table) throw new Error(`sync ${name} has no table ${key}`);
+    const wasRunning = this.runs.has(name);
+    if (wasRunning) await this.stopRun(name, false);
+    const target = await connect(await this.connections.endpoint(def.target));
+    try {
+      if (!(await resetTableForResync(target, name, { schema: table.schema, table: table.table }))) throw new Error(`sync ${name} has no state for ${key} on the target`);
+    } finally {
+      await target.end();
+    }
+    this.log.info(`sync ${name}: ${key} sent back to init; it is copied afresh through its own slot`);
+    await this.startRun(def);
+  }
+
+  // ---- commands -------------------------------------------------------------------------------
+
+  /** Start Sync: asks for everything, saves the named sync, runs it. */
+  async startInteractive(preset?: { source?: string; publication?: string }): Promise<void> {
+    const title = 'Start Sync';
+    const source = preset?.source ?? (await this.connections.pick(`${title} (1/7): source connection`, [], true));
+    if (!source) return;
+    const target = await this.connections.pick(`${title} (2/7): target connection`, [source], true);
+    if (!target) return;
+    const { listPublications } = await import('../engine/probe');
+    const client = await connect(await this.connections.endpoint(source));
+    let pubs: { name: string; tableCount: number }[];
+    try {
+      pubs = await listPublications(client);
+    } finally {
+      await client.end();
+    }
+    if (pubs.length === 0) {
+      void vscode.window.showWarningMessage(`${source} has no publication; create one first (Postgres Live Sync: Create Publication).`);
+      return;
+    }
+    const picked = await vscode.window.showQuickPick(
+      pubs.map((p) => ({ label: p.name, description: `${p.tableCount} tables`, picked: pubs.length === 1 || p.name === preset?.publication })),
+      { title: `${title} (3/7): publications`, canPickMany: true, placeHolder: 'Publications to sync', ignoreFocusOut: true },
+    );
+    if (!picked || picked.length === 0) return;
+    const taken = this.names();
+    const suggested = `${source}_to_${target}`.toLowerCase().replace(/[^a-z0-9_]/g, '_').slice(0, 40);
+    const name = await vscode.window.showInputBox({
+      title: `${title} (4/7): sync name (the subscription)`, value: suggested, ignoreFocusOut: true,
+      prompt: 'Names the replication slot (pg_live_sync_<name>) and the state on the target',
+      validateInput: (v) => {
+        try {
+          validateSubscriptionName(v);
+        } catch (err) {
+          return errorMessage(err);
+        }
+        return taken.includes(v) ? `A sync named ${v} exists already` : null;
+      },
+    });
+    if (name === undefined) return;
+    const mapText = await vscode.window.showInputBox({
+      title: `${title} (5/7): table map (optional)`, ignoreFocusOut: true,
+      prompt: 'JSON maps, one per line or an array, e.g. {"source":{"schema":"public"},"target":{"schema":"mirror"}}; empty: same names',
+      validateInput: (v) => {
+        try {
+          parseMaps(v);
+          return null;
+        } catch (err) {
+          return errorMessage(err);
+        }
+      },
+    });
+    if (mapText === undefined) return;
+    const workers = await vscode.window.showInputBox({
+      title: `${title} (6/7): table sync workers`, value: '4', ignoreFocusOut: true, prompt: 'Tables copied in parallel (1 to 64)',
+      validateInput: (v) => (/^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 64 ? null : 'A whole number from 1 to 64'),
+    });
+    if (workers === undefined) return;
+    const copy = await vscode.window.showQuickPick(
+      [
+        { label: 'Copy existing rows, then stream changes', copyData: true },
+        { label: 'Stream changes only', copyData: false, detail: 'the target already holds the rows' },
+      ],
+      { title: `${title} (7/7): initial copy`, ignoreFocusOut: true },
+    );
+    if (!copy) return;
+    const def: SyncDefinition = {
+      name, source, target, publications: picked.map((p) => p.label), tableMaps: parseMaps(mapText),
+      tableSyncWorkers: Number(workers), copyData: copy.copyData, attach: false,
+    };
+    await this.saveDefinition(def);
+    await this.startRun(def);
+  }
+
+  /** Attach to a sync run elsewhere: pick the target, then one of the subscriptions in its state. */
+  async attachInteractive(): Promise<void> {
+    const target = await this.connections.pick('Attach to Sync (1/3): target connection', [], true);
+    if (!target) return;
+    const client = await connect(await this.connections.endpoint(target));
+    let subs: { subname: string; source: string; publications: string[] }[] = [];
+    try {
+      const present = await client.query(`SELECT to_regclass('_pg_live_sync.subscription') IS NOT NULL AS p`);
+      if (present.rows[0].p) subs = (await client.query('SELECT subname, source, publications FROM _pg_live_sync.subscription ORDER BY 1')).rows;
+    } finally {
+      await client.end();
+    }
+    if (subs.length === 0) {
+      void vscode.window.showWarningMessage(`${target} holds no sync state (_pg_live_sync); start a sync first.`);
+      return;
+    }
+    const sub = await vscode.window.showQuickPick(
+      subs.map((s) => ({ label: s.subname, description: `from ${s.source}`, detail: `publications ${s.publications.join(', ')}` })),
+      { title: 'Attach to Sync (2/3): sync', ignoreFocusOut: true },
+    );
+    if (!sub) return;
+    const others = this.connections.list().filter((c) => c.name !== target);
+    const sourcePick = await vscode.window.showQuickPick(
+      [...others.map((c) => ({ label: c.name, description: this.connections.describe(c) })), { label: 'No source connection', description: 'no lag in bytes or retained WAL' }],
+      { title: 'Attach to Sync (3/3): source connection (read-only, for lag and retained WAL)', ignoreFocusOut: true },
+    );
+    if (!sourcePick) return;
+    const found = subs.find((s) => s.subname === sub.label)!;
+    await this.saveDefinition({
+      name: sub.label, source: sourcePick.label === 'No source connection' ? '' : sourcePick.label, target,
+      publications: found.publications, tableMaps: [], tableSyncWorkers: 4, copyData: true, attach: true,
+    });
+    this.log.info(`attached read-only to sync ${sub.label} on ${target}`);
+    void this.poll();
+  }
+
+  async pickSync(title: string, filter: (d: SyncDefinition) => boolean): Promise<string | undefined> {
+    const defs = this.definitions().filter(filter);
+    if (defs.length === 0) {
+      void vscode.window.showInformationMessage('No sync fits; start one with Postgres Live Sync: Start Sync.');
+      return undefined;
+    }
+    if (defs.length === 1) return defs[0].name;
+    const p = await vscode.window.showQuickPick(defs.map((d) => ({ label: d.name, description: `${d.source} > ${d.target}${d.attach ? ' (attached)' : ''}` })), { title, ignoreFocusOut: true });
+    return p?.label;
+  }
+
+  async stop(name: string): Promise<void> {
+    await this.setPaused(name, false);
+    await this.stopRun(name, false);
+  }
+
+  async pause(name: string): Promise<void> {
+    await this.setPaused(name, true);
+    await this.stopRun(name, true);
+  }
+
+  async resume(name: string): Promise<void> {
+    const def = this.definition(name);
+    if (!def) return;
+    if (def.attach) throw new Error(`sync ${name} is attached read-only; resume it where it runs`);
+    await this.setPaused(name, false);
+    await this.startRun(def);
+  }
+
+  async drop(name: string): Promise<void> {
+    const def = this.definition(name);
+    if (!def) return;
+    if (def.attach && !def.source) {
+      throw new Error(`sync ${name} was attached without a source connection; dropping needs the source to remove its slot`);
+    }
+    const answer = await vscode.window.showWarningMessage(
+      `Drop sync ${name}?`,
+      { modal: true, detail: `This removes replication slot ${slotNameFor(name)} on ${def.source} and the sync's state on ${def.target}. The target tables keep their data. A sync started again copies everything afresh.` },
+      'Drop',
+    );
+    if (answer !== 'Drop') return;
+    await this.stopRun(name, false);
+    await dropSync(await this.connections.endpoint(def.source), await this.connections.endpoint(def.target), name, (level, message) => this.log[level](`sync ${name}: ${message}`));
+    await this.setPaused(name, false);
+    await this.removeDefinition(name);
+    void vscode.window.showInformationMessage(`Dropped sync ${name}: slot and state removed; the target's data stays.`);
+  }
+
+  // ---- runs ----------------------------------------------------------------------------------
+
+  async startRun(def: SyncDefinition): Promise<void> {
+    if (this.runs.has(def.name)) return;
+    const source = await this.connections.endpoint(def.source, 'source');
+    const target = await this.connections.endpoint(def.target, 'target');
+    const tracker = this.tracker(def);
+    tracker.setMode('local');
+    const cli = this.context.asAbsolutePath('dist/cli.js');
+    const run: LocalRun = {
+      source,
+      pausing: false,
+      process: new EngineProcess(
+        cli,
+        {
+          source: source.url, target: target.url, publications: def.publications, subscription: def.name,
+          tableMaps: def.tableMaps as TableMap[], tableSyncWorkers: def.tableSyncWorkers, copyData: def.copyData,
+          configuredIn: { source: source.configuredIn!, target: target.configuredIn! },
+        },
+        {
+          log: (level, message) => this.log[level](`sync ${def.name}: ${message}`),
+          status: (status) => {
+            tracker.add(readingFromStatus(status, Date.now(), this.retained.get(def.name)?.bytes ?? null));
+            this.changed.fire(def.name);
+          },
+          exit: (error) => {
+            this.runs.delete(def.name);
+            if (error) {
+              this.log.error(`sync ${def.name}: ${error}`);
+              void vscode.window.showErrorMessage(`Sync ${def.name} stopped: ${error}`, 'Show Logs').then((a) => a && this.log.show(true));
+            } else {
+              this.log.info(`sync ${def.name}: stopped; everything applied is kept on the target`);
+            }
+            tracker.setActivity(error ? 'error' : run.pausing ? 'paused' : 'stopped', error);
+            if (this.runs.size === 0) this.stopLoopMonitor();
+            this.changed.fire(def.name);
+            void this.poll();
+          },
+        },
+      ),
+    };
+    this.runs.set(def.name, run);
+    this.log.info(`sync ${def.name}: started (engine process ${run.process.pid}) from ${def.source} to ${def.target}, publications ${def.publications.join(', ')}`);
+    this.startLoopMonitor();
+    await this.rememberRunning();
+    this.changed.fire(def.name);
+  }
+
+  private async stopRun(name: string, pausing: boolean): Promise<void> {
+    const run = this.runs.get(name);
+    if (!run) return;
+    run.pausing = pausing;
+    await run.process.stop();
+    await this.rememberRunning();
+  }
+
+  private async setPaused(name: string, paused: boolean): Promise<void> {
+    const list = this.context.workspaceState.get<string[]>(PAUSED, []).filter((n) => n !== name);
+    await this.context.workspaceState.update(PAUSED, paused ? [...list, name] : list);
+  }
+
+  private async rememberRunning(): Promise<void> {
+    await this.context.workspaceState.update(RUNNING_AT_CLOSE, [...this.runs.keys()]);
+  }
+
+  /** Closing VS Code: every local run commits and ends; the next window offers to resume them. */
+  async shutdown(): Promise<void> {
+    const names = [...this.runs.keys()];
+    await this.context.workspaceState.update(RUNNING_AT_CLOSE, names);
+    // VS Code gives deactivate a few seconds; the engine's stop is a commit and a disconnect.
+    await Promise.all(names.map((n) => this.runs.get(n)?.process.stop(4_000)));
+  }
+
+  /** A window reopened after syncs ran in it: offer to resume them. */
+  async offerResume(): Promise<void> {
+    const names = this.context.workspaceState.get<string[]>(RUNNING_AT_CLOSE, []).filter((n) => this.definition(n) && !this.runs.has(n));
+    if (names.length === 0) return;
+    const label = names.length === 1 ? `Sync ${names[0]} was running when this window closed; its progress is saved on the target.` : `${names.length} syncs were running when this window closed (${names.join(', ')}); their progress is saved on the target.`;
+    const answer = await vscode.window.showInformationMessage(label, 'Resume', 'Not Now');
+    if (answer === 'Resume') {
+      for (const n of names) await this.resume(n).catch((err) => void vscode.window.showErrorMessage(`Sync ${n}: ${errorMessage(err)}`));
+    } else {
+      await this.context.workspaceState.update(RUNNING_AT_CLOSE, []);
+    }
+  }
+
+  // ---- monitoring --------------------------------------------------------------------------
+
+  private tracker(def: SyncDefinition): SyncTracker {
+    let t = this.trackers.get(def.name);
+    if (!t) {
+      const describe = (conn: string) => {
+        const c = this.connections.get(conn);
+        return c ? this.connections.describe(c) : conn || '(no source connection)';
+      };
+      t = new SyncTracker({ name: def.name, mode: def.attach ? 'attached' : 'local', source: describe(def.source), target: describe(def.target), publications: def.publications });
+      this.trackers.set(def.name, t);
+    }
+    return t;
+  }
+
+  /**
+   * Reads what no live run reports: the target's state for syncs not running here, and the
+   * source slot's retained WAL for all. Errors are logged once per change, not every poll.
+   */
+  private async poll(): Promise<void> {
+    if (this.polling) return;
+    this.polling = true;
+    try {
+      const defs = this.definitions();
+      for (const name of [...this.trackers.keys()]) if (!defs.some((d) => d.name === name)) this.trackers.delete(name);
+      await Promise.all(defs.map((def) => this.pollOne(def)));
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  private async pollOne(def: SyncDefinition): Promise<void> {
+    const tracker = this.tracker(def);
+    const run = this.runs.get(def.name);
+    try {
+      if (run) {
+        const last = this.retained.get(def.name);
+        if (last && Date.now() - last.at < SLOT_POLL_MS) return;
+        const source = await connect(run.source, { applicationName: 'pg_live_sync_monitor' });
+        try {
+          this.retained.set(def.name, { at: Date.now(), bytes: (await slotInfo(source, slotNameFor(def.name)))?.retainedBytes ?? null });
+        } finally {
+          await source.end();
+        }
+        return;
+      }
+      const target = await connect(await this.connections.endpoint(def.target), { applicationName: 'pg_live_sync_monitor' });
+      try {
+        const source = def.source && this.connections.get(def.source) ? await connect(await this.connections.endpoint(def.source), { applicationName: 'pg_live_sync_monitor' }).catch(() => null) : null;
+        try {
+          const report = await readSyncReport(target, def.name, source);
+          if (report) {
+            tracker.add(readingFromReport(report, Date.now(), this.isPaused(def.name) ? 'paused' : 'stopped'));
+            this.changed.fire(def.name);
+          }
+        } finally {
+          await source?.end().catch(() => undefined);
+        }
+      } finally {
+        await target.end();
+      }
+      this.pollErrors.delete(def.name);
+    } catch (err) {
+      const text = errorMessage(err);
+      if (this.pollErrors.get(def.name) !== text) {
+        this.pollErrors.set(def.name, text);
+        this.log.warn(`sync ${def.name}: cannot read its state: ${text}`);
+      }
+    }
+  }
+
+  /**
+   * The extension host's event-loop delay while syncs run here, logged every 30 s, so "the
+   * engine never freezes VS Code" is measured, not assumed.
+   */
+  private startLoopMonitor(): void {
+    if (this.loopDelay) return;
+    this.loopDelay = monitorEventLoopDelay({ resolution: 10 });
+    this.loopDelay.enable();
+    this.loopTimer = setInterval(() => this.reportLoopDelay(), 30_000);
+    this.loopTimer.unref();
+  }
+
+  private reportLoopDelay(): void {
+    const h = this.loopDelay;
+    if (!h || h.count === 0) return;
+    const ms = (ns: number) => Math.round(ns / 1e5) / 10;
+    const line = { p50: ms(h.percentile(50)), p99: ms(h.percentile(99)), max: ms(h.max), samples: h.count, syncs: this.runs.size };
+    this.log.info(`extension host event-loop delay over the last 30 s: p50 ${line.p50} ms, p99 ${line.p99} ms, max ${line.max} ms`);
+    const file = process.env.PG_LIVE_SYNC_DIAGNOSTICS_FILE;
+    if (file) appendFileSync(file, JSON.stringify({ at: new Date().toISOString(), eventLoopDelayMs: line }) + '\n');
+    h.reset();
+  }
+
+  private stopLoopMonitor(): void {
+    if (this.loopTimer) clearInterval(this.loopTimer);
+    this.reportLoopDelay();
+    this.loopDelay?.disable();
+    this.loopDelay = null;
+    this.loopTimer = null;
+  }
+
+  /** For the e2e suite and the curious: flush the event-loop figures now. */
+  flushDiagnostics(): void {
+    this.reportLoopDelay();
+  }
+}
+
+function parseMaps(text: string): TableMap[] {
+  const t = text.trim();
+  if (!t) return [];
+  if (t.startsWith('[')) {
+    const arr = JSON.parse(t) as unknown[];
+    if (!Array.isArray(arr)) throw new Error('a table map list is a JSON array');
+    return arr.map((m) => parseTableMap(JSON.stringify(m)));
+  }
+  return t.split('\n').filter((l) => l.trim()).map((l) => parseTableMap(l));
+}
