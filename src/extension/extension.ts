@@ -104,6 +104,15 @@ export function activate(context: vscode.ExtensionContext): void {
     }));
   }
   void syncs.offerResume();
+  void showWalkthroughOnce(context);
+}
+
+/** The first activation on a machine opens the getting-started walkthrough; later ones do not. */
+async function showWalkthroughOnce(context: vscode.ExtensionContext): Promise<void> {
+  const key = 'pgLiveSync.walkthroughShown';
+  if (context.globalState.get<boolean>(key)) return;
+  await context.globalState.update(key, true);
+  await vscode.commands.executeCommand('workbench.action.openWalkthrough', `${context.extension.id}#pgLiveSync.gettingStarted`, false);
 }
 
 export async function deactivate(): Promise<void> {

@@ -3,6 +3,7 @@ import { appendFileSync } from 'node:fs';
 import * as vscode from 'vscode';
 import { connect, type Endpoint } from '../engine/connection';
 import { errorMessage } from '../engine/errors';
+import { listPublications } from '../engine/probe';
 import { readSyncReport, dropSync } from '../engine/report';
 import { slotInfo, slotNameFor, validateSubscriptionName } from '../engine/slot';
 import { resetTableForResync } from '../engine/state';
@@ -170,7 +171,6 @@ export class SyncManager implements PanelSource, vscode.Disposable {
     if (!source) return;
     const target = await this.connections.pick(`${title} (2/7): target connection`, [source], true);
     if (!target) return;
-    const { listPublications } = await import('../engine/probe');
     const client = await connect(await this.connections.endpoint(source));
     let pubs: { name: string; tableCount: number }[];
     try {
