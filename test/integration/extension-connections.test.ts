@@ -1,0 +1,211 @@
+/**
+ * The extension's connections against a real server: the URL built from a setting entry and a
+ * stored password (or PGPASSWORD, or ~/.pgpass) connects, Test Connection's probe, its errors,
+ * and what the Connections tree lists.
+ */
+import assert from 'node:assert/strict';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { connect, type Endpoint } from '../../src/engine/connection';
+import { SyncError } from '../../src/engine/errors';
+import { listPublications, probeServer, publicationTables, userTables } from '../../src/engine/probe';
+import { connectionUrl, type ConnectionConfig } from '../../src/extension/connectionModel';
+import { PASSWORD, startCluster, type Cluster } from '../harness/cluster';
+
+let cluster: Cluster;
+let tmp: string;
+before(async () => {
+  cluster = await startCluster({ name: 'conn' });
+  tmp = mkdtempSync(path.join(os.tmpdir(), 'pgls-conn-test-'));
+});
+after(() => {
+  cluster?.stop();
+  if (tmp) rmSync(tmp, { recursive: true, force: true });
+});
+
+let dbCounter = 0;
+async function freshDatabase(prefix: string): Promise<string> {
+  const db = `${prefix} ü ${process.pid}_${++dbCounter}`;
+  await cluster.createDatabase(db);
+  return db;
+}
+
+function config(db: string, user = 'postgres'): ConnectionConfig {
+  return { name: 'src', host: '127.0.0.1', port: cluster.port, user, database: db };
+}
+
+/** As the extension builds it for the connection named "src". */
+function endpoint(url: string): Endpoint {
+  return { url, role: '"src" connection', configuredIn: 'connection "src" (Edit Connection)' };
+}
+
+const PW_VARS = ['PGPASSWORD', 'PGPASSFILE', 'HOME'] as const;
+
+/** Runs `body` with PGPASSWORD, PGPASSFILE and HOME as given (undefined: unset), then restores them. */
+async function withEnv<T>(vars: Partial<Record<(typeof PW_VARS)[number], string | undefined>>, body: () => Promise<T>): Promise<T> {
+  const saved = Object.fromEntries(PW_VARS.map((k) => [k, process.env[k]]));
+  for (const k of PW_VARS) {
+    const v = vars[k];
+    if (v === undefined) delete process.env[k];
+    else process.env[k] = v;
+  }
+  try {
+    return await body();
+  } finally {
+    for (const k of PW_VARS) {
+      if (saved[k] === undefined) delete process.env[k];
+      else process.env[k] = saved[k];
+    }
+  }
+}
+
+/** The database the connection really reached, as the server sees it. */
+async function currentDatabase(url: string): Promise<string> {
+  const client = await connect(endpoint(url));
+  try {
+    return (await client.query('SELECT current_database() AS db')).rows[0].db;
+  } finally {
+    await client.end();
+  }
+}
+
+describe('connecting with a connection entry', () => {
+  it('connectionUrl with the stored password connects; the probe reports version, wal_level, replication and latency', async () => {
+    const db = await freshDatabase('probe');
+    await cluster.query(db, `CREATE ROLE "plain ü" LOGIN PASSWORD 'plain:pw@/#%'; CREATE ROLE repl LOGIN REPLICATION PASSWORD 'repl-pw'`);
+    const url = connectionUrl(config(db), PASSWORD);
+    const probe = await probeServer(endpoint(url));
+    assert.match(probe.serverVersion, /^15\./);
+    assert.equal(probe.walLevel, 'logical');
+    assert.equal(probe.canReplicate, true);
+    assert.ok(probe.latencyMs > 0 && probe.latencyMs < 10_000, `latency ${probe.latencyMs}`);
+    assert.equal(await currentDatabase(url), db);
+
+    const plain = await probeServer(endpoint(connectionUrl(config(db, 'plain ü'), 'plain:pw@/#%')));
+    assert.equal(plain.canReplicate, false, 'a role without REPLICATION cannot replicate');
+    const repl = await probeServer(endpoint(connectionUrl(config(db, 'repl'), 'repl-pw')));
+    assert.equal(repl.canReplicate, true, 'a REPLICATION role can');
+  });
+
+  it('without a password in the URL, PGPASSWORD is used', async () => {
+    const db = await freshDatabase('pgpassword');
+    const url = connectionUrl(config(db), null);
+    assert.equal(new URL(url).password, '');
+    await withEnv({ PGPASSWORD: PASSWORD, HOME: tmp }, async () => {
+      assert.equal(await currentDatabase(url), db);
+    });
+    await withEnv({ PGPASSWORD: 'not-the-password', HOME: tmp }, async () => {
+      await assert.rejects(probeServer(endpoint(url)), (e: unknown) => e instanceof SyncError && e.code === 'auth');
+    });
+  });
+
+  it('without a password anywhere else, ~/.pgpass (mode 0600) under HOME, or PGPASSFILE, is used', async () => {
+    const db = await freshDatabase('pgpass');
+    const url = connectionUrl(config(db), null);
+    const home = mkdtempSync(path.join(tmp, 'home-'));
+    const line = `127.0.0.1:${cluster.port}:*:postgres:${PASSWORD}\n`;
+
+    // Nothing to read: refused.
+    await withEnv({ HOME: home }, async () => {
+      await assert.rejects(probeServer(endpoint(url)), SyncError);
+    });
+
+    writeFileSync(path.join(home, '.pgpass'), `# other servers first\nother.example.com:5432:*:postgres:nope\n127.0.0.1:1:*:postgres:wrong-port\n${line}`);
+    chmodSync(path.join(home, '.pgpass'), 0o600);
+    await withEnv({ HOME: home }, async () => {
+      assert.equal(await currentDatabase(url), db);
+    });
+
+    const passfile = path.join(tmp, 'passfile');
+    writeFileSync(passfile, line);
+    chmodSync(passfile, 0o600);
+    await withEnv({ HOME: path.join(tmp, 'no-such-home'), PGPASSFILE: passfile }, async () => {
+      assert.equal(await currentDatabase(url), db);
+    });
+
+    // Readable by others: ignored, as libpq does.
+    chmodSync(passfile, 0o644);
+    await withEnv({ HOME: path.join(tmp, 'no-such-home'), PGPASSFILE: passfile }, async () => {
+      await assert.rejects(probeServer(endpoint(url)), SyncError);
+    });
+  });
+
+  it('a wrong password: one line that names the connection and Edit Connection, without the password', async () => {
+    const db = await freshDatabase('wrongpw');
+    const wrong = 'Wr0ng:p@ss/ü#%';
+    const url = connectionUrl(config(db), wrong);
+    const err = await probeServer(endpoint(url)).then(() => null, (e: unknown) => e);
+    assert.ok(err instanceof SyncError, `a SyncError, not ${String(err)}`);
+    assert.equal(err.code, 'auth');
+    assert.doesNotMatch(err.message, /\n/);
+    assert.match(err.message, /password authentication failed for user "postgres"/);
+    assert.match(err.message, /"src" connection/);
+    assert.match(err.message, /connection "src" \(Edit Connection\)/);
+    assert.ok(err.message.includes(`127.0.0.1:${cluster.port}/`), err.message);
+    for (const secret of [wrong, encodeURIComponent(wrong), PASSWORD]) assert.ok(!err.message.includes(secret), `message leaks "${secret}": ${err.message}`);
+  });
+});
+
+describe('what the Connections tree lists', () => {
+  it('publications, their tables with replica identity, and user tables, never system schemas or _pg_live_sync', async () => {
+    const db = await freshDatabase('tree');
+    await cluster.query(db, `
+      CREATE TABLE t_pk (id int PRIMARY KEY, v text);
+      CREATE TABLE t_idx (code text NOT NULL, v int);
+      CREATE UNIQUE INDEX "t_idx code" ON t_idx (code);
+      ALTER TABLE t_idx REPLICA IDENTITY USING INDEX "t_idx code";
+      CREATE TABLE t_full (v int);
+      ALTER TABLE t_full REPLICA IDENTITY FULL;
+      CREATE TABLE t_none (v int);
+      CREATE TABLE t_unique_only (code text NOT NULL UNIQUE);
+      CREATE TABLE t_nothing (id int PRIMARY KEY);
+      ALTER TABLE t_nothing REPLICA IDENTITY NOTHING;
+      CREATE SCHEMA "Sales Ü";
+      CREATE TABLE "Sales Ü"."Orders" (id int PRIMARY KEY);
+      CREATE TABLE measures (id int, at date) PARTITION BY RANGE (at);
+      CREATE TABLE measures_2026 PARTITION OF measures FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+      CREATE VIEW v_pk AS SELECT * FROM t_pk;
+      CREATE SCHEMA _pg_live_sync;
+      CREATE TABLE _pg_live_sync.subscription (subname text PRIMARY KEY);
+      CREATE PUBLICATION pub FOR TABLE t_pk, t_idx, t_full, t_none, t_unique_only, t_nothing, "Sales Ü"."Orders";
+      CREATE PUBLICATION all_pub FOR ALL TABLES;
+      CREATE PUBLICATION empty_pub;
+      CREATE PUBLICATION state_pub FOR TABLE _pg_live_sync.subscription;`);
+    const client = await connect(endpoint(cluster.url(db)));
+    try {
+      const pubs = await listPublications(client);
+      assert.deepEqual(pubs, [
+        // all tables: the 7 of pub and the one partition (not the partitioned parent), not _pg_live_sync.
+        { name: 'all_pub', allTables: true, tableCount: 8 },
+        { name: 'empty_pub', allTables: false, tableCount: 0 },
+        { name: 'pub', allTables: false, tableCount: 7 },
+        { name: 'state_pub', allTables: false, tableCount: 0 },
+      ]);
+
+      const tables = await publicationTables(client, 'pub');
+      assert.deepEqual(tables.map((t) => [t.schema, t.table, t.identity, t.identityIndex]), [
+        ['Sales Ü', 'Orders', 'primary key', null],
+        ['public', 't_full', 'full', null],
+        ['public', 't_idx', 'index', 't_idx code'],
+        ['public', 't_none', 'none', null],
+        ['public', 't_nothing', 'none', null],
+        ['public', 't_pk', 'primary key', null],
+        ['public', 't_unique_only', 'none', null],
+      ]);
+      const all = await publicationTables(client, 'all_pub');
+      assert.equal(all.length, 8);
+      assert.ok(!all.some((t) => t.schema === '_pg_live_sync' || t.schema.startsWith('pg_') || t.schema === 'information_schema'), JSON.stringify(all));
+      assert.deepEqual(await publicationTables(client, 'state_pub'), []);
+      assert.deepEqual(await publicationTables(client, 'no_such_pub'), []);
+
+      const user = await userTables(client);
+      assert.deepEqual(user.map((t) => `${t.schema}.${t.table}`), [
+        'Sales Ü.Orders', 'public.measures', 'public.t_full', 'public.t_idx', 'public.t_none', 'public.t_nothing', 'public.t_pk', 'public.t_unique_only',
+      ]);
+    } finally {
+      await client.end();
+    }
+  });
+});

@@ -1,0 +1,397 @@
+/** The extension's vscode-free models: connections and passwords, the SQL splitter, the sync picture. */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import pg from 'pg';
+import type { StatusJson } from '../../src/cli/ipc';
+import { parseLsn } from '../../src/engine/lsn';
+import type { SyncReport } from '../../src/engine/report';
+import type { TableProgress } from '../../src/engine/types';
+import {
+  ConnectionInputError, connectionUrl, connectionUser, describeConnection, sanitizeConfig, splitUri, type ConnectionConfig,
+} from '../../src/extension/connectionModel';
+import type { PanelSnapshot } from '../../src/extension/panelSource';
+import { splitStatements, statementSummary } from '../../src/extension/sqlSplit';
+import {
+  describeActivity, readingFromReport, readingFromStatus, sanitizeSyncDefinition, severity, SyncTracker, type Reading,
+} from '../../src/extension/syncModel';
+import type { PanelTable } from '../../webview/protocol';
+
+/** What node-postgres will connect with, given a URL. */
+function seenByPg(url: string) {
+  const c = new pg.Client({ connectionString: url }) as pg.Client & { password: string | null; ssl: unknown };
+  return { host: c.host, port: c.port, user: c.user, database: c.database, password: c.password, ssl: c.ssl };
+}
+
+const NASTY = 'p@ss:w/o%rd#1 ?&=+ü€🐘';
+
+describe('connection model: splitUri', () => {
+  it('moves a userinfo password out of the URI, decoded, and keeps the rest', () => {
+    const r = splitUri('  postgresql://repl:s%40cr%3At@db.example.com:5433/app?sslmode=require  ');
+    assert.equal(r.password, 's@cr:t');
+    assert.doesNotMatch(r.uri, /s%40cr|cr%3At|s@cr/);
+    const u = new URL(r.uri);
+    assert.equal(u.password, '');
+    assert.equal(u.username, 'repl');
+    assert.equal(u.host, 'db.example.com:5433');
+    assert.equal(u.pathname, '/app');
+    assert.equal(u.searchParams.get('sslmode'), 'require');
+  });
+
+  it('moves a ?password= parameter out too, keeping the other parameters', () => {
+    const r = splitUri('postgres://repl@h:5432/app?password=qu%26ery%20pw&sslmode=verify-full&application_name=x');
+    assert.equal(r.password, 'qu&ery pw');
+    assert.doesNotMatch(r.uri, /password|qu%26ery|qu&ery/);
+    const u = new URL(r.uri);
+    assert.equal(u.searchParams.get('sslmode'), 'verify-full');
+    assert.equal(u.searchParams.get('application_name'), 'x');
+  });
+
+  it('gives null when there is no password', () => {
+    const r = splitUri('postgresql://repl@h/app');
+    assert.equal(r.password, null);
+    assert.equal(seenByPg(r.uri).user, 'repl');
+  });
+
+  it('rejects what is not a postgres URI, saying what to write', () => {
+    assert.throws(() => splitUri('host=db port=5432'), (e: unknown) => e instanceof ConnectionInputError && /postgresql:\/\/user@host/.test(e.message));
+    assert.throws(() => splitUri('mysql://u:pw@h/db'), (e: unknown) => e instanceof ConnectionInputError && /starts with postgresql:\/\//.test(e.message) && /mysql/.test(e.message) && !/pw/.test(e.message));
+    assert.throws(() => splitUri('https://h/db'), ConnectionInputError);
+  });
+
+  it('rejects an unknown sslmode, listing the accepted ones', () => {
+    assert.throws(
+      () => splitUri('postgresql://u@h/db?sslmode=sometimes'),
+      (e: unknown) => e instanceof ConnectionInputError && /sslmode must be one of disable, require, verify-ca, verify-full/.test(e.message) && /"sometimes"/.test(e.message),
+    );
+    assert.equal(splitUri('postgresql://u@h/db?sslmode=verify-ca').password, null);
+  });
+});
+
+describe('connection model: connectionUrl', () => {
+  it('joins a password with special and Unicode characters so that pg sees exactly it, with user, Unicode database, host and port', () => {
+    const c: ConnectionConfig = { name: 'src', host: 'db.example.com', port: 6543, user: 'ré pl@x', database: 'Datenbank ü 数据' };
+    const url = connectionUrl(c, NASTY);
+    assert.deepEqual(seenByPg(url), { host: 'db.example.com', port: 6543, user: 'ré pl@x', database: 'Datenbank ü 数据', password: NASTY, ssl: false });
+  });
+
+  it('joins a password to a stored URI', () => {
+    const url = connectionUrl({ name: 'src', uri: 'postgresql://repl@10.1.2.3:5439/app' }, NASTY);
+    assert.deepEqual(seenByPg(url), { host: '10.1.2.3', port: 5439, user: 'repl', database: 'app', password: NASTY, ssl: false });
+  });
+
+  it('brackets an IPv6 host', () => {
+    const seen = seenByPg(connectionUrl({ name: 'v6', host: '::1', port: 5434, user: 'u', database: 'd' }, 'x'));
+    assert.equal(seen.host, '::1');
+    assert.equal(seen.port, 5434);
+  });
+
+  it('keeps port, user and password when the host is left to PGHOST', () => {
+    const saved = process.env.PGHOST;
+    delete process.env.PGHOST;
+    try {
+      const seen = seenByPg(connectionUrl({ name: 'nohost', port: 5499, user: 'bob', database: 'app' }, NASTY));
+      assert.deepEqual({ port: seen.port, user: seen.user, database: seen.database, password: seen.password }, { port: 5499, user: 'bob', database: 'app', password: NASTY });
+    } finally {
+      if (saved !== undefined) process.env.PGHOST = saved;
+    }
+  });
+
+  it('adds uselibpqcompat=true with an sslmode, so require means encrypt-without-verify as in libpq', () => {
+    const url = connectionUrl({ name: 's', host: 'h', database: 'd', sslmode: 'require' }, null);
+    const u = new URL(url);
+    assert.equal(u.searchParams.get('sslmode'), 'require');
+    assert.equal(u.searchParams.get('uselibpqcompat'), 'true');
+    assert.deepEqual(seenByPg(url).ssl, { rejectUnauthorized: false });
+    const fromUri = new URL(connectionUrl({ name: 's', uri: 'postgresql://u@h/d?sslmode=disable' }, 'pw'));
+    assert.equal(fromUri.searchParams.get('uselibpqcompat'), 'true');
+    assert.equal(new URL(connectionUrl({ name: 's', host: 'h', database: 'd' }, null)).searchParams.has('uselibpqcompat'), false);
+  });
+
+  it('without a password the URL carries none (pg then reads PGPASSWORD or ~/.pgpass)', () => {
+    for (const c of [{ name: 'a', host: 'h', user: 'u', database: 'd' }, { name: 'b', uri: 'postgresql://u@h/d' }, { name: 'c', user: 'u' }] as ConnectionConfig[]) {
+      for (const pw of [null, '']) {
+        const u = new URL(connectionUrl(c, pw));
+        assert.equal(u.password, '', JSON.stringify(c));
+        assert.equal(u.searchParams.has('password'), false, JSON.stringify(c));
+      }
+    }
+  });
+});
+
+describe('connection model: describeConnection, connectionUser', () => {
+  it('shows host:port/database and never a password', () => {
+    const c: ConnectionConfig = { name: 'src', host: 'db.example.com', port: 6543, user: 'repl', database: 'Datenbank ü' };
+    assert.equal(describeConnection(c, {}), 'db.example.com:6543/Datenbank ü');
+    const fromUri = describeConnection({ name: 'src', uri: 'postgresql://repl:hunter2@h:1/app' }, {});
+    assert.equal(fromUri, 'h:1/app');
+    assert.doesNotMatch(fromUri, /hunter2/);
+  });
+
+  it('falls back to PGHOST, PGPORT and PGDATABASE from the given environment, then to libpq defaults', () => {
+    const env = { PGHOST: 'envhost', PGPORT: '7777', PGDATABASE: 'envdb', PGPASSWORD: 'env-secret' };
+    assert.equal(describeConnection({ name: 'bare' }, env), 'envhost:7777/envdb');
+    assert.equal(describeConnection({ name: 'half', database: 'own' }, env), 'envhost:7777/own');
+    assert.equal(describeConnection({ name: 'port', port: 5499, user: 'bob' }, env), 'envhost:5499/envdb');
+    assert.equal(describeConnection({ name: 'bare' }, { PGUSER: 'alice' }), 'localhost:5432/alice');
+    assert.doesNotMatch(describeConnection({ name: 'bare' }, env), /env-secret/);
+  });
+
+  it('connectionUser: the configured user, else PGUSER, else USER', () => {
+    assert.equal(connectionUser({ name: 'a', host: 'h', user: 'ré pl' }, { PGUSER: 'x' }), 'ré pl');
+    assert.equal(connectionUser({ name: 'a', user: 'bob' }, { PGUSER: 'x' }), 'bob');
+    assert.equal(connectionUser({ name: 'a', host: 'h' }, { PGUSER: 'x', USER: 'y' }), 'x');
+    assert.equal(connectionUser({ name: 'a', host: 'h' }, { USER: 'y' }), 'y');
+  });
+});
+
+describe('connection model: sanitizeConfig', () => {
+  it('keeps only known keys: password, pass and anything else are dropped', () => {
+    const c = sanitizeConfig({ name: 'src', host: 'h', port: 5432, user: 'u', database: 'd', sslmode: 'verify-full', sslrootcert: '/ca.pem', password: 'pw1', pass: 'pw2', secret: 'pw3' });
+    assert.deepEqual(c, { name: 'src', host: 'h', port: 5432, user: 'u', database: 'd', sslmode: 'verify-full', sslrootcert: '/ca.pem' });
+    assert.doesNotMatch(JSON.stringify(c), /pw\d/);
+  });
+
+  it('strips a password from a uri field, in userinfo or query', () => {
+    const a = sanitizeConfig({ name: 'a', uri: 'postgresql://u:hunter2@h/d' });
+    assert.deepEqual(a, { name: 'a', uri: 'postgresql://u@h/d' });
+    const b = sanitizeConfig({ name: 'b', uri: 'postgresql://u@h/d?password=hunter2&sslmode=require' });
+    assert.equal(b?.uri, 'postgresql://u@h/d?sslmode=require');
+  });
+
+  it('drops invalid values and rejects entries without a name or with a bad uri', () => {
+    assert.deepEqual(sanitizeConfig({ name: 'x', port: '5432', sslmode: 'sometimes', host: '' }), { name: 'x' });
+    assert.equal(sanitizeConfig({ host: 'h' }), null);
+    assert.equal(sanitizeConfig({ name: '' }), null);
+    assert.equal(sanitizeConfig({ name: 'x', uri: 'mysql://h/d' }), null);
+    assert.equal(sanitizeConfig('postgresql://h/d'), null);
+    assert.equal(sanitizeConfig(null), null);
+  });
+});
+
+describe('splitStatements', () => {
+  it('splits on semicolons outside quotes and quoted identifiers', () => {
+    assert.deepEqual(splitStatements(`SELECT 'a;b', 'it''s; x'; SELECT "we;ird""id" FROM t;\nSELECT 3`), [
+      `SELECT 'a;b', 'it''s; x'`,
+      `SELECT "we;ird""id" FROM t`,
+      'SELECT 3',
+    ]);
+  });
+
+  it('keeps an E-string with a backslash-escaped quote in one piece', () => {
+    assert.deepEqual(splitStatements(`SELECT E'it\\'s; fine'; SELECT 2;`), [`SELECT E'it\\'s; fine'`, 'SELECT 2']);
+  });
+
+  it('keeps dollar-quoted bodies ($$ and $tag$) whole, even with $$ and semicolons inside a tagged body', () => {
+    const fn = `CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$ BEGIN PERFORM $$;$$; RETURN 1; END $body$`;
+    const dollars = `DO $$ BEGIN RAISE NOTICE 'x;y'; END $$`;
+    assert.deepEqual(splitStatements(`${fn};\n${dollars};\nSELECT $1::int`), [fn, dollars, 'SELECT $1::int']);
+  });
+
+  it('skips line comments and nested block comments, semicolons in them included', () => {
+    const sql = `-- first; not a statement\nSELECT 1 /* a; /* nested; */ still comment; */ + 1;\n/* only; a comment */;\nSELECT 2 -- trailing; comment\n;`;
+    // A statement keeps the comments before it (statementSummary drops them for display).
+    assert.deepEqual(splitStatements(sql), ['-- first; not a statement\nSELECT 1 /* a; /* nested; */ still comment; */ + 1', 'SELECT 2 -- trailing; comment']);
+  });
+
+  it('gives nothing for comment-only or blank input', () => {
+    assert.deepEqual(splitStatements('-- nothing here;\n/* nor; /* here */ */\n  ;; \n'), []);
+    assert.deepEqual(splitStatements(''), []);
+  });
+
+  it('keeps a last statement without a semicolon', () => {
+    assert.deepEqual(splitStatements('ALTER TABLE t REPLICA IDENTITY FULL;\nSELECT pg_reload_conf()\n'), ['ALTER TABLE t REPLICA IDENTITY FULL', 'SELECT pg_reload_conf()']);
+  });
+
+  it('statementSummary drops leading comments and folds whitespace', () => {
+    assert.equal(statementSummary('-- why\n-- more\nALTER SYSTEM\n  SET wal_level = logical'), 'ALTER SYSTEM SET wal_level = logical');
+    assert.equal(statementSummary('SELECT ' + 'x'.repeat(200), 20).length, 20);
+  });
+});
+
+type StatusTable = StatusJson['tables'][number];
+
+function statusTable(table: string, over: Partial<StatusTable> = {}): StatusTable {
+  return {
+    schema: 'public', table, targetSchema: 'public', targetTable: table, state: 'r', lsn: null, removed: false,
+    rowsCopied: 0, bytesCopied: 0, approximateRows: 0, approximateSize: 0, lastError: null, ...over,
+  };
+}
+
+function status(phase: StatusJson['phase'], tables: StatusTable[], over: Partial<StatusJson> = {}): StatusJson {
+  return { subscription: 's', phase, appliedLsn: '0/16B3748', lagBytes: 10, lagSeconds: 0.5, changesApplied: 0, transactionsApplied: 0, tables, ...over };
+}
+
+function progress(table: string, over: Partial<TableProgress> = {}): TableProgress {
+  return { ...statusTable(table), lsn: null, ...over } as TableProgress;
+}
+
+function report(running: boolean, tables: TableProgress[], over: Partial<SyncReport['subscription']> = {}, lagBytes: number | null = 0): SyncReport {
+  return {
+    subscription: {
+      subname: 's', slotName: 'pg_live_sync_s', publications: ['pub'], source: 'h:5432/db',
+      consistentLsn: parseLsn('0/100'), appliedLsn: null, appliedCommitTime: null, lastError: null, ...over,
+    },
+    tables, slot: null, slotMissing: false, lagBytes, running,
+  };
+}
+
+describe('sync model: readings', () => {
+  it('readingFromStatus: activity words from the phase and the tables', () => {
+    const at = 1_000;
+    assert.equal(readingFromStatus(status('starting', []), at, null).activity, 'starting');
+    assert.equal(readingFromStatus(status('stopping', [statusTable('a')]), at, null).activity, 'stopped');
+    assert.equal(readingFromStatus(status('stopped', [statusTable('a')]), at, null).activity, 'stopped');
+    assert.equal(readingFromStatus(status('copying', [statusTable('a')]), at, null).activity, 'copying');
+    assert.equal(readingFromStatus(status('streaming', [statusTable('a'), statusTable('b', { state: 'd' })]), at, null).activity, 'copying');
+    assert.equal(readingFromStatus(status('streaming', [statusTable('a'), statusTable('b', { state: 'i', removed: true })]), at, null).activity, 'streaming');
+    const r = readingFromStatus(status('streaming', [statusTable('a', { rowsCopied: 5 })], { changesApplied: 42 }), at, 4096);
+    assert.deepEqual(
+      { at: r.at, appliedLsn: r.appliedLsn, lagBytes: r.lagBytes, changes: r.changesApplied, wal: r.retainedWalBytes, key: r.tables[0].key, rows: r.tables[0].rowsCopied },
+      { at, appliedLsn: '0/16B3748', lagBytes: 10, changes: 42, wal: 4096, key: 'public.a', rows: 5 },
+    );
+  });
+
+  it('readingFromReport: running copying/streaming, else error or the given not-running word; lag from the commit time', () => {
+    const at = Date.parse('2026-01-01T00:00:10Z');
+    assert.equal(readingFromReport(report(true, [progress('a', { state: 'f' })]), at, 'stopped').activity, 'streaming');
+    assert.equal(readingFromReport(report(true, [progress('a', { state: 'i' })]), at, 'stopped').activity, 'copying');
+    assert.equal(readingFromReport(report(true, [progress('a'), progress('b', { state: 'd', removed: true })]), at, 'stopped').activity, 'streaming');
+    assert.equal(readingFromReport(report(false, [progress('a')]), at, 'paused').activity, 'paused');
+    assert.equal(readingFromReport(report(false, [progress('a')]), at, 'stopped').activity, 'stopped');
+    const failed = readingFromReport(report(false, [progress('a')], { lastError: 'boom; fix it' }), at, 'paused');
+    assert.equal(failed.activity, 'error');
+    assert.equal(failed.lastError, 'boom; fix it');
+
+    const lagging = readingFromReport(report(true, [progress('a')], { appliedLsn: parseLsn('0/16B3748'), appliedCommitTime: new Date('2026-01-01T00:00:04Z') }, 500), at, 'stopped');
+    assert.equal(lagging.appliedLsn, '0/16B3748');
+    assert.equal(lagging.lagSeconds, 6);
+    assert.equal(lagging.changesApplied, null);
+    const caughtUp = readingFromReport(report(true, [progress('a')], { appliedCommitTime: new Date('2026-01-01T00:00:04Z') }, 0), at, 'stopped');
+    assert.equal(caughtUp.appliedLsn, '0/100', 'falls back to the consistent LSN');
+    assert.equal(caughtUp.lagSeconds, 0);
+    assert.equal(readingFromReport(report(true, [], {}, null), at, 'stopped').lagSeconds, null);
+  });
+});
+
+const HEADER = { name: 's', mode: 'local' as const, source: 'h:1/db', target: 'h:2/db', publications: ['pub'] };
+
+function reading(at: number, changesApplied: number | null, tables: Reading['tables']): Reading {
+  return { at, activity: 'copying', appliedLsn: null, lagBytes: 100, lagSeconds: 1, changesApplied, retainedWalBytes: null, lastError: null, tables };
+}
+
+function readingTable(table: string, over: Partial<Reading['tables'][number]> = {}): Reading['tables'][number] {
+  const { copyRowsPerSecond: _r, etaSeconds: _e, ...t } = panelTable(table, over);
+  return t;
+}
+
+function panelTable(table: string, over: Partial<PanelTable> = {}): PanelTable {
+  return {
+    key: `public.${table}`, schema: 'public', table, targetSchema: 'public', targetTable: table, state: 'r', removed: false,
+    rowsCopied: 0, bytesCopied: 0, approximateRows: 0, approximateSize: 0, copyRowsPerSecond: null, etaSeconds: null, lastError: null, ...over,
+  };
+}
+
+describe('sync model: SyncTracker', () => {
+  it('computes changes/s, copy rows/s, copy bytes/s and the ETA from two readings', () => {
+    const t = new SyncTracker({ ...HEADER });
+    const t0 = 1_700_000_000_000;
+    t.add(reading(t0, 100, [readingTable('big', { state: 'd', rowsCopied: 1_000, bytesCopied: 10_000, approximateRows: 11_000 }), readingTable('done')]));
+    const first = t.snapshot()!;
+    assert.equal(first.header.changesPerSecond, null, 'one reading has no rate');
+    assert.equal(first.tables[0].copyRowsPerSecond, null);
+
+    t.add(reading(t0 + 2_000, 300, [readingTable('big', { state: 'd', rowsCopied: 3_000, bytesCopied: 30_000, approximateRows: 11_000 }), readingTable('done')]));
+    const s = t.snapshot()!;
+    assert.equal(s.header.changesPerSecond, 100);
+    assert.equal(s.header.updatedAt, t0 + 2_000);
+    assert.equal(s.header.activity, 'copying');
+    assert.equal(s.tables[0].copyRowsPerSecond, 1_000);
+    assert.equal(s.tables[0].etaSeconds, 8);
+    assert.equal(s.tables[1].copyRowsPerSecond, null, 'not copying: no rate');
+    assert.equal(s.tables[1].etaSeconds, null);
+    assert.deepEqual(s.samples.map((x) => [x.t, x.changesPerSecond, x.copyBytesPerSecond]), [[t0, null, null], [t0 + 2_000, 100, 10_000]]);
+  });
+
+  it('takes rates over a window of at least 5 s, not just the last two readings; keeps one chart point per second', () => {
+    const t = new SyncTracker({ ...HEADER });
+    const t0 = 1_000_000;
+    // 10 changes/s steadily for 10 s, then a burst: the rate is over the readings from 6 s on
+    // (the oldest whose successor is within 5 s of the newest), not over the last second.
+    for (let i = 0; i <= 10; i++) t.add(reading(t0 + i * 1_000, i * 10, []));
+    assert.equal(t.snapshot()!.header.changesPerSecond, 10);
+    t.add(reading(t0 + 11_500, 1_100, []));
+    assert.equal(t.snapshot()!.header.changesPerSecond, (1_100 - 60) / 5.5);
+    // A reading within a second of the last chart point adds no point.
+    t.add(reading(t0 + 12_000, 1_110, []));
+    assert.deepEqual(t.snapshot()!.samples.map((x) => x.t - t0), [0, 1_000, 2_000, 3_000, 4_000, 5_000, 6_000, 7_000, 8_000, 9_000, 10_000, 11_500]);
+    assert.equal(t.snapshot()!.header.updatedAt, t0 + 12_000);
+  });
+
+  it('no rate from readings that cannot know the change count (attached)', () => {
+    const t = new SyncTracker({ ...HEADER, mode: 'attached' });
+    t.add(reading(0, null, []));
+    t.add(reading(2_000, null, []));
+    assert.equal(t.snapshot()!.header.changesPerSecond, null);
+    assert.equal(t.snapshot()!.header.mode, 'attached');
+    t.setMode('local');
+    assert.equal(t.snapshot()!.header.mode, 'local');
+    assert.equal(new SyncTracker({ ...HEADER }).snapshot(), null);
+  });
+});
+
+function snapshot(activity: PanelSnapshot['header']['activity'], tables: PanelTable[], lagBytes: number | null = 0): PanelSnapshot {
+  return {
+    header: { ...HEADER, activity, appliedLsn: null, lagBytes, lagSeconds: 0, changesPerSecond: null, retainedWalBytes: null, lastError: null, updatedAt: 0 },
+    tables,
+    samples: [],
+  };
+}
+
+describe('sync model: describeActivity and severity', () => {
+  it('describes copying, streaming (with ready counts and lag) and the rest, plus table errors', () => {
+    assert.equal(describeActivity(snapshot('copying', [panelTable('a', { state: 'd' }), panelTable('b', { state: 'i' }), panelTable('c', { state: 'f' }), panelTable('x', { state: 'i', removed: true })])), 'copying 1/3');
+    assert.equal(describeActivity(snapshot('streaming', [panelTable('a'), panelTable('b')], 1536)), 'streaming, lag 1.5 kB');
+    assert.equal(describeActivity(snapshot('streaming', [panelTable('a'), panelTable('b', { state: 's' })], 0)), 'streaming, lag 0 B, 1/2 ready');
+    assert.equal(describeActivity(snapshot('streaming', [panelTable('a')], null)), 'streaming, lag 0 B');
+    assert.equal(describeActivity(snapshot('paused', [panelTable('a')])), 'paused');
+    assert.equal(describeActivity(snapshot('error', [panelTable('a', { lastError: 'x' })])), 'error, 1 table error');
+    assert.equal(describeActivity(snapshot('streaming', [panelTable('a', { lastError: 'x' }), panelTable('b', { lastError: 'y' }), panelTable('c', { lastError: 'z', removed: true })])), 'streaming, lag 0 B, 2 table errors');
+  });
+
+  it('orders severity: error > starting/copying > tables not ready > paused/stopped > streaming', () => {
+    const ordered = [
+      snapshot('streaming', [panelTable('a')]),
+      snapshot('stopped', [panelTable('a')]),
+      snapshot('streaming', [panelTable('a', { state: 'f' })]),
+      snapshot('copying', [panelTable('a', { state: 'd' })]),
+      snapshot('streaming', [panelTable('a', { lastError: 'boom' })]),
+    ];
+    const levels = ordered.map(severity);
+    assert.deepEqual(levels, [...levels].sort((a, b) => a - b));
+    assert.equal(new Set(levels).size, levels.length, `distinct levels: ${levels}`);
+    assert.equal(severity(snapshot('paused', [panelTable('a')])), severity(snapshot('stopped', [panelTable('a')])));
+    assert.equal(severity(snapshot('starting', [])), severity(snapshot('copying', [])));
+    assert.equal(severity(snapshot('error', [panelTable('a')])), severity(ordered[4]));
+    assert.equal(severity(snapshot('streaming', [panelTable('a', { lastError: 'gone', removed: true })])), severity(ordered[0]), 'a removed table does not count');
+  });
+});
+
+describe('sync model: sanitizeSyncDefinition', () => {
+  it('fills defaults and drops what is not the right type', () => {
+    assert.deepEqual(sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b' }), {
+      name: 's', source: 'a', target: 'b', publications: [], tableMaps: [], tableSyncWorkers: 4, copyData: true, attach: false,
+    });
+    assert.deepEqual(
+      sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b', publications: ['p', 3, 'q'], tableMaps: 'x', tableSyncWorkers: 2.5, copyData: 'no', attach: 'yes' }),
+      { name: 's', source: 'a', target: 'b', publications: ['p', 'q'], tableMaps: [], tableSyncWorkers: 4, copyData: true, attach: false },
+    );
+    const kept = sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b', tableMaps: [{ source: {}, target: {} }], tableSyncWorkers: 8, copyData: false, attach: true });
+    assert.deepEqual([kept?.tableMaps.length, kept?.tableSyncWorkers, kept?.copyData, kept?.attach], [1, 8, false, true]);
+  });
+
+  it('rejects entries without name, source or target', () => {
+    for (const bad of [null, 'x', {}, { name: 's', source: 'a' }, { name: 's', target: 'b' }, { source: 'a', target: 'b' }, { name: 1, source: 'a', target: 'b' }]) {
+      assert.equal(sanitizeSyncDefinition(bad), null, JSON.stringify(bad));
+    }
+  });
+});
