@@ -45,7 +45,8 @@ export interface PublicationInfo {
 export async function listPublications(client: pg.Client): Promise<PublicationInfo[]> {
   const r = await client.query(
     `SELECT p.pubname AS name, p.puballtables AS "allTables",
-            (SELECT count(*) FROM pg_publication_tables t WHERE t.pubname = p.pubname)::int AS "tableCount"
+            (SELECT count(*) FROM pg_publication_tables t WHERE t.pubname = p.pubname
+                AND t.schemaname NOT IN ('pg_catalog', 'information_schema', '_pg_live_sync') AND t.schemaname NOT LIKE 'pg\\_%')::int AS "tableCount"
        FROM pg_publication p ORDER BY 1`,
   );
   return r.rows;

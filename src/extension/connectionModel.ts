@@ -63,14 +63,18 @@ export function connectionUrl(c: ConnectionConfig, password: string | null): str
     url = new URL('postgresql://');
     // Left out, host/port/user/database fall back to PGHOST, PGPORT, ... inside `pg`.
     if (c.host) url.hostname = c.host.includes(':') && !c.host.startsWith('[') ? `[${c.host}]` : c.host;
-    if (c.port) url.port = String(c.port);
-    if (c.user) url.username = encodeURIComponent(c.user);
+    // A URL without a host cannot hold a port or a user (the setters ignore them): `pg` reads them from the query then.
+    if (c.port && url.host) url.port = String(c.port);
+    else if (c.port) url.searchParams.set('port', String(c.port));
+    if (c.user && url.host) url.username = encodeURIComponent(c.user);
+    else if (c.user) url.searchParams.set('user', c.user);
     if (c.database) url.pathname = `/${encodeURIComponent(c.database)}`;
     if (c.sslmode) url.searchParams.set('sslmode', c.sslmode);
     if (c.sslrootcert) url.searchParams.set('sslrootcert', c.sslrootcert);
   }
   // Without a password, `pg` reads PGPASSWORD and then ~/.pgpass, as libpq does.
-  if (password) url.password = encodeURIComponent(password);
+  if (password && url.host) url.password = encodeURIComponent(password);
+  else if (password) url.searchParams.set('password', password);
   // libpq's meanings for sslmode (require = encrypt without verifying), not pg's stricter default.
   if (url.searchParams.has('sslmode') && !url.searchParams.has('uselibpqcompat')) url.searchParams.set('uselibpqcompat', 'true');
   return url.toString();
@@ -80,14 +84,14 @@ export function connectionUrl(c: ConnectionConfig, password: string | null): str
 export function describeConnection(c: ConnectionConfig, env: NodeJS.ProcessEnv = process.env): string {
   const u = new URL(connectionUrl(c, null));
   const host = decodeURIComponent(u.hostname) || u.searchParams.get('host') || env.PGHOST || 'localhost';
-  const port = u.port || env.PGPORT || '5432';
+  const port = u.port || u.searchParams.get('port') || env.PGPORT || '5432';
   const database = decodeURIComponent(u.pathname.slice(1)) || env.PGDATABASE || connectionUser(c, env) || 'postgres';
   return `${host}:${port}/${database}`;
 }
 
 export function connectionUser(c: ConnectionConfig, env: NodeJS.ProcessEnv = process.env): string {
   const u = new URL(connectionUrl(c, null));
-  return decodeURIComponent(u.username) || env.PGUSER || env.USER || '';
+  return decodeURIComponent(u.username) || u.searchParams.get('user') || env.PGUSER || env.USER || '';
 }
 
 /** Keeps only known keys of a setting entry; drops anything that looks like a password. */

@@ -31,8 +31,11 @@ export function splitStatements(sql: string): string[] {
     }
     if (c === "'" || c === '"') {
       meaningful = true;
+      // In E'...' strings a backslash escapes the next character, a quote included.
+      const escapes = c === "'" && /[eE]/.test(sql[i - 1] ?? '') && !/[A-Za-z0-9_$]/.test(sql[i - 2] ?? '');
       i++;
       while (i < sql.length) {
+        if (escapes && sql[i] === '\\') { i += 2; continue; }
         if (sql[i] === c) {
           if (sql[i + 1] === c) { i += 2; continue; }
           break;
