@@ -37,6 +37,9 @@ export function explainConnectError(err: unknown, role: string, endpoint: string
     case '53300':
       return new SyncError(`the ${role} ${endpoint} has no free connection slots; raise max_connections (or max_wal_senders for the source) or close idle sessions`, 'connect');
   }
+  if (/client password must be a string|password authentication is required|no password supplied/i.test(text)) {
+    return new SyncError(`the ${role} ${endpoint} asks user "${user}" for a password and none was given; put it in ${configuredIn}, PGPASSWORD or ~/.pgpass`, 'auth');
+  }
   if (/timeout/i.test(text)) {
     return new SyncError(`cannot connect to the ${role} at ${endpoint}: timed out; check the host, port and firewall`, 'connect');
   }
