@@ -1,5 +1,6 @@
-// One build for everything we ship: the CLI and the extension host bundle (node, cjs, `vscode`
-// external). Everything else is bundled so the vsix and `dist/cli.js` carry no node_modules.
+// Two builds for everything we ship: the CLI and the extension host bundle (node, cjs, `vscode`
+// external), and the progress panel's webview script (browser, iife). Everything else is bundled
+// so the vsix and `dist/cli.js` carry no node_modules.
 import * as esbuild from 'esbuild';
 
 const watch = process.argv.includes('--watch');
@@ -14,10 +15,21 @@ const options = {
   sourcemap: true,
   logLevel: 'warning',
 };
+const webviewOptions = {
+  entryPoints: { webview: 'webview/main.ts' },
+  outdir: 'dist',
+  bundle: true,
+  platform: 'browser',
+  format: 'iife',
+  target: 'es2022',
+  minify: true,
+  sourcemap: false,
+  logLevel: 'warning',
+};
 
 if (watch) {
-  const ctx = await esbuild.context(options);
-  await ctx.watch();
+  const contexts = await Promise.all([esbuild.context(options), esbuild.context(webviewOptions)]);
+  await Promise.all(contexts.map((ctx) => ctx.watch()));
 } else {
-  await esbuild.build(options);
+  await Promise.all([esbuild.build(options), esbuild.build(webviewOptions)]);
 }

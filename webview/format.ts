@@ -1,0 +1,108 @@
+// Pure formatting for the progress panel: numbers, sizes, durations and the words for states.
+import { STATE_WORDS, type PanelTable, type SyncActivity } from './protocol';
+
+export const DASH = '—';
+
+const SIZE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+
+/** 1536 -> "1.5 KiB"; null -> "—". */
+export function formatBytes(bytes: number | null): string {
+  if (bytes === null || !Number.isFinite(bytes)) return DASH;
+  let value = Math.abs(bytes);
+  let unit = 0;
+  while (value >= 1024 && unit < SIZE_UNITS.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  const digits = unit === 0 || value >= 100 ? 0 : value >= 10 ? 1 : 2;
+  // "5.00" -> "5", "2.50" -> "2.5": round numbers (chart axes) read better.
+  const text = value.toFixed(digits).replace(/\.0+$|(\.\d*?)0+$/, '$1');
+  return `${bytes < 0 ? '-' : ''}${text} ${SIZE_UNITS[unit]}`;
+}
+
+/** 1234567 -> "1.23M", 12345 -> "12.3k", 950 -> "950", 1.25 -> "1.3". */
+export function formatCompact(n: number | null): string {
+  if (n === null || !Number.isFinite(n)) return DASH;
+  const abs = Math.abs(n);
+  if (abs >= 1e9) return `${(n / 1e9).toFixed(abs >= 1e11 ? 0 : abs >= 1e10 ? 1 : 2)}G`;
+  if (abs >= 1e6) return `${(n / 1e6).toFixed(abs >= 1e8 ? 0 : abs >= 1e7 ? 1 : 2)}M`;
+  if (abs >= 1e4) return `${(n / 1e3).toFixed(abs >= 1e5 ? 0 : 1)}k`;
+  if (abs >= 100 || Number.isInteger(n)) return String(Math.round(n));
+  return n.toFixed(1);
+}
+
+/** 42 -> "42s", 200 -> "3m 20s", 7500 -> "2h 05m", 0.4 -> "0.4s". */
+export function formatDuration(seconds: number | null): string {
+  if (seconds === null || !Number.isFinite(seconds)) return DASH;
+  if (seconds < 0) seconds = 0;
+  if (seconds < 10 && !Number.isInteger(seconds)) return `${seconds.toFixed(1)}s`;
+  const s = Math.round(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+  return `${Math.floor(s / 86400)}d ${String(Math.floor((s % 86400) / 3600)).padStart(2, '0')}h`;
+}
+
+export function formatRate(perSecond: number | null, unit: string): string {
+  return perSecond === null || !Number.isFinite(perSecond) ? DASH : `${formatCompact(perSecond)} ${unit}/s`;
+}
+
+export function formatByteRate(bytesPerSecond: number | null): string {
+  return bytesPerSecond === null || !Number.isFinite(bytesPerSecond) ? DASH : `${formatBytes(bytesPerSecond)}/s`;
+}
+
+/** The word a table row shows: removed and error win over the replication state. */
+export type RowStateWord = 'init' | 'copying' | 'catching up' | 'synced' | 'ready' | 'error' | 'removed';
+
+export function rowStateWord(t: Pick<PanelTable, 'state' | 'removed' | 'lastError'>): RowStateWord {
+  if (t.removed) return 'removed';
+  if (t.lastError !== null) return 'error';
+  return STATE_WORDS[t.state] as RowStateWord;
+}
+
+/** Sort rank of a row state: errors first, then by progress, removed last. */
+export const STATE_RANK: Record<RowStateWord, number> = {
+  error: 0,
+  init: 1,
+  copying: 2,
+  'catching up': 3,
+  synced: 4,
+  ready: 5,
+  removed: 6,
+};
+
+/** A CSS class suffix for a state word ("catching up" -> "catching-up"). */
+export function stateClass(word: string): string {
+  return word.replace(/\s+/g, '-');
+}
+
+/**
+ * How far a table's copy is, 0..1. Rows against the planner estimate when there is one, else bytes;
+ * a table past the copy (synced, ready, catching up) is complete whatever the estimate said.
+ */
+export function copyFraction(t: PanelTable): number {
+  if (t.state === 's' || t.state === 'r' || t.state === 'f') return 1;
+  if (t.state === 'i') return 0;
+  if (t.approximateRows > 0) return Math.min(1, t.rowsCopied / t.approximateRows);
+  if (t.approximateSize > 0) return Math.min(1, t.bytesCopied / t.approximateSize);
+  return 0;
+}
+
+/** "1234 / ~1200": rows copied as a plain integer, then the estimate. */
+export function formatRows(t: PanelTable): string {
+  const est = t.approximateRows > 0 ? ` / ~${Math.round(t.approximateRows)}` : '';
+  return `${Math.round(t.rowsCopied)}${est}`;
+}
+
+export function formatSizeProgress(t: PanelTable): string {
+  const est = t.approximateSize > 0 ? ` / ~${formatBytes(t.approximateSize)}` : '';
+  return `${formatBytes(t.bytesCopied)}${est}`;
+}
+
+export const ACTIVITY_RUNNING: readonly SyncActivity[] = ['starting', 'copying', 'streaming'];
+
+/** epoch ms -> "14:03:09" in the webview's local time. */
+export function formatClock(ms: number): string {
+  const d = new Date(ms);
+  return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, '0')).join(':');
+}
