@@ -56,7 +56,7 @@ export class LineChart {
   private readonly svgEl: SVGSVGElement;
   private readonly values: HTMLElement[];
   private samples: readonly PanelSample[] = [];
-  private width = 0;
+  private width = 600;
 
   constructor(
     readonly id: string,
@@ -73,9 +73,14 @@ export class LineChart {
     );
     this.svgEl = svg('svg', { class: 'chart-svg', height: HEIGHT, role: 'img', 'aria-label': title });
     this.element = h('figure', { class: 'chart', id, 'data-testid': id }, legend, this.svgEl);
-    new ResizeObserver(() => {
-      const w = Math.floor(this.svgEl.clientWidth);
-      if (w !== this.width) this.draw();
+    // The width comes from the observer only: reading clientWidth in draw() would force a layout
+    // of the whole page (2,000 table rows) on every update.
+    new ResizeObserver((entries) => {
+      const w = Math.floor(entries[entries.length - 1].contentRect.width);
+      if (w > 0 && w !== this.width) {
+        this.width = w;
+        this.draw();
+      }
     }).observe(this.svgEl);
   }
 
@@ -91,8 +96,7 @@ export class LineChart {
   }
 
   private draw(): void {
-    const width = Math.max(200, Math.floor(this.svgEl.clientWidth) || 600);
-    this.width = width;
+    const width = Math.max(200, this.width);
     const root = this.svgEl;
     root.setAttribute('viewBox', `0 0 ${width} ${HEIGHT}`);
     root.replaceChildren();
