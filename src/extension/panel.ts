@@ -99,6 +99,7 @@ export class ProgressPanel implements vscode.Disposable {
   private readonly updater: PanelUpdater;
   private readonly disposables: vscode.Disposable[] = [];
   private disposed = false;
+  private goneNoticed = false;
 
   constructor(
     readonly name: string,
@@ -122,7 +123,15 @@ export class ProgressPanel implements vscode.Disposable {
       }),
       panel.onDidDispose(() => this.dispose()),
       source.onDidChange((changed) => {
-        if (changed === name) this.updater.changed();
+        if (changed !== name) return;
+        if (this.source.snapshot(name) === null && !this.source.names().includes(name)) {
+          // Dropped or removed from the settings: say so once; the last picture stays.
+          if (!this.goneNoticed) this.notice('info', `Sync ${name} no longer exists (dropped, or removed from the settings).`);
+          this.goneNoticed = true;
+          return;
+        }
+        this.goneNoticed = false;
+        this.updater.changed();
       }),
     );
     panel.webview.html = this.html();
