@@ -1,0 +1,314 @@
+/**
+ * End to end, as a new user: the packaged extension (vsix) in a real VS Code (code-server) driven
+ * by headless Chromium, against throwaway PostgreSQL 15 clusters. Connections are added through
+ * the UI with the password typed into the password prompt; SQL is generated, reviewed and run
+ * from editors; a sync is started, watched to `ready`, fed a row, stopped and dropped; at the
+ * end no slot is left on the source and no password is in any file VS Code wrote.
+ *
+ * The steps depend on each other: after a failing step the later ones are skipped (the suite has
+ * failed already). Screenshots of every step: test-artifacts/e2e/ (see test/e2e/README.md).
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { PASSWORD, serverBinariesMissing, startCluster, type Cluster } from '../harness/cluster';
+import { freshDatabases, startPair, type Pair } from '../harness/sync';
+import { ARTIFACTS, SLOW_TIMEOUT, ensureSetup, packageExtension, poll, startWorkbench, type Workbench } from './workbench';
+
+const SYNC = 'e2e_sync';
+const SLOT = `pg_live_sync_${SYNC}`;
+/** The initial copy and the first streamed change of three small tables: seconds; bounded generously. */
+const SYNC_TIMEOUT = 120_000;
+
+const SCHEMA = `
+  CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL);
+  -- no primary key, no unique index: only REPLICA IDENTITY FULL can identify its rows
+  CREATE TABLE audit_log (at timestamptz NOT NULL DEFAULT now(), message text);
+  -- no primary key, but a unique index over NOT NULL columns: REPLICA IDENTITY USING INDEX
+  CREATE TABLE events (code text NOT NULL, seq int NOT NULL, payload text, CONSTRAINT events_code_seq_key UNIQUE (code, seq));
+`;
+const SOURCE_DATA = `
+  INSERT INTO customers SELECT g, 'customer ' || g FROM generate_series(1, 50) g;
+  INSERT INTO audit_log (message) SELECT 'entry ' || g FROM generate_series(1, 20) g;
+  INSERT INTO events SELECT 'ev', g, 'payload ' || g FROM generate_series(1, 30) g;
+  CREATE PUBLICATION shop_pub FOR TABLE customers, audit_log, events;
+`;
+
+describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeout: 20 * 60_000 }, () => {
+  let pair: Pair | undefined;
+  let walReplica: Cluster | undefined;
+  let db = '';
+  let folder = '';
+  let wb: Workbench | undefined;
+  let failedStep: string | undefined;
+
+  const w = () => {
+    if (!wb) throw new Error('the workbench did not start');
+    return wb;
+  };
+  const src = () => pair!.source;
+  const tgt = () => pair!.target;
+  const uri = (c: Cluster, database: string) => `postgresql://postgres@127.0.0.1:${c.port}/${database}?sslmode=disable`;
+
+  /** One scenario step: screenshot afterwards (marked FAILED on failure); later steps skip after a failure. */
+  const step = (name: string, body: (t: TestContext) => Promise<void>, timeout = 3 * 60_000) =>
+    it(name, { timeout }, async (t) => {
+      if (failedStep) {
+        t.skip(`step "${failedStep}" failed`);
+        return;
+      }
+      try {
+        await body(t);
+        if (wb) await wb.screenshot(name);
+      } catch (err) {
+        failedStep = name;
+        if (wb) t.diagnostic(`screenshot: ${await wb.screenshot(`${name}-FAILED`)}`);
+        throw err;
+      }
+    });
+
+  before(async () => {
+    const missing = serverBinariesMissing();
+    if (missing) throw new Error(missing);
+    ensureSetup();
+    const vsix = packageExtension();
+    const clusters = Promise.all([startPair(), startCluster({ name: 'walreplica', walLevel: 'replica' })]);
+    [pair, walReplica] = await clusters;
+    ({ db } = await freshDatabases(pair, 'shop', SCHEMA));
+    await pair.source.query(db, SOURCE_DATA);
+    folder = mkdtempSync(path.join(os.tmpdir(), 'pgls-e2e-workspace-'));
+    wb = await startWorkbench({ vsix, folder, env: { PG_LIVE_SYNC_DIAGNOSTICS_FILE: path.join(ARTIFACTS, 'diagnostics.jsonl') } });
+  }, { timeout: 10 * 60_000 });
+
+  after(async () => {
+    // Everything goes, whatever failed; a sync left running is killed with code-server's process group.
+    await wb?.close().catch((err) => console.error('closing the workbench:', err));
+    pair?.stop();
+    walReplica?.stop();
+    if (folder) rmSync(folder, { recursive: true, force: true });
+  });
+
+  step('open the view: welcome offers Add Connection', async () => {
+    await w().openViewContainer();
+    const welcome = w().page.locator('.pane-body .welcome-view-content', { hasText: /No PostgreSQL connections yet/ });
+    await welcome.waitFor({ state: 'visible', timeout: SLOW_TIMEOUT });
+    await welcome.getByRole('button', { name: 'Add Connection' }).waitFor({ state: 'visible' });
+  });
+
+  step('add the source connection (welcome button, URI, password prompt, workspace settings)', async () => {
+    const page = w().page;
+    await page.locator('.pane-body .welcome-view-content').getByRole('button', { name: 'Add Connection' }).click();
+    await w().answerInput('source', /Connection name/);
+    await w().pick('Connection URI', /How to connect/);
+    await w().answerInput(uri(src(), db), /libpq URI/);
+    await w().answerInput(PASSWORD, /Password/);
+    await w().pick('Workspace settings', /Save in/);
+    const note = await w().waitForNotification(/Connected to source/);
+    assert.match(note, /wal_level logical/);
+    const item = w().treeItem('Connections', /^source\b/);
+    await item.waitFor({ state: 'visible', timeout: SLOW_TIMEOUT });
+    assert.equal((await w().itemText(item)).description, `127.0.0.1:${src().port}/${db}`);
+  });
+
+  step('add the target connection (command palette, user settings)', async () => {
+    await w().runCommand('Add Connection');
+    await w().answerInput('target', /Connection name/);
+    await w().pick('Connection URI', /How to connect/);
+    await w().answerInput(uri(tgt(), db), /libpq URI/);
+    await w().answerInput(PASSWORD, /Password/);
+    await w().pick('User settings', /Save in/);
+    await w().waitForNotification(/Connected to target/);
+    await w().treeItem('Connections', /^target\b/).waitFor({ state: 'visible', timeout: SLOW_TIMEOUT });
+  });
+
+  step('expand source > publication > tables: identities as they stand', async () => {
+    await w().expand(w().treeItem('Connections', /^source\b/));
+    const pub = w().treeItem('Connections', /^shop_pub\b/);
+    await pub.waitFor({ state: 'visible', timeout: SLOW_TIMEOUT });
+    assert.match((await w().itemText(pub)).description, /^3 tables/);
+    await w().expand(pub);
+    await waitDescription('Connections', 'public.customers', /^primary key$/);
+    await waitDescription('Connections', 'public.audit_log', /^none$/);
+    await waitDescription('Connections', 'public.events', /^none$/);
+  });
+
+  step('Generate Tuning SQL on a server with wal_level replica', async () => {
+    await addConnection('walreplica', uri(walReplica!, 'postgres'), 'User settings');
+    await w().clearNotifications();
+    await w().runCommand('Generate Tuning SQL');
+    await w().pick('walreplica', /connection/i);
+    const text = await w().waitForEditorText(/ALTER SYSTEM SET wal_level = 'logical'/);
+    assert.match(text, /restart/i, 'the tuning SQL says wal_level needs a restart');
+  });
+
+  step('Generate Replica Identity SQL for the publication (tree context menu)', async () => {
+    await w().contextMenu(w().treeItem('Connections', /^shop_pub\b/), /Generate Replica Identity SQL/);
+    const text = await w().waitForEditorText(/REPLICA IDENTITY USING INDEX/);
+    assert.match(text, /ALTER TABLE "?public"?\."?audit_log"? REPLICA IDENTITY FULL;/);
+    assert.match(text, /ALTER TABLE "?public"?\."?events"? REPLICA IDENTITY USING INDEX "?events_code_seq_key"?;/);
+    assert.doesNotMatch(text, /ALTER TABLE "?public"?\."?customers"?/, 'a table with a primary key needs no change');
+  });
+
+  step('Run SQL on Connection: the source, confirmed with Run', async () => {
+    await w().clearNotifications();
+    await w().runCommand('Run SQL on Connection');
+    await w().pick('source', /connection/i);
+    const question = await w().clickDialogButton('Run');
+    assert.match(question, /Run 2 statement\(s\) on source/);
+    await w().waitForNotification(/Ran 2 statement\(s\) on source/);
+    // One `-- ok: <command tag>...` line per statement (node-pg reports ALTER TABLE's tag as `ALTER`).
+    const results = await w().waitForEditorText(/^-- ok: .*REPLICA IDENTITY USING INDEX/m);
+    assert.equal(results.match(/^-- ok: ALTER\b.*ALTER TABLE .*REPLICA IDENTITY (FULL|USING INDEX)/gm)?.length, 2, results);
+    assert.doesNotMatch(results, /ERROR/, results);
+    const r = await src().query(db, `SELECT relname, relreplident FROM pg_class WHERE relname IN ('audit_log', 'events') ORDER BY 1`);
+    assert.deepEqual(r.rows.map((x) => `${x.relname}:${x.relreplident}`), ['audit_log:f', 'events:i']);
+  });
+
+  step('the tree shows the new replica identities', async (t) => {
+    // Run SQL refreshes the Connections tree itself (ui contract); Refresh is the user's fallback.
+    const refreshedAlone = await waitDescription('Connections', 'public.audit_log', /^full$/, 10_000).then(() => true, () => false);
+    if (!refreshedAlone) {
+      t.diagnostic('the Connections tree did not refresh by itself after Run SQL; clicking Refresh');
+      await w().viewAction('Connections', 'Refresh');
+      await w().expand(w().treeItem('Connections', /^source\b/));
+      await w().expand(w().treeItem('Connections', /^shop_pub\b/));
+    }
+    await waitDescription('Connections', 'public.audit_log', /^full$/);
+    await waitDescription('Connections', 'public.events', /^index events_code_seq_key$/);
+    await waitDescription('Connections', 'public.customers', /^primary key$/);
+    assert.ok(refreshedAlone, 'after Run SQL the Connections tree should refresh by itself (it needed Refresh)');
+  });
+
+  step('Start Sync: source > target, shop_pub, e2e_sync, copy then stream', async () => {
+    await w().clearNotifications();
+    await w().runCommand('Start Sync');
+    await w().pick('source', /source connection/i);
+    await w().pick('target', /target connection/i);
+    await w().pickMany(['shop_pub'], /publications/i);
+    await w().answerInput(SYNC, /sync name/i);
+    await w().answerInput('', /table map/i);
+    await w().answerInput('4', /table sync workers/i);
+    await w().pick('Copy existing rows, then stream changes', /initial copy/i);
+    await w().treeItem('Syncs', new RegExp(`^${SYNC}\\b`)).waitFor({ state: 'visible', timeout: SLOW_TIMEOUT });
+  });
+
+  step('every table reaches ready (Syncs view and Connections tree)', async () => {
+    for (const table of ['public.customers', 'public.audit_log', 'public.events']) {
+      await waitDescription('Syncs', table, /^ready$/, SYNC_TIMEOUT);
+    }
+    const sync = w().treeItem('Syncs', new RegExp(`^${SYNC}\\b`));
+    await poll('the sync to be streaming', async () => /^streaming/.test((await w().itemText(sync)).description), SLOW_TIMEOUT, 200,
+      async () => `sync item: ${JSON.stringify(await w().itemText(sync))}`);
+    await waitDescription('Connections', 'public.customers', /^primary key · ready\b/, SLOW_TIMEOUT);
+    for (const t of ['customers', 'audit_log', 'events']) {
+      const [a, b] = await Promise.all([src().query(db, `SELECT count(*)::int AS n FROM ${t}`), tgt().query(db, `SELECT count(*)::int AS n FROM ${t}`)]);
+      assert.equal(b.rows[0].n, a.rows[0].n, `${t}: target rows after the copy`);
+    }
+  }, SYNC_TIMEOUT + 2 * 60_000);
+
+  step('a row inserted on the source arrives on the target', async () => {
+    await src().query(db, `INSERT INTO customers VALUES (1001, 'inserted during the e2e test')`);
+    await src().query(db, `UPDATE audit_log SET message = 'updated (FULL identity)' WHERE message = 'entry 7'`);
+    await poll('the inserted row on the target', async () =>
+      (await tgt().query(db, `SELECT 1 FROM customers WHERE id = 1001 AND name = 'inserted during the e2e test'`)).rowCount === 1, SYNC_TIMEOUT, 200);
+    await poll('the FULL-identity update on the target', async () =>
+      (await tgt().query(db, `SELECT 1 FROM audit_log WHERE message = 'updated (FULL identity)'`)).rowCount === 1, SYNC_TIMEOUT, 200);
+    // While it runs: no process code-server started carries the password in its arguments or environment.
+    assert.deepEqual(processesShowingPassword(), [], 'processes with the password in their command line or environment');
+  }, SYNC_TIMEOUT + 60_000);
+
+  step('Stop Sync', async () => {
+    await w().clearNotifications();
+    await w().runCommand('Stop Sync');
+    await poll('the slot to be released (the engine stopped)', async () => {
+      const r = await src().query('postgres', `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, [SLOT]);
+      return r.rowCount === 1 && r.rows[0].active === false;
+    }, SLOW_TIMEOUT, 200);
+    const sync = w().treeItem('Syncs', new RegExp(`^${SYNC}\\b`));
+    await poll('the Syncs view to show the sync stopped', async () => /stopped/.test((await w().itemText(sync)).description), SLOW_TIMEOUT, 200,
+      async () => `sync item: ${JSON.stringify(await w().itemText(sync))}`);
+  });
+
+  step('Drop Sync (confirmed with Drop): no slot left on the source', async () => {
+    await w().runCommand('Drop Sync');
+    const question = await w().clickDialogButton('Drop');
+    assert.match(question, new RegExp(`Drop sync ${SYNC}\\?`));
+    await w().waitForNotification(new RegExp(`Dropped sync ${SYNC}`));
+    const slots = await src().query('postgres', `SELECT slot_name FROM pg_replication_slots`);
+    assert.deepEqual(slots.rows.map((r) => r.slot_name), [], `slots left on the source (${SLOT} must be gone)`);
+    await w().treeItem('Syncs', new RegExp(`^${SYNC}\\b`)).waitFor({ state: 'detached', timeout: SLOW_TIMEOUT });
+  });
+
+  step('no password in settings or anywhere VS Code keeps files', async () => {
+    const userSettings = path.join(w().dirs.userData, 'User', 'settings.json');
+    const workspaceSettings = path.join(folder, '.vscode', 'settings.json');
+    const user = readFileSync(userSettings, 'utf8');
+    const workspace = readFileSync(workspaceSettings, 'utf8');
+    assert.match(workspace, /"name":\s*"source"/, 'the source connection is in the workspace settings');
+    assert.match(user, /"name":\s*"target"/, 'the target connection is in the user settings');
+    assert.ok(!user.includes(PASSWORD), `the password is in ${userSettings}`);
+    assert.ok(!workspace.includes(PASSWORD), `the password is in ${workspaceSettings}`);
+    // code-server keeps SecretStorage in the browser's storage, so no file of its own may hold it.
+    const hits = filesContaining([w().dirs.home, w().dirs.userData, w().dirs.extensions, folder], PASSWORD);
+    assert.deepEqual(hits, [], 'files holding the password');
+  });
+
+  /** Waits for the tree item labelled `label` in `view` to have a description matching `match`. */
+  async function waitDescription(view: string, label: string, match: RegExp, timeoutMs = SLOW_TIMEOUT): Promise<void> {
+    const item = w().treeItem(view, new RegExp(`^${label.replace(/\./g, '\\.')}\\b`)).first();
+    let last = '';
+    await poll(`${view}: ${label} described ${match}`, async () => {
+      if (!(await item.isVisible())) return false;
+      last = (await w().itemText(item)).description;
+      return match.test(last);
+    }, timeoutMs, 200, async () => `last description: ${JSON.stringify(last)}`);
+  }
+
+  async function addConnection(name: string, connectionUri: string, scope: 'Workspace settings' | 'User settings'): Promise<void> {
+    await w().runCommand('Add Connection');
+    await w().answerInput(name, /Connection name/);
+    await w().pick('Connection URI', /How to connect/);
+    await w().answerInput(connectionUri, /libpq URI/);
+    await w().answerInput(PASSWORD, /Password/);
+    await w().pick(scope, /Save in/);
+    await w().waitForNotification(new RegExp(`Connected to ${name}`));
+  }
+
+  /** code-server's process group: any process whose command line or environment holds the password. */
+  function processesShowingPassword(): string[] {
+    const hits: string[] = [];
+    const pgid = execFileSync('ps', ['-o', 'pgid=', '-p', String(w().serverPid)], { encoding: 'utf8' }).trim();
+    const pids = execFileSync('ps', ['-e', '-o', 'pid=,pgid='], { encoding: 'utf8' })
+      .split('\n').map((l) => l.trim().split(/\s+/)).filter(([, g]) => g === pgid).map(([p]) => p);
+    assert.ok(pids.length > 2, `code-server's process group (${pgid}) has its processes`);
+    for (const pid of pids) {
+      for (const f of ['cmdline', 'environ']) {
+        try {
+          if (readFileSync(`/proc/${pid}/${f}`).includes(PASSWORD)) hits.push(`${pid} ${f} (${readlinkSync(`/proc/${pid}/exe`)})`);
+        } catch {
+          // exited meanwhile
+        }
+      }
+    }
+    return hits;
+  }
+});
+
+/** Every regular file under `roots` whose bytes contain `needle`. */
+function filesContaining(roots: string[], needle: string): string[] {
+  const hits: string[] = [];
+  const walk = (p: string) => {
+    const st = lstatSync(p, { throwIfNoEntry: false });
+    if (!st) return;
+    if (st.isDirectory()) {
+      for (const e of readdirSync(p)) walk(path.join(p, e));
+    } else if (st.isFile() && readFileSync(p).includes(needle)) {
+      hits.push(p);
+    }
+  };
+  for (const r of roots) if (existsSync(r)) walk(r);
+  return hits;
+}
