@@ -80,7 +80,9 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     ({ db } = await freshDatabases(pair, 'shop', SCHEMA));
     await pair.source.query(db, SOURCE_DATA);
     folder = mkdtempSync(path.join(os.tmpdir(), 'pgls-e2e-workspace-'));
-    wb = await startWorkbench({ vsix, folder, env: { PG_LIVE_SYNC_DIAGNOSTICS_FILE: path.join(ARTIFACTS, 'diagnostics.jsonl') } });
+    const diagnostics = path.join(ARTIFACTS, 'diagnostics.jsonl');
+    rmSync(diagnostics, { force: true });
+    wb = await startWorkbench({ vsix, folder, env: { PG_LIVE_SYNC_DIAGNOSTICS_FILE: diagnostics } });
   }, { timeout: 10 * 60_000 });
 
   after(async () => {
