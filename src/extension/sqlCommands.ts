@@ -185,8 +185,16 @@ export class SqlCommands {
         try {
           const r = await c.query(s);
           const res = Array.isArray(r) ? r[r.length - 1] : r;
-          const count = res.rowCount === null ? '' : ` (${res.rowCount} row${res.rowCount === 1 ? '' : 's'})`;
-          lines.push(`-- ok: ${res.command ?? 'done'}${count}: ${statementSummary(s)}`);
+          // DDL reports no row count; a count is only news for statements that touch rows.
+          const count = res.rowCount === null || !/^(SELECT|INSERT|UPDATE|DELETE|MERGE|COPY)$/.test(res.command ?? '') ? '' : ` (${res.rowCount} row${res.rowCount === 1 ? '' : 's'})`;
+          const setting = /^\s*ALTER\s+SYSTEM\s+(?:SET|RESET)\s+("?)([\w.]+)\1/i.exec(statementSummary(s, 10_000));
+          let restart = '';
+          if (setting) {
+            await c.query('SELECT pg_reload_conf()');
+            const p = await c.query('SELECT pending_restart FROM pg_settings WHERE name = $1', [setting[2].toLowerCase()]);
+            restart = p.rows[0]?.pending_restart ? ' -- needs a server restart to take effect' : ' -- in effect after reload';
+          }
+          lines.push(`-- ok${count}: ${statementSummary(s)}${restart}`);
           if (res.rows?.length && res.command === 'SELECT') for (const row of res.rows.slice(0, 20)) lines.push(`--     ${JSON.stringify(row)}`);
           ok++;
         } catch (err) {
