@@ -190,9 +190,8 @@ export class SqlCommands {
           const setting = /^\s*ALTER\s+SYSTEM\s+(?:SET|RESET)\s+("?)([\w.]+)\1/i.exec(statementSummary(s, 10_000));
           let restart = '';
           if (setting) {
-            await c.query('SELECT pg_reload_conf()');
-            const p = await c.query('SELECT pending_restart FROM pg_settings WHERE name = $1', [setting[2].toLowerCase()]);
-            restart = p.rows[0]?.pending_restart ? ' -- needs a server restart to take effect' : ' -- in effect after reload';
+            const p = await c.query('SELECT context FROM pg_settings WHERE name = $1', [setting[2].toLowerCase()]);
+            restart = p.rows[0]?.context === 'postmaster' ? ' -- NEEDS A SERVER RESTART to take effect' : ' -- takes effect on reload (SELECT pg_reload_conf())';
           }
           lines.push(`-- ok${count}: ${statementSummary(s)}${restart}`);
           if (res.rows?.length && res.command === 'SELECT') for (const row of res.rows.slice(0, 20)) lines.push(`--     ${JSON.stringify(row)}`);
