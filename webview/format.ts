@@ -79,13 +79,14 @@ export function stateClass(word: string): string {
 /**
  * How far a table's copy is, 0..1. Rows against the planner estimate when there is one, else bytes;
  * a table past the copy (synced, ready, catching up) is complete whatever the estimate said.
+ * Null while copying a table with no estimate at all (never analyzed, empty when planned).
  */
-export function copyFraction(t: PanelTable): number {
+export function copyFraction(t: PanelTable): number | null {
   if (t.state === 's' || t.state === 'r' || t.state === 'f') return 1;
   if (t.state === 'i') return 0;
   if (t.approximateRows > 0) return Math.min(1, t.rowsCopied / t.approximateRows);
   if (t.approximateSize > 0) return Math.min(1, t.bytesCopied / t.approximateSize);
-  return 0;
+  return null;
 }
 
 /** "1234 / ~1200": rows copied as a plain integer, then the estimate. */

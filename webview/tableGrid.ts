@@ -320,7 +320,7 @@ export class TableGrid {
     const word = rowStateWord(t);
     const fraction = copyFraction(t);
     row.word = word;
-    row.fraction = fraction;
+    row.fraction = fraction ?? 0;
     const target = `${t.targetSchema}.${t.targetTable}`;
     row.haystack = `${t.key}\n${target}\n${word}`.toLowerCase();
 
@@ -333,11 +333,16 @@ export class TableGrid {
     setAttr(row.cells.state, 'data-state', word);
     setAttr(row.cells.state, 'data-state-code', t.state);
 
-    const percent = Math.floor(fraction * 1000) / 10;
-    const width = `${percent}%`;
-    if (row.barFill.style.width !== width) row.barFill.style.width = width;
-    setText(row.pct, `${percent.toFixed(percent >= 100 ? 0 : 1)}%`);
-    setAttr(row.cells.progress, 'data-fraction', fraction.toFixed(4));
+    if (fraction === null) {
+      if (row.barFill.style.width !== '0%') row.barFill.style.width = '0%';
+      setText(row.pct, '—');
+    } else {
+      const percent = Math.floor(fraction * 1000) / 10;
+      const width = `${percent}%`;
+      if (row.barFill.style.width !== width) row.barFill.style.width = width;
+      setText(row.pct, `${percent.toFixed(percent >= 100 ? 0 : 1)}%`);
+    }
+    setAttr(row.cells.progress, 'data-fraction', fraction === null ? null : fraction.toFixed(4));
 
     setText(row.cells.rows, formatRows(t));
     setAttr(row.cells.rows, 'data-rows-copied', t.rowsCopied);
