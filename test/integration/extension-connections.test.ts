@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connect, type Endpoint } from '../../src/engine/connection';
+import { listPublishedTables } from '../../src/engine/catalog';
 import { SyncError } from '../../src/engine/errors';
 import { listPublications, probeServer, publicationTables, userTables } from '../../src/engine/probe';
 import { connectionUrl, type ConnectionConfig } from '../../src/extension/connectionModel';
@@ -204,6 +205,30 @@ describe('what the Connections tree lists', () => {
       assert.deepEqual(user.map((t) => `${t.schema}.${t.table}`), [
         'Sales Ü.Orders', 'public.measures', 'public.t_full', 'public.t_idx', 'public.t_none', 'public.t_nothing', 'public.t_pk', 'public.t_unique_only',
       ]);
+    } finally {
+      await client.end();
+    }
+  });
+});
+
+describe('size estimates the panel shows progress against', () => {
+  it('come from pg_class for plain tables and add up the partitions of a partitioned one', async () => {
+    const db = await freshDatabase('estimates');
+    const client = await connect(endpoint(connectionUrl(config(db), PASSWORD)));
+    try {
+      await client.query(`CREATE TABLE plain (id int PRIMARY KEY, pad text);
+        INSERT INTO plain SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g;
+        CREATE TABLE parted (id int, pad text, PRIMARY KEY (id)) PARTITION BY RANGE (id);
+        CREATE TABLE parted_a PARTITION OF parted FOR VALUES FROM (0) TO (1000);
+        CREATE TABLE parted_b PARTITION OF parted FOR VALUES FROM (1000) TO (5000);
+        INSERT INTO parted SELECT g, repeat('y', 100) FROM generate_series(0, 2999) g;
+        ANALYZE plain; ANALYZE parted_a; ANALYZE parted_b;
+        CREATE PUBLICATION est FOR TABLE plain, parted WITH (publish_via_partition_root = true);`);
+      const tables = new Map((await listPublishedTables(client, ['est'])).map((t) => [t.table, t]));
+      assert.equal(tables.get('plain')?.approximateRows, 5000);
+      assert.ok((tables.get('plain')?.approximateSize ?? 0) > 5000 * 100, 'plain size from pg_table_size');
+      assert.equal(tables.get('parted')?.approximateRows, 3000);
+      assert.ok((tables.get('parted')?.approximateSize ?? 0) > 3000 * 100, 'partitioned size adds up its partitions');
     } finally {
       await client.end();
     }
