@@ -10,15 +10,16 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { PASSWORD, serverBinariesMissing, startCluster, type Cluster } from '../harness/cluster';
 import { freshDatabases, startPair, type Pair } from '../harness/sync';
-import { ARTIFACTS, SLOW_TIMEOUT, ensureSetup, packageExtension, poll, startWorkbench, type Workbench } from './workbench';
+import { ARTIFACTS, REPO, SLOW_TIMEOUT, UI_TIMEOUT, ensureSetup, packageExtension, poll, startWorkbench, type Workbench } from './workbench';
 
 const SYNC = 'e2e_sync';
+const TABLES = ['customers', 'audit_log', 'events', 'orders'];
 const SLOT = `pg_live_sync_${SYNC}`;
 /** The initial copy and the first streamed change of three small tables: seconds; bounded generously. */
 const SYNC_TIMEOUT = 120_000;
@@ -29,12 +30,28 @@ const SCHEMA = `
   CREATE TABLE audit_log (at timestamptz NOT NULL DEFAULT now(), message text);
   -- no primary key, but a unique index over NOT NULL columns: REPLICA IDENTITY USING INDEX
   CREATE TABLE events (code text NOT NULL, seq int NOT NULL, payload text, CONSTRAINT events_code_seq_key UNIQUE (code, seq));
+  CREATE TABLE orders (id int PRIMARY KEY, customer int NOT NULL, amount numeric(12,2) NOT NULL, note text);
+`;
+/**
+ * On the target only: orders' copy pauses 40 ms every 2,000 rows (an ALWAYS trigger fires even
+ * under session_replication_role = replica), so the panel can be seen mid-copy on any machine.
+ */
+const TARGET_SLOW_COPY = `
+  CREATE FUNCTION slow_copy() RETURNS trigger LANGUAGE plpgsql AS $$
+  BEGIN
+    IF NEW.id % 2000 = 0 THEN PERFORM pg_sleep(0.04); END IF;
+    RETURN NEW;
+  END $$;
+  CREATE TRIGGER slow_copy BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION slow_copy();
+  ALTER TABLE orders ENABLE ALWAYS TRIGGER slow_copy;
 `;
 const SOURCE_DATA = `
   INSERT INTO customers SELECT g, 'customer ' || g FROM generate_series(1, 50) g;
   INSERT INTO audit_log (message) SELECT 'entry ' || g FROM generate_series(1, 20) g;
   INSERT INTO events SELECT 'ev', g, 'payload ' || g FROM generate_series(1, 30) g;
-  CREATE PUBLICATION shop_pub FOR TABLE customers, audit_log, events;
+  INSERT INTO orders SELECT g, g % 50 + 1, (g % 1000) / 10.0, 'order ' || g FROM generate_series(1, 200000) g;
+  ANALYZE orders;
+  CREATE PUBLICATION shop_pub FOR TABLE customers, audit_log, events, orders;
 `;
 
 describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeout: 20 * 60_000 }, () => {
@@ -79,6 +96,7 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     [pair, walReplica] = await clusters;
     ({ db } = await freshDatabases(pair, 'shop', SCHEMA));
     await pair.source.query(db, SOURCE_DATA);
+    await pair.target.query(db, TARGET_SLOW_COPY);
     folder = mkdtempSync(path.join(os.tmpdir(), 'pgls-e2e-workspace-'));
     const diagnostics = path.join(ARTIFACTS, 'diagnostics.jsonl');
     rmSync(diagnostics, { force: true });
@@ -115,6 +133,14 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     assert.equal((await w().itemText(item)).description, `127.0.0.1:${src().port}/${db}`);
   });
 
+  step('the getting-started walkthrough opened on first activation', async () => {
+    const page = w().page;
+    await page.getByText('Get started with Postgres Live Sync').first().waitFor({ state: 'visible', timeout: SLOW_TIMEOUT });
+    for (const title of ['Add the source and the target', 'Start the sync']) {
+      await page.locator('.getting-started-step', { hasText: title }).first().waitFor({ state: 'attached', timeout: UI_TIMEOUT });
+    }
+  });
+
   step('add the target connection (command palette, user settings)', async () => {
     await w().runCommand('Add Connection');
     await w().answerInput('target', /Connection name/);
@@ -130,7 +156,7 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     await w().expand(w().treeItem('Connections', /^source\b/));
     const pub = w().treeItem('Connections', /^shop_pub\b/);
     await pub.waitFor({ state: 'visible', timeout: SLOW_TIMEOUT });
-    assert.match((await w().itemText(pub)).description, /^3 tables/);
+    assert.match((await w().itemText(pub)).description, /^4 tables/);
     await w().expand(pub);
     await waitDescription('Connections', 'public.customers', /^primary key$/);
     await waitDescription('Connections', 'public.audit_log', /^none$/);
@@ -197,15 +223,30 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     await w().treeItem('Syncs', new RegExp(`^${SYNC}\\b`)).waitFor({ state: 'visible', timeout: SLOW_TIMEOUT });
   });
 
+  step('the progress panel shows the copy as it happens', async () => {
+    await w().runCommand('Show Sync Progress');
+    const panel = panelFrame();
+    const orders = panel.locator('[data-table-key="public.orders"]');
+    await poll('orders copying with rows counted in the panel', async () => {
+      const state = await orders.locator('[data-col="state"]').getAttribute('data-state-code', { timeout: 1_000 }).catch(() => null);
+      const rows = Number(await orders.locator('[data-col="rows"]').getAttribute('data-rows-copied', { timeout: 1_000 }).catch(() => '0'));
+      return state === 'd' && rows > 0;
+    }, SYNC_TIMEOUT, 100);
+    assert.equal(await panel.locator('#sync-activity').getAttribute('data-activity'), 'copying');
+    const approx = Number(await orders.locator('[data-col="rows"]').getAttribute('data-approximate-rows'));
+    assert.ok(approx >= 190_000 && approx <= 210_000, `the panel shows the planner's estimate for orders (${approx})`);
+    await saveReadmeScreenshot('panel-copying');
+  }, SYNC_TIMEOUT + 60_000);
+
   step('every table reaches ready (Syncs view and Connections tree)', async () => {
-    for (const table of ['public.customers', 'public.audit_log', 'public.events']) {
+    for (const table of TABLES.map((t) => `public.${t}`)) {
       await waitDescription('Syncs', table, /^ready$/, SYNC_TIMEOUT);
     }
     const sync = w().treeItem('Syncs', new RegExp(`^${SYNC}\\b`));
     await poll('the sync to be streaming', async () => /^streaming/.test((await w().itemText(sync)).description), SLOW_TIMEOUT, 200,
       async () => `sync item: ${JSON.stringify(await w().itemText(sync))}`);
     await waitDescription('Connections', 'public.customers', /^primary key · ready\b/, SLOW_TIMEOUT);
-    for (const t of ['customers', 'audit_log', 'events']) {
+    for (const t of TABLES) {
       const [a, b] = await Promise.all([src().query(db, `SELECT count(*)::int AS n FROM ${t}`), tgt().query(db, `SELECT count(*)::int AS n FROM ${t}`)]);
       assert.equal(b.rows[0].n, a.rows[0].n, `${t}: target rows after the copy`);
     }
@@ -222,6 +263,61 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     assert.deepEqual(processesShowingPassword(), [], 'processes with the password in their command line or environment');
   }, SYNC_TIMEOUT + 60_000);
 
+  step('the panel matches the target state table: states, counts, lag', async () => {
+    await w().runCommand('Show Sync Progress');
+    const panel = panelFrame();
+    await poll('the panel to show streaming with no lag', async () =>
+      (await panel.locator('#sync-activity').getAttribute('data-activity', { timeout: 1_000 }).catch(() => null)) === 'streaming' &&
+      (await panel.locator('#lag-bytes').getAttribute('data-lag-bytes', { timeout: 1_000 }).catch(() => null)) === '0', SLOW_TIMEOUT, 200);
+    const state = await tgt().query(db, `SELECT schemaname || '.' || tablename AS key, state, rows_copied::bigint AS rows FROM _pg_live_sync.subscription_rel WHERE subname = $1 ORDER BY 1`, [SYNC]);
+    assert.equal(state.rowCount, TABLES.length);
+    for (const row of state.rows) {
+      const r = panel.locator(`[data-table-key="${row.key}"]`);
+      assert.equal(await r.locator('[data-col="state"]').getAttribute('data-state-code'), row.state, `${row.key}: state`);
+      assert.equal(await r.locator('[data-col="state"]').textContent().then((t) => t?.trim()), row.state === 'r' ? 'ready' : row.state, `${row.key}: state word`);
+      assert.equal(Number(await r.locator('[data-col="rows"]').getAttribute('data-rows-copied')), Number(row.rows), `${row.key}: rows copied`);
+    }
+    const lsn = await panel.locator('#applied-lsn').getAttribute('data-lsn');
+    assert.ok(lsn, 'the panel shows an applied LSN');
+    const cmp = await tgt().query(db, `SELECT $1::pg_lsn >= applied_lsn AS ahead FROM _pg_live_sync.subscription WHERE subname = $2`, [lsn, SYNC]);
+    assert.equal(cmp.rows[0].ahead, true, `the panel's applied LSN ${lsn} is at or past the target's committed applied_lsn`);
+    await saveReadmeScreenshot('panel-streaming');
+  });
+
+  step('pause and resume from the panel', async () => {
+    const panel = panelFrame();
+    await panel.locator('#action-pause').click();
+    await poll('the panel to say paused', async () => (await panel.locator('#sync-activity').getAttribute('data-activity', { timeout: 1_000 }).catch(() => null)) === 'paused', SLOW_TIMEOUT, 200);
+    await poll('the slot to be released while paused', async () =>
+      (await src().query('postgres', `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, [SLOT])).rows[0]?.active === false, SLOW_TIMEOUT, 200);
+    await src().query(db, `INSERT INTO customers VALUES (1002, 'inserted while paused')`);
+    assert.equal((await tgt().query(db, `SELECT 1 FROM customers WHERE id = 1002`)).rowCount, 0, 'nothing is applied while paused');
+    await panel.locator('#action-resume').click();
+    await poll('the row inserted while paused to arrive after resume', async () =>
+      (await tgt().query(db, `SELECT 1 FROM customers WHERE id = 1002`)).rowCount === 1, SYNC_TIMEOUT, 200);
+    await poll('the panel to say streaming again', async () => (await panel.locator('#sync-activity').getAttribute('data-activity', { timeout: 1_000 }).catch(() => null)) === 'streaming', SLOW_TIMEOUT, 200);
+  }, SYNC_TIMEOUT + 60_000);
+
+  step('resync one table from the panel', async () => {
+    // Drift on the target that only a fresh copy repairs.
+    await tgt().query(db, `DELETE FROM customers WHERE id <= 10`);
+    const panel = panelFrame();
+    await panel.locator('[data-table-key="public.customers"] [data-action="resync"]').click();
+    const question = await w().clickDialogButton('Resync');
+    assert.match(question, /public\.customers/);
+    await poll('customers copied afresh (the drifted rows are back)', async () =>
+      (await tgt().query(db, `SELECT count(*)::int AS n FROM customers WHERE id <= 10`)).rows[0].n === 10, SYNC_TIMEOUT, 200);
+    await poll('customers ready again in the state table and the panel', async () => {
+      const st = await tgt().query(db, `SELECT state FROM _pg_live_sync.subscription_rel WHERE subname = $1 AND tablename = 'customers'`, [SYNC]);
+      const shown = await panel.locator('[data-table-key="public.customers"] [data-col="state"]').getAttribute('data-state-code', { timeout: 1_000 }).catch(() => null);
+      return st.rows[0]?.state === 'r' && shown === 'r';
+    }, SYNC_TIMEOUT, 200);
+    const [a, b] = await Promise.all([src().query(db, `SELECT count(*)::int AS n FROM customers`), tgt().query(db, `SELECT count(*)::int AS n FROM customers`)]);
+    assert.equal(b.rows[0].n, a.rows[0].n, 'customers on the target after the resync');
+    const slots = await src().query('postgres', `SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pgls\_%'`);
+    assert.deepEqual(slots.rows, [], 'the resync dropped its table-sync slot');
+  }, SYNC_TIMEOUT + 60_000);
+
   step('Stop Sync', async () => {
     await w().clearNotifications();
     await w().runCommand('Stop Sync');
@@ -232,6 +328,16 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     const sync = w().treeItem('Syncs', new RegExp(`^${SYNC}\\b`));
     await poll('the Syncs view to show the sync stopped', async () => /stopped/.test((await w().itemText(sync)).description), SLOW_TIMEOUT, 200,
       async () => `sync item: ${JSON.stringify(await w().itemText(sync))}`);
+  });
+
+  step('the extension host stayed responsive during the sync (event-loop delay p99 < 50 ms)', async () => {
+    const file = path.join(ARTIFACTS, 'diagnostics.jsonl');
+    const lines = await poll('event-loop figures in the diagnostics file', async () => {
+      if (!existsSync(file)) return false;
+      const l = readFileSync(file, 'utf8').trim().split('\n').filter(Boolean).map((x) => JSON.parse(x) as { eventLoopDelayMs: { p99: number; max: number; samples: number } });
+      return l.length > 0 ? l : false;
+    }, SLOW_TIMEOUT, 200);
+    for (const l of lines) assert.ok(l.eventLoopDelayMs.p99 < 50, `extension host event-loop delay p99 ${l.eventLoopDelayMs.p99} ms (max ${l.eventLoopDelayMs.max} ms)`);
   });
 
   step('Drop Sync (confirmed with Drop): no slot left on the source', async () => {
@@ -257,6 +363,18 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     const hits = filesContaining([w().dirs.home, w().dirs.userData, w().dirs.extensions, folder], PASSWORD);
     assert.deepEqual(hits, [], 'files holding the password');
   });
+
+  /** The progress panel's content frame (our webview, not another extension's). */
+  function panelFrame() {
+    return w().page.frameLocator('iframe.webview.ready[src*="extensionId=pg-live-sync.postgres-live-sync"]').frameLocator('#active-frame');
+  }
+
+  /** Step screenshot, also kept under media/screenshots for the README when E2E_UPDATE_SCREENSHOTS=1. */
+  async function saveReadmeScreenshot(name: string): Promise<void> {
+    await w().page.mouse.move(1, 1); // no hover tooltip in the picture
+    const shot = await w().screenshot(name);
+    if (process.env.E2E_UPDATE_SCREENSHOTS === '1') copyFileSync(shot, path.join(REPO, 'media', 'screenshots', `${name}.png`));
+  }
 
   /** Waits for the tree item labelled `label` in `view` to have a description matching `match`. */
   async function waitDescription(view: string, label: string, match: RegExp, timeoutMs = SLOW_TIMEOUT): Promise<void> {
