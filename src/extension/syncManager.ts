@@ -42,6 +42,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
   private readonly pollErrors = new Map<string, string>();
   private readonly timer: NodeJS.Timeout;
   private polling = false;
+  private shuttingDown = false;
   private loopDelay: IntervalHistogram | null = null;
   private loopTimer: NodeJS.Timeout | null = null;
   private readonly disposables: vscode.Disposable[] = [];
@@ -356,6 +357,8 @@ export class SyncManager implements PanelSource, vscode.Disposable {
             }
             tracker.setActivity(error ? 'error' : run.pausing ? 'paused' : 'stopped', error);
             if (this.runs.size === 0) this.stopLoopMonitor();
+            // A run that ended on its own is not one to offer again; one stopped by closing VS Code is.
+            if (!this.shuttingDown) void this.rememberRunning();
             this.changed.fire(def.name);
             void this.poll();
           },
@@ -388,6 +391,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
 
   /** Closing VS Code: every local run commits and ends; the next window offers to resume them. */
   async shutdown(): Promise<void> {
+    this.shuttingDown = true;
     const names = [...this.runs.keys()];
     await this.context.workspaceState.update(RUNNING_AT_CLOSE, names);
     // VS Code gives deactivate a few seconds; the engine's stop is a commit and a disconnect.

@@ -15,10 +15,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { PASSWORD, serverBinariesMissing, startCluster, type Cluster } from '../harness/cluster';
-import { freshDatabases, startPair, type Pair } from '../harness/sync';
+import { alive, finish, freshDatabases, runCli, startCli, startPair, waitAllReady, type CliRun, type Pair } from '../harness/sync';
 import { ARTIFACTS, REPO, SLOW_TIMEOUT, UI_TIMEOUT, ensureSetup, packageExtension, poll, startWorkbench, type Workbench } from './workbench';
 
 const SYNC = 'e2e_sync';
+const CLI_SYNC = 'cli_sync';
 const TABLES = ['customers', 'audit_log', 'events', 'orders'];
 const SLOT = `pg_live_sync_${SYNC}`;
 /** The initial copy and the first streamed change of three small tables: seconds; bounded generously. */
@@ -61,6 +62,7 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
   let folder = '';
   let wb: Workbench | undefined;
   let failedStep: string | undefined;
+  let cliRun: CliRun | undefined;
 
   const w = () => {
     if (!wb) throw new Error('the workbench did not start');
@@ -105,6 +107,7 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
 
   after(async () => {
     // Everything goes, whatever failed; a sync left running is killed with code-server's process group.
+    if (cliRun && alive(cliRun)) cliRun.proc.kill('SIGKILL');
     await wb?.close().catch((err) => console.error('closing the workbench:', err));
     pair?.stop();
     walReplica?.stop();
@@ -318,6 +321,27 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     assert.deepEqual(slots.rows, [], 'the resync dropped its table-sync slot');
   }, SYNC_TIMEOUT + 60_000);
 
+  step('reloading the window stops the sync gracefully, restores the panel and offers to resume', async () => {
+    await w().clearNotifications();
+    await w().runCommand('Developer: Reload Window', '');
+    // The old extension host stops the engine (a commit, then the slot is released) ...
+    await poll('the slot to be released by the closing window', async () =>
+      (await src().query('postgres', `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, [SLOT])).rows[0]?.active === false, SLOW_TIMEOUT, 100);
+    const sub = await tgt().query(db, `SELECT last_error FROM _pg_live_sync.subscription WHERE subname = $1`, [SYNC]);
+    assert.equal(sub.rows[0].last_error, null, 'a graceful stop leaves no error on the target');
+    // ... the new window brings the panel back (serializer) and offers to resume.
+    await w().page.locator('.monaco-workbench').waitFor({ state: 'visible', timeout: SLOW_TIMEOUT });
+    await poll('the panel restored after the reload', async () =>
+      ((await panelFrame().locator('#sync-name').textContent({ timeout: 1_000 }).catch(() => null)) ?? '').trim() === SYNC, SLOW_TIMEOUT, 200);
+    await w().waitForNotification(/was running when this window closed/);
+    await src().query(db, `INSERT INTO customers VALUES (1003, 'inserted while VS Code was closed')`);
+    await w().page.locator('.notification-toast', { hasText: /was running when this window closed/ }).getByRole('button', { name: 'Resume' }).click();
+    await poll('the row inserted while closed to arrive after Resume', async () =>
+      (await tgt().query(db, `SELECT 1 FROM customers WHERE id = 1003`)).rowCount === 1, SYNC_TIMEOUT, 200);
+    await poll('the restored panel to say streaming', async () =>
+      (await panelFrame().locator('#sync-activity').getAttribute('data-activity', { timeout: 1_000 }).catch(() => null)) === 'streaming', SLOW_TIMEOUT, 200);
+  }, SYNC_TIMEOUT + 2 * 60_000);
+
   step('Stop Sync', async () => {
     await w().clearNotifications();
     await w().runCommand('Stop Sync');
@@ -350,6 +374,45 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     await w().treeItem('Syncs', new RegExp(`^${SYNC}\\b`)).waitFor({ state: 'detached', timeout: SLOW_TIMEOUT });
   });
 
+  step('attach read-only to a sync the CLI runs: Syncs view and panel from the target state', async () => {
+    const cliDb = `${db}_cli`;
+    await tgt().createDatabase(cliDb);
+    await tgt().query(cliDb, SCHEMA);
+    const url = (c: Cluster, database: string) => `postgresql://postgres:${encodeURIComponent(PASSWORD)}@127.0.0.1:${c.port}/${database}`;
+    cliRun = startCli(['run', '--source', url(src(), db), '--target', url(tgt(), cliDb), '--publication', 'shop_pub', '--subscription', CLI_SYNC]);
+    await waitAllReady(tgt(), cliDb, CLI_SYNC, TABLES.length, SYNC_TIMEOUT);
+    await addConnection('cli target', uri(tgt(), cliDb), 'User settings');
+    await w().runCommand('Attach to Sync (Read-Only)');
+    await w().pick('cli target', /target connection/i);
+    await w().pick(CLI_SYNC, /sync/i);
+    await w().pick('source', /source connection/i);
+    const item = w().treeItem('Syncs', new RegExp(`^${CLI_SYNC}\\b`));
+    await poll('the attached sync streaming in the Syncs view', async () =>
+      (await item.isVisible()) && /streaming.*\(attached\)/.test((await w().itemText(item)).description), SLOW_TIMEOUT, 200,
+      async () => `item: ${JSON.stringify(await w().itemText(item).catch(() => null))}`);
+    await w().runCommand('Show Sync Progress');
+    const panel = panelFrame();
+    await poll('the attached panel', async () => (await panel.locator('#sync-mode').getAttribute('data-mode', { timeout: 1_000 }).catch(() => null)) === 'attached', SLOW_TIMEOUT, 200);
+    assert.match((await panel.locator('#action-pause').getAttribute('class')) ?? '', /is-hidden/, 'an attached sync cannot be paused from here');
+    await src().query(db, `INSERT INTO customers VALUES (1004, 'streamed by the CLI')`);
+    await poll('the CLI to apply the row', async () => (await tgt().query(cliDb, `SELECT 1 FROM customers WHERE id = 1004`)).rowCount === 1, SYNC_TIMEOUT, 200);
+    const state = await tgt().query(cliDb, `SELECT schemaname || '.' || tablename AS key, state, rows_copied::bigint AS rows FROM _pg_live_sync.subscription_rel WHERE subname = $1`, [CLI_SYNC]);
+    for (const row of state.rows) {
+      const r = panel.locator(`[data-table-key="${row.key}"]`);
+      await poll(`${row.key} in the attached panel`, async () =>
+        (await r.locator('[data-col="state"]').getAttribute('data-state-code', { timeout: 1_000 }).catch(() => null)) === row.state &&
+        Number(await r.locator('[data-col="rows"]').getAttribute('data-rows-copied', { timeout: 1_000 }).catch(() => -1)) === Number(row.rows), SLOW_TIMEOUT, 200);
+    }
+    await poll('the attached panel to show lag 0 once the CLI applied everything', async () =>
+      (await panel.locator('#lag-bytes').getAttribute('data-lag-bytes', { timeout: 1_000 }).catch(() => null)) === '0', SLOW_TIMEOUT, 200);
+    cliRun.proc.kill('SIGINT');
+    assert.equal(await finish(cliRun), 0, 'the CLI stops cleanly');
+    await poll('the attached panel to see the CLI stop', async () =>
+      (await panel.locator('#sync-activity').getAttribute('data-activity', { timeout: 1_000 }).catch(() => null)) === 'stopped', SLOW_TIMEOUT, 200);
+    const dropped = await runCli(['drop', '--source', url(src(), db), '--target', url(tgt(), cliDb), '--subscription', CLI_SYNC]);
+    assert.equal(dropped.code, 0, dropped.stderr);
+  }, SYNC_TIMEOUT + 3 * 60_000);
+
   step('no password in settings or anywhere VS Code keeps files', async () => {
     const userSettings = path.join(w().dirs.userData, 'User', 'settings.json');
     const workspaceSettings = path.join(folder, '.vscode', 'settings.json');
@@ -366,7 +429,7 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
 
   /** The progress panel's content frame (our webview, not another extension's). */
   function panelFrame() {
-    return w().page.frameLocator('iframe.webview.ready[src*="extensionId=pg-live-sync.postgres-live-sync"]').frameLocator('#active-frame');
+    return w().page.frameLocator('iframe.webview.ready[src*="extensionId=pg-live-sync.postgres-live-sync"]:visible').frameLocator('#active-frame');
   }
 
   /** Step screenshot, also kept under media/screenshots for the README when E2E_UPDATE_SCREENSHOTS=1. */
