@@ -330,7 +330,7 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
 
   step('reloading the window stops the sync gracefully, restores the panel and offers to resume', async () => {
     await w().clearNotifications();
-    await w().runCommand('Developer: Reload Window', '');
+    await w().runCommand('Developer: Reload Window', '', { reloads: true });
     // The old extension host stops the engine (a commit, then the slot is released) ...
     await poll('the slot to be released by the closing window', async () =>
       (await src().query('postgres', `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, [SLOT])).rows[0]?.active === false, SLOW_TIMEOUT, 100);

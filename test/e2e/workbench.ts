@@ -77,7 +77,7 @@ export interface Workbench {
   /** code-server's output so far (stdout + stderr). */
   serverOutput(): string;
   /** F1, `>Postgres Live Sync: <title>`, runs exactly that command. `category` overrides the prefix ('' for none). */
-  runCommand(title: string, category?: string): Promise<void>;
+  runCommand(title: string, category?: string, options?: { reloads?: boolean }): Promise<void>;
   /** The quick input's title / placeholder / prompt / validation message / rows, or undefined when hidden. */
   quickInputState(): Promise<QuickInputState | undefined>;
   /** Waits for an input box (matching `expect` against title, placeholder and prompt when given), fills it, Enter. */
@@ -365,7 +365,7 @@ function makeHandle(page: Page, browser: Browser, port: number, serverPid: numbe
     dirs,
     serverOutput,
 
-    async runCommand(title, category = CATEGORY) {
+    async runCommand(title, category = CATEGORY, options) {
       const full = category ? `${category}: ${title}` : title;
       if (await widget.isVisible()) await page.keyboard.press('Escape');
       await page.keyboard.press('F1');
@@ -375,6 +375,8 @@ function makeHandle(page: Page, browser: Browser, port: number, serverPid: numbe
       await poll(`command "${full}" in the palette`, async () => (await row.count()) > 0, UI_TIMEOUT, 100, describeQuickInput);
       const before = await quickInputState();
       await row.click();
+      // A command that reloads the page leaves nothing to watch on this page.
+      if (options?.reloads) return;
       await waitForNextStep(before!, `running "${full}"`);
     },
 
