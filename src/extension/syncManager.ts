@@ -12,6 +12,7 @@ import type { TableMap } from '../engine/types';
 import type { PanelAction } from '../../webview/protocol';
 import type { ConnectionStore } from './connections';
 import { EngineProcess } from './engineProcess';
+import { MonitorClients } from './monitorClients';
 import type { PanelSnapshot, PanelSource } from './panelSource';
 import { readingFromReport, readingFromStatus, sanitizeSyncDefinition, SyncTracker, type SyncDefinition } from './syncModel';
 
@@ -46,6 +47,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
   private loopDelay: IntervalHistogram | null = null;
   private loopTimer: NodeJS.Timeout | null = null;
   private readonly disposables: vscode.Disposable[] = [];
+  private readonly monitor = new MonitorClients();
 
   constructor(
     private readonly context: vscode.ExtensionContext,
@@ -63,6 +65,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
   dispose(): void {
     clearInterval(this.timer);
     this.stopLoopMonitor();
+    this.monitor.dispose();
     for (const d of this.disposables) d.dispose();
     this.changed.dispose();
   }
@@ -449,28 +452,20 @@ export class SyncManager implements PanelSource, vscode.Disposable {
       if (run) {
         const last = this.retained.get(def.name);
         if (last && Date.now() - last.at < SLOT_POLL_MS) return;
-        const source = await connect(run.source, { applicationName: 'pg_live_sync_monitor' });
-        try {
-          this.retained.set(def.name, { at: Date.now(), bytes: (await slotInfo(source, slotNameFor(def.name)))?.retainedBytes ?? null });
-        } finally {
-          await source.end();
-        }
+        const bytes = await this.monitor.use(run.source, async (c) => (await slotInfo(c, slotNameFor(def.name)))?.retainedBytes ?? null);
+        this.retained.set(def.name, { at: Date.now(), bytes });
         return;
       }
-      const target = await connect(await this.connections.endpoint(def.target), { applicationName: 'pg_live_sync_monitor' });
-      try {
-        const source = def.source && this.connections.get(def.source) ? await connect(await this.connections.endpoint(def.source), { applicationName: 'pg_live_sync_monitor' }).catch(() => null) : null;
-        try {
-          const report = await readSyncReport(target, def.name, source);
-          if (report) {
-            tracker.add(readingFromReport(report, Date.now(), this.isPaused(def.name) ? 'paused' : 'stopped'));
-            this.changed.fire(def.name);
-          }
-        } finally {
-          await source?.end().catch(() => undefined);
-        }
-      } finally {
-        await target.end();
+      const targetEp = await this.connections.endpoint(def.target);
+      const sourceEp = def.source && this.connections.get(def.source) ? await this.connections.endpoint(def.source) : null;
+      const report = await this.monitor.use(targetEp, async (target) => {
+        // Without the source the report still has the target's side: states, positions, errors.
+        if (!sourceEp) return readSyncReport(target, def.name, null);
+        return this.monitor.use(sourceEp, (source) => readSyncReport(target, def.name, source)).catch(() => readSyncReport(target, def.name, null));
+      });
+      if (report) {
+        tracker.add(readingFromReport(report, Date.now(), this.isPaused(def.name) ? 'paused' : 'stopped'));
+        this.changed.fire(def.name);
       }
       this.pollErrors.delete(def.name);
     } catch (err) {

@@ -191,7 +191,7 @@ export class SyncsTree implements vscode.TreeDataProvider<SyncsNode> {
       item.tooltip = `${t.schema}.${t.table} > ${t.targetSchema}.${t.targetTable}: ${word}${t.lastError ? `\n${t.lastError}` : ''}`;
       item.iconPath = t.lastError ? new vscode.ThemeIcon('error') : new vscode.ThemeIcon(t.state === 'r' ? 'pass' : t.removed ? 'circle-slash' : 'sync');
     }
-    item.contextValue = 'syncTable';
+    item.contextValue = this.syncs.definition(node.sync)?.attach ? 'syncTable-attached' : 'syncTable';
     return item;
   }
 
