@@ -412,12 +412,47 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     }
     await poll('the attached panel to show lag 0 once the CLI applied everything', async () =>
       (await panel.locator('#lag-bytes').getAttribute('data-lag-bytes', { timeout: 1_000 }).catch(() => null)) === '0', SLOW_TIMEOUT, 200);
+    // Watching reads the target every two seconds over one kept session, not a new one each time.
+    const monitorPids = async () => (await tgt().query('postgres',
+      `SELECT coalesce(array_agg(pid ORDER BY pid), '{}') AS pids FROM pg_stat_activity WHERE application_name = 'pg_live_sync_monitor' AND datname = $1`, [cliDb])).rows[0].pids as number[];
+    const sessions = await monitorPids();
+    assert.equal(sessions.length, 1, `one monitor session on the target database: ${sessions}`);
+    const readAt = async () => Number(await panel.locator('#updated-at').getAttribute('data-updated-at', { timeout: 1_000 }).catch(() => 0));
+    const firstRead = await readAt();
+    await poll('two more reads of the target state', async () => (await readAt()) >= firstRead + 3_000, SLOW_TIMEOUT, 200);
+    assert.deepEqual(await monitorPids(), sessions, 'the same monitor session after more reads');
     assert.equal(await finish(cliRun), 0, `the CLI stops cleanly on SIGINT:\n${tail(cliRun.output())}`);
     await poll('the attached panel to see the CLI stop', async () =>
       (await panel.locator('#sync-activity').getAttribute('data-activity', { timeout: 1_000 }).catch(() => null)) === 'stopped', SLOW_TIMEOUT, 200);
     const dropped = await runCli(['drop', '--source', url(src(), db), '--target', url(tgt(), cliDb), '--subscription', CLI_SYNC]);
     assert.equal(dropped.code, 0, dropped.stderr);
   }, SYNC_TIMEOUT + 3 * 60_000);
+
+  step('Edit Connection to fields (the stored password kept), then Remove Connection', async () => {
+    await w().clearNotifications();
+    await w().runCommand('Edit Connection');
+    await w().pick('walreplica', /Edit Connection/);
+    await w().answerInput('walreplica', /Connection name/);
+    await w().pick('Host, port, database, user', /How to connect/);
+    await w().answerInput('127.0.0.1', /Host/);
+    await w().answerInput(String(walReplica!.port), /Port/);
+    await w().answerInput('postgres', /Database/);
+    await w().answerInput('postgres', /User/);
+    await w().pick('disable', /sslmode/);
+    // Empty keeps the password already in secret storage: the test after saving proves it was kept.
+    await w().answerInput('', /empty keeps the stored one/);
+    const note = await w().waitForNotification(/Connected to walreplica/);
+    assert.match(note, /wal_level replica/);
+    const settings = JSON.parse(readFileSync(path.join(w().dirs.userData, 'User', 'settings.json'), 'utf8'));
+    const entry = settings['pgLiveSync.connections'].find((c: { name: string }) => c.name === 'walreplica');
+    assert.deepEqual(entry, { name: 'walreplica', host: '127.0.0.1', port: walReplica!.port, database: 'postgres', user: 'postgres', sslmode: 'disable' });
+    await w().runCommand('Remove Connection');
+    await w().pick('walreplica', /Remove Connection/);
+    assert.match(await w().clickDialogButton('Remove'), /Remove connection walreplica\?/);
+    await w().treeItem('Connections', /^walreplica\b/).waitFor({ state: 'detached', timeout: SLOW_TIMEOUT });
+    await poll('walreplica gone from the user settings', async () =>
+      !JSON.parse(readFileSync(path.join(w().dirs.userData, 'User', 'settings.json'), 'utf8'))['pgLiveSync.connections'].some((c: { name: string }) => c.name === 'walreplica'), UI_TIMEOUT, 200);
+  });
 
   step('no password in settings or anywhere VS Code keeps files', async () => {
     const userSettings = path.join(w().dirs.userData, 'User', 'settings.json');
