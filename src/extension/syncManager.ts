@@ -164,6 +164,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
       await target.end();
     }
     this.log.info(`sync ${name}: ${key} sent back to init; it is copied afresh through its own slot`);
+    await this.setPaused(name, false);
     await this.startRun(def);
   }
 
