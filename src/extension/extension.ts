@@ -5,6 +5,7 @@ import { ProgressPanel } from './panel';
 import { SqlCommands } from './sqlCommands';
 import { SyncStatusBar } from './statusBar';
 import { SyncManager } from './syncManager';
+import { askAttach, askNewSync } from './syncPrompts';
 import { ConnectionsTree, SyncsTree, type ConnectionsNode, type SyncsNode } from './tree';
 
 let manager: SyncManager | null = null;
@@ -62,7 +63,10 @@ export function activate(context: vscode.ExtensionContext): void {
     removeTableFromPublication: (n?: ConnectionsNode) =>
       sql.removeTable(conn(n), n?.kind === 'publication' ? n.name : n?.kind === 'table' ? n.publication : undefined, n?.kind === 'table' ? n.info : undefined),
     runSql: (n?: ConnectionsNode) => sql.runEditorSql(n?.kind === 'connection' ? n.name : undefined),
-    startSync: (n?: ConnectionsNode) => syncs.startInteractive(n?.kind === 'publication' ? { source: n.connection, publication: n.name } : undefined),
+    startSync: async (n?: ConnectionsNode) => {
+      const def = await askNewSync(connections, syncs.names(), n?.kind === 'publication' ? { source: n.connection, publication: n.name } : undefined);
+      if (def) await syncs.create(def);
+    },
     stopSync: async (n?: SyncsNode) => {
       const name = await syncName(n, 'Stop Sync', (d) => syncs.isRunning(d.name));
       if (name) await syncs.stop(name);
@@ -79,7 +83,10 @@ export function activate(context: vscode.ExtensionContext): void {
       const name = await syncName(n, 'Drop Sync');
       if (name) await syncs.drop(name);
     },
-    attachSync: () => syncs.attachInteractive(),
+    attachSync: async () => {
+      const def = await askAttach(connections);
+      if (def) await syncs.attach(def);
+    },
     resyncTable: async (n?: SyncsNode) => {
       if (n?.kind !== 'syncTable') return;
       const answer = await vscode.window.showWarningMessage(`Resync ${n.key} in sync ${n.sync}?`, { modal: true, detail: 'The table is emptied on the target and copied afresh; the other tables go on.' }, 'Resync');

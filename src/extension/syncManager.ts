@@ -1,17 +1,14 @@
-import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
-import { appendFileSync } from 'node:fs';
 import * as vscode from 'vscode';
 import { connect, type Endpoint } from '../engine/connection';
 import { errorMessage } from '../engine/errors';
-import { listPublications } from '../engine/probe';
 import { readSyncReport, dropSync } from '../engine/report';
-import { slotInfo, slotNameFor, validateSubscriptionName } from '../engine/slot';
+import { slotInfo, slotNameFor } from '../engine/slot';
 import { resetTableForResync } from '../engine/state';
-import { parseTableMap } from '../engine/tablemap';
 import type { TableMap } from '../engine/types';
 import type { PanelAction } from '../../webview/protocol';
 import type { ConnectionStore } from './connections';
 import { EngineProcess } from './engineProcess';
+import { LoopDelayMonitor } from './loopDelay';
 import { MonitorClients } from './monitorClients';
 import type { PanelSnapshot, PanelSource } from './panelSource';
 import { readingFromReport, readingFromStatus, sanitizeSyncDefinition, SyncTracker, type SyncDefinition } from './syncModel';
@@ -21,7 +18,6 @@ const KEY = 'syncs';
 const RUNNING_AT_CLOSE = 'pgLiveSync.runningAtClose';
 const PAUSED = 'pgLiveSync.paused';
 const SLOT_POLL_MS = 5_000;
-const LOOP_RESOLUTION_MS = 10;
 
 interface LocalRun {
   process: EngineProcess;
@@ -44,16 +40,16 @@ export class SyncManager implements PanelSource, vscode.Disposable {
   private readonly timer: NodeJS.Timeout;
   private polling = false;
   private shuttingDown = false;
-  private loopDelay: IntervalHistogram | null = null;
-  private loopTimer: NodeJS.Timeout | null = null;
   private readonly disposables: vscode.Disposable[] = [];
   private readonly monitor = new MonitorClients();
+  private readonly loopDelay: LoopDelayMonitor;
 
   constructor(
     private readonly context: vscode.ExtensionContext,
     private readonly connections: ConnectionStore,
     private readonly log: vscode.LogOutputChannel,
   ) {
+    this.loopDelay = new LoopDelayMonitor((line) => this.log.info(line));
     const seconds = vscode.workspace.getConfiguration(SECTION).get<number>('statusRefreshSeconds', 2);
     this.timer = setInterval(() => void this.poll(), Math.max(1, seconds) * 1000);
     this.disposables.push(vscode.workspace.onDidChangeConfiguration((e) => {
@@ -64,7 +60,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
 
   dispose(): void {
     clearInterval(this.timer);
-    this.stopLoopMonitor();
+    this.loopDelay.stop();
     this.monitor.dispose();
     for (const d of this.disposables) d.dispose();
     this.changed.dispose();
@@ -170,111 +166,16 @@ export class SyncManager implements PanelSource, vscode.Disposable {
 
   // ---- commands -------------------------------------------------------------------------------
 
-  /** Start Sync: asks for everything, saves the named sync, runs it. */
-  async startInteractive(preset?: { source?: string; publication?: string }): Promise<void> {
-    const title = 'Start Sync';
-    const source = preset?.source ?? (await this.connections.pick(`${title} (1/7): source connection`, [], true));
-    if (!source) return;
-    const target = await this.connections.pick(`${title} (2/7): target connection`, [source], true);
-    if (!target) return;
-    const client = await connect(await this.connections.endpoint(source));
-    let pubs: { name: string; tableCount: number }[];
-    try {
-      pubs = await listPublications(client);
-    } finally {
-      await client.end();
-    }
-    if (pubs.length === 0) {
-      void vscode.window.showWarningMessage(`${source} has no publication; create one first (Postgres Live Sync: Create Publication).`);
-      return;
-    }
-    const picked = await vscode.window.showQuickPick(
-      pubs.map((p) => ({ label: p.name, description: `${p.tableCount} tables`, picked: pubs.length === 1 || p.name === preset?.publication })),
-      { title: `${title} (3/7): publications`, canPickMany: true, placeHolder: 'Publications to sync', ignoreFocusOut: true },
-    );
-    if (!picked || picked.length === 0) return;
-    const taken = this.names();
-    const suggested = `${source}_to_${target}`.toLowerCase().replace(/[^a-z0-9_]/g, '_').slice(0, 40);
-    const name = await vscode.window.showInputBox({
-      title: `${title} (4/7): sync name (the subscription)`, value: suggested, ignoreFocusOut: true,
-      prompt: 'Names the replication slot (pg_live_sync_<name>) and the state on the target',
-      validateInput: (v) => {
-        try {
-          validateSubscriptionName(v);
-        } catch (err) {
-          return errorMessage(err);
-        }
-        return taken.includes(v) ? `A sync named ${v} exists already` : null;
-      },
-    });
-    if (name === undefined) return;
-    const mapText = await vscode.window.showInputBox({
-      title: `${title} (5/7): table map (optional)`, ignoreFocusOut: true,
-      prompt: 'JSON maps, one per line or an array, e.g. {"source":{"schema":"public"},"target":{"schema":"mirror"}}; empty: same names',
-      validateInput: (v) => {
-        try {
-          parseMaps(v);
-          return null;
-        } catch (err) {
-          return errorMessage(err);
-        }
-      },
-    });
-    if (mapText === undefined) return;
-    const workers = await vscode.window.showInputBox({
-      title: `${title} (6/7): table sync workers`, value: '4', ignoreFocusOut: true, prompt: 'Tables copied in parallel (1 to 64)',
-      validateInput: (v) => (/^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 64 ? null : 'A whole number from 1 to 64'),
-    });
-    if (workers === undefined) return;
-    const copy = await vscode.window.showQuickPick(
-      [
-        { label: 'Copy existing rows, then stream changes', copyData: true },
-        { label: 'Stream changes only', copyData: false, detail: 'the target already holds the rows' },
-      ],
-      { title: `${title} (7/7): initial copy`, ignoreFocusOut: true },
-    );
-    if (!copy) return;
-    const def: SyncDefinition = {
-      name, source, target, publications: picked.map((p) => p.label), tableMaps: parseMaps(mapText),
-      tableSyncWorkers: Number(workers), copyData: copy.copyData, attach: false,
-    };
+  /** A new named sync (from Start Sync's prompts): saved, then run. */
+  async create(def: SyncDefinition): Promise<void> {
     await this.saveDefinition(def);
     await this.startRun(def);
   }
 
-  /** Attach to a sync run elsewhere: pick the target, then one of the subscriptions in its state. */
-  async attachInteractive(): Promise<void> {
-    const target = await this.connections.pick('Attach to Sync (1/3): target connection', [], true);
-    if (!target) return;
-    const client = await connect(await this.connections.endpoint(target));
-    let subs: { subname: string; source: string; publications: string[] }[] = [];
-    try {
-      const present = await client.query(`SELECT to_regclass('_pg_live_sync.subscription') IS NOT NULL AS p`);
-      if (present.rows[0].p) subs = (await client.query('SELECT subname, source, publications FROM _pg_live_sync.subscription ORDER BY 1')).rows;
-    } finally {
-      await client.end();
-    }
-    if (subs.length === 0) {
-      void vscode.window.showWarningMessage(`${target} holds no sync state (_pg_live_sync); start a sync first.`);
-      return;
-    }
-    const sub = await vscode.window.showQuickPick(
-      subs.map((s) => ({ label: s.subname, description: `from ${s.source}`, detail: `publications ${s.publications.join(', ')}` })),
-      { title: 'Attach to Sync (2/3): sync', ignoreFocusOut: true },
-    );
-    if (!sub) return;
-    const others = this.connections.list().filter((c) => c.name !== target);
-    const sourcePick = await vscode.window.showQuickPick(
-      [...others.map((c) => ({ label: c.name, description: this.connections.describe(c) })), { label: 'No source connection', description: 'no lag in bytes or retained WAL' }],
-      { title: 'Attach to Sync (3/3): source connection (read-only, for lag and retained WAL)', ignoreFocusOut: true },
-    );
-    if (!sourcePick) return;
-    const found = subs.find((s) => s.subname === sub.label)!;
-    await this.saveDefinition({
-      name: sub.label, source: sourcePick.label === 'No source connection' ? '' : sourcePick.label, target,
-      publications: found.publications, tableMaps: [], tableSyncWorkers: 4, copyData: true, attach: true,
-    });
-    this.log.info(`attached read-only to sync ${sub.label} on ${target}`);
+  /** A sync run elsewhere (from Attach's prompts): saved, then watched from the target. */
+  async attach(def: SyncDefinition): Promise<void> {
+    await this.saveDefinition(def);
+    this.log.info(`attached read-only to sync ${def.name} on ${def.target}`);
     void this.poll();
   }
 
@@ -360,7 +261,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
               this.log.info(`sync ${def.name}: stopped; everything applied is kept on the target`);
             }
             tracker.setActivity(error ? 'error' : run.pausing ? 'paused' : 'stopped', error);
-            if (this.runs.size === 0) this.stopLoopMonitor();
+            if (this.runs.size === 0) this.loopDelay.stop();
             // A run that ended on its own is not one to offer again; one stopped by closing VS Code is.
             if (!this.shuttingDown) void this.rememberRunning();
             this.changed.fire(def.name);
@@ -371,7 +272,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
     };
     this.runs.set(def.name, run);
     this.log.info(`sync ${def.name}: started (engine process ${run.process.pid}) from ${def.source} to ${def.target}, publications ${def.publications.join(', ')}`);
-    this.startLoopMonitor();
+    this.loopDelay.start();
     await this.rememberRunning();
     this.changed.fire(def.name);
   }
@@ -477,52 +378,4 @@ export class SyncManager implements PanelSource, vscode.Disposable {
       }
     }
   }
-
-  /**
-   * The extension host's event-loop delay while syncs run here, logged every 30 s, so "the
-   * engine never freezes VS Code" is measured, not assumed.
-   */
-  private startLoopMonitor(): void {
-    if (this.loopDelay) return;
-    this.loopDelay = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
-    this.loopDelay.enable();
-    this.loopTimer = setInterval(() => this.reportLoopDelay(), 30_000);
-    this.loopTimer.unref();
-  }
-
-  private reportLoopDelay(): void {
-    const h = this.loopDelay;
-    if (!h || h.count === 0) return;
-    // The histogram records the whole interval between checks; the delay is what exceeds the resolution.
-    const ms = (ns: number) => Math.max(0, Math.round((ns / 1e6 - LOOP_RESOLUTION_MS) * 10) / 10);
-    const line = { p50: ms(h.percentile(50)), p99: ms(h.percentile(99)), max: ms(h.max), samples: h.count, syncs: this.runs.size };
-    this.log.info(`extension host event-loop delay over the last 30 s: p50 ${line.p50} ms, p99 ${line.p99} ms, max ${line.max} ms`);
-    const file = process.env.PG_LIVE_SYNC_DIAGNOSTICS_FILE;
-    if (file) appendFileSync(file, JSON.stringify({ at: new Date().toISOString(), eventLoopDelayMs: line }) + '\n');
-    h.reset();
-  }
-
-  private stopLoopMonitor(): void {
-    if (this.loopTimer) clearInterval(this.loopTimer);
-    this.reportLoopDelay();
-    this.loopDelay?.disable();
-    this.loopDelay = null;
-    this.loopTimer = null;
-  }
-
-  /** For the e2e suite and the curious: flush the event-loop figures now. */
-  flushDiagnostics(): void {
-    this.reportLoopDelay();
-  }
-}
-
-function parseMaps(text: string): TableMap[] {
-  const t = text.trim();
-  if (!t) return [];
-  if (t.startsWith('[')) {
-    const arr = JSON.parse(t) as unknown[];
-    if (!Array.isArray(arr)) throw new Error('a table map list is a JSON array');
-    return arr.map((m) => parseTableMap(JSON.stringify(m)));
-  }
-  return t.split('\n').filter((l) => l.trim()).map((l) => parseTableMap(l));
 }
