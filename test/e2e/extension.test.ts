@@ -428,6 +428,37 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     assert.equal(dropped.code, 0, dropped.stderr);
   }, SYNC_TIMEOUT + 3 * 60_000);
 
+  step('Create Publication, Add Table to Publication, Remove Table from Publication', async () => {
+    const pubTables = async () => (await src().query(db, `SELECT tablename FROM pg_publication_tables WHERE pubname = 'extra_pub' ORDER BY 1`)).rows.map((r) => r.tablename);
+    await w().clearNotifications();
+    await w().runCommand('Create Publication');
+    await w().pick('source', /connection/i);
+    await w().pickMany(['public.audit_log', 'public.customers'], /tables/i);
+    await w().answerInput('extra_pub', /name/i);
+    assert.match(await w().clickDialogButton('Run'), /Create publication extra_pub with 2 table\(s\) on source/);
+    await w().waitForNotification(/Ran 1 statement\(s\) on source/);
+    assert.deepEqual(await pubTables(), ['audit_log', 'customers']);
+    await w().runCommand('Add Table to Publication');
+    await w().pick('source', /connection/i);
+    await w().pick('extra_pub', /publication/i);
+    await w().pickMany(['public.events'], /Add Table to Publication extra_pub/);
+    await w().clickDialogButton('Run');
+    await poll('events added to extra_pub', async () => (await pubTables()).includes('events'), UI_TIMEOUT, 200);
+    await w().runCommand('Remove Table from Publication');
+    await w().pick('source', /connection/i);
+    await w().pick('extra_pub', /publication/i);
+    await w().pickMany(['public.customers'], /Remove Table from Publication extra_pub/);
+    await w().clickDialogButton('Run');
+    await poll('customers removed from extra_pub', async () => !(await pubTables()).includes('customers'), UI_TIMEOUT, 200);
+    assert.deepEqual(await pubTables(), ['audit_log', 'events']);
+    // The tree follows: source > extra_pub lists what the server says.
+    await w().expand(w().treeItem('Connections', /^source\b/));
+    await poll('extra_pub in the tree with 2 tables', async () => {
+      const item = w().treeItem('Connections', /^extra_pub\b/);
+      return (await item.isVisible()) && /^2 tables/.test((await w().itemText(item)).description);
+    }, SLOW_TIMEOUT, 200);
+  });
+
   step('Edit Connection to fields (the stored password kept), then Remove Connection', async () => {
     await w().clearNotifications();
     await w().runCommand('Edit Connection');
