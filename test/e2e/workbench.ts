@@ -13,6 +13,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeF
 import os from 'node:os';
 import path from 'node:path';
 import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
+import { waitFor } from '../harness/sync';
 
 export const REPO = path.resolve(__dirname, '../..');
 export const ARTIFACTS = path.join(REPO, 'test-artifacts', 'e2e');
@@ -158,25 +159,9 @@ export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 /** Thrown from a probe to stop polling at once (e.g. VS Code showed an error dialog). */
 export class FatalError extends Error {}
 
-/** Polls `probe` until truthy; throws with `what` (and the last error / value description) on timeout. */
-export async function poll<T>(what: string, probe: () => Promise<T | undefined | null | false>, timeoutMs = UI_TIMEOUT, everyMs = 100, describe?: () => Promise<string>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastErr: unknown;
-  for (;;) {
-    try {
-      const v = await probe();
-      if (v) return v;
-    } catch (err) {
-      if (err instanceof FatalError) throw err;
-      lastErr = err;
-    }
-    if (Date.now() > deadline) {
-      let extra = '';
-      if (describe) extra = await describe().catch((e) => `(could not describe: ${String(e)})`);
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${String(lastErr).split('\n')[0]}` : ''}${extra ? `\n${extra}` : ''}`);
-    }
-    await sleep(everyMs);
-  }
+/** The harness's waitFor with UI timeouts; a FatalError from the probe (e.g. an error dialog) ends it at once. */
+export function poll<T>(what: string, probe: () => Promise<T | undefined | null | false>, timeoutMs = UI_TIMEOUT, everyMs = 100, describe?: () => Promise<string>): Promise<T> {
+  return waitFor(what, probe, timeoutMs, everyMs, { describe, fatal: (err) => err instanceof FatalError });
 }
 
 const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

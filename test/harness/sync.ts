@@ -129,7 +129,15 @@ export async function runCli(args: string[], env: Record<string, string> = {}, t
   return { code, stdout, stderr, ms: Date.now() - started };
 }
 
-export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | null | false>, timeoutMs = 60_000, everyMs = 100): Promise<T> {
+export interface WaitOptions {
+  /** Adds context to the timeout error (what the UI showed, the last value seen). */
+  describe?: () => Promise<string>;
+  /** An error from the probe that ends the wait at once instead of being retried. */
+  fatal?: (err: unknown) => boolean;
+}
+
+/** Polls `probe` until truthy; on timeout throws naming `what`, the last probe error and `describe()`. */
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | null | false>, timeoutMs = 60_000, everyMs = 100, opts: WaitOptions = {}): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let lastErr: unknown;
   for (;;) {
@@ -137,9 +145,13 @@ export async function waitFor<T>(what: string, probe: () => Promise<T | undefine
       const v = await probe();
       if (v) return v;
     } catch (err) {
+      if (opts.fatal?.(err)) throw err;
       lastErr = err;
     }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`);
+    if (Date.now() > deadline) {
+      const extra = opts.describe ? await opts.describe().catch((e) => `(could not describe: ${String(e)})`) : '';
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${String(lastErr).split('\n')[0]}` : ''}${extra ? `\n${extra}` : ''}`);
+    }
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
