@@ -438,18 +438,22 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     assert.match(await w().clickDialogButton('Run'), /Create publication extra_pub with 2 table\(s\) on source/);
     await w().waitForNotification(/Ran 1 statement\(s\) on source/);
     assert.deepEqual(await pubTables(), ['audit_log', 'customers']);
+    await w().clearNotifications();
     await w().runCommand('Add Table to Publication');
     await w().pick('source', /connection/i);
     await w().pick('extra_pub', /publication/i);
     await w().pickMany(['public.events'], /Add Table to Publication extra_pub/);
     await w().clickDialogButton('Run');
-    await poll('events added to extra_pub', async () => (await pubTables()).includes('events'), UI_TIMEOUT, 200);
+    // The results editor opens before this notification; a palette opened earlier would lose focus to it.
+    await w().waitForNotification(/Ran 1 statement\(s\) on source/);
+    assert.ok((await pubTables()).includes('events'), 'events added to extra_pub');
+    await w().clearNotifications();
     await w().runCommand('Remove Table from Publication');
     await w().pick('source', /connection/i);
     await w().pick('extra_pub', /publication/i);
     await w().pickMany(['public.customers'], /Remove Table from Publication extra_pub/);
     await w().clickDialogButton('Run');
-    await poll('customers removed from extra_pub', async () => !(await pubTables()).includes('customers'), UI_TIMEOUT, 200);
+    await w().waitForNotification(/Ran 1 statement\(s\) on source/);
     assert.deepEqual(await pubTables(), ['audit_log', 'events']);
     // The tree follows: source > extra_pub lists what the server says.
     await w().expand(w().treeItem('Connections', /^source\b/));
