@@ -1,4 +1,4 @@
-// The tables grid: one row per table, keyed by `schema.table`. Updates touch only the rows that
+// The tables grid: one row per table, keyed by its quoted name (PanelTable.key). Updates touch only the rows that
 // changed (and only the cells whose text changed); sorting moves only the rows that are out of
 // place; filtering toggles a class. Nothing re-creates the grid.
 //
@@ -321,13 +321,14 @@ export class TableGrid {
     const fraction = copyFraction(t);
     row.word = word;
     row.fraction = fraction ?? 0;
+    const source = `${t.schema}.${t.table}`;
     const target = `${t.targetSchema}.${t.targetTable}`;
-    row.haystack = `${t.key}\n${target}\n${word}`.toLowerCase();
+    row.haystack = `${source}\n${target}\n${word}`.toLowerCase();
 
-    setText(row.src, t.key);
+    setText(row.src, source);
     setText(row.dst, target);
-    toggleClass(row.dst, 'same', target === t.key);
-    setAttr(row.cells.table, 'title', `${t.key} → ${target}`);
+    toggleClass(row.dst, 'same', t.schema === t.targetSchema && t.table === t.targetTable);
+    setAttr(row.cells.table, 'title', `${source} → ${target}`);
 
     setText(row.stateWord, word);
     setAttr(row.cells.state, 'data-state', word);

@@ -4,7 +4,7 @@
  * the fix; exit 1 for failures, 2 for usage errors.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { connect, describeEndpoint } from '../engine/connection';
+import { connect, describeEndpoint, qualified, tableKey } from '../engine/connection';
 import { connectorRoleSql, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
 import { formatBytes } from '../engine/copy';
 import { SyncEngine } from '../engine/engine';
@@ -144,10 +144,10 @@ function progressReporter(): (s: SyncStatus) => void {
   let lastSummary = 0;
   return (s) => {
     for (const t of s.tables) {
-      const k = `${t.schema}.${t.table}`;
+      const k = tableKey(t.schema, t.table);
       if (lastState.get(k) !== t.state) {
         lastState.set(k, t.state);
-        log('info', `table ${k} -> ${t.targetSchema}.${t.targetTable}: ${TABLE_STATE_WORDS[t.state]} (${t.state}), ${t.rowsCopied} rows, ${formatBytes(t.bytesCopied)}`);
+        log('info', `table ${k} -> ${qualified(t.targetSchema, t.targetTable)}: ${TABLE_STATE_WORDS[t.state]} (${t.state}), ${t.rowsCopied} rows, ${formatBytes(t.bytesCopied)}`);
       }
     }
     const now = Date.now();
@@ -157,7 +157,7 @@ function progressReporter(): (s: SyncStatus) => void {
     if (s.phase === 'copying') {
       const copying = s.tables.filter((t) => t.state === 'd');
       const done = s.tables.filter((t) => t.state !== 'i' && t.state !== 'd').length;
-      log('info', `copy: ${done}/${s.tables.length} tables done; ${copying.map((t) => `${t.schema}.${t.table} ${t.rowsCopied}/~${t.approximateRows} rows`).join(', ')}`);
+      log('info', `copy: ${done}/${s.tables.length} tables done; ${copying.map((t) => `${tableKey(t.schema, t.table)} ${t.rowsCopied}/~${t.approximateRows} rows`).join(', ')}`);
     } else if (s.phase === 'streaming') {
       log('info', `streaming: applied ${s.appliedLsn === null ? '-' : formatLsn(s.appliedLsn)}, lag ${formatBytes(s.lagBytes)} / ${s.lagSeconds.toFixed(1)} s, ${s.transactionsApplied} transactions, ${s.changesApplied} changes`);
     }
@@ -235,7 +235,7 @@ function tableRows(tables: TableProgress[]): string {
   const rows = [['TABLE', 'TARGET', 'STATE', 'ROWS COPIED', 'BYTES COPIED', 'LAST ERROR']];
   for (const t of tables) {
     const state = t.removed ? `${t.state} removed from publication` : `${t.state} ${TABLE_STATE_WORDS[t.state]}${t.lastError ? ' (error)' : ''}`;
-    rows.push([`${t.schema}.${t.table}`, `${t.targetSchema}.${t.targetTable}`, state, `${t.rowsCopied}`, formatBytes(t.bytesCopied), t.lastError ?? '']);
+    rows.push([tableKey(t.schema, t.table), qualified(t.targetSchema, t.targetTable), state, `${t.rowsCopied}`, formatBytes(t.bytesCopied), t.lastError ?? '']);
   }
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n');

@@ -12,7 +12,7 @@
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { targetColumns } from './catalog';
-import { emptyTables, qualified, quoteIdent } from './connection';
+import { emptyTables, qualified, quoteIdent, tableKey } from './connection';
 import { errorMessage, SyncError } from './errors';
 import type { Lsn } from './lsn';
 import { UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './stream';
@@ -32,6 +32,12 @@ interface RelationPlan {
   types: string[];
   keyIndexes: number[];
   full: boolean;
+  /** Per column: GENERATED ALWAYS AS IDENTITY on the target, which an UPDATE may not set. */
+  alwaysIdentity: boolean[];
+  /** A non-key column is such an identity: its updates cannot be batched (see updateOne). */
+  identityOutsideKey: boolean;
+  /** Quoted target columns the source does not send (generated ones excluded): kept when a row is replaced. */
+  targetOnly: string[];
 }
 
 /** Consecutive changes that one statement can apply: same table, same operation, same shape. */
@@ -148,7 +154,7 @@ export class Applier {
         if (!plan) return;
         const shape = change.new.map((v) => (v === UNCHANGED_TOAST ? '0' : '1')).join('');
         // A key change (old key sent) or FULL identity needs the old values: one row at a time.
-        if (plan.full || change.key || plan.keyIndexes.length === 0) {
+        if (plan.full || change.key || plan.keyIndexes.length === 0 || plan.identityOutsideKey) {
           await this.flush();
           return this.updateOne(plan, change.key ?? change.old ?? change.new, change.new);
         }
@@ -203,7 +209,10 @@ export class Applier {
     const keyMatch = plan.keyIndexes.map((i) => `t.${plan.columns[i]} = ${val(i)}`).join(' AND ');
     let sql: string;
     if (b.op === 'update') {
-      const sets = [...b.shape].flatMap((s, i) => (s === '1' ? [`${plan.columns[i]} = ${val(i)}`] : []));
+      // Key columns are equal by construction (a key change goes through updateOne), and setting an
+      // identity key is refused by the target.
+      const sets = [...b.shape].flatMap((s, i) => (s === '1' && !plan.keyIndexes.includes(i) ? [`${plan.columns[i]} = ${val(i)}`] : []));
+      if (sets.length === 0) return;
       sql = `UPDATE ${plan.targetName} AS t SET ${sets.join(', ')} FROM ${source} WHERE ${keyMatch}`;
     } else {
       sql = `DELETE FROM ${plan.targetName} AS t USING ${source} WHERE ${keyMatch}`;
@@ -277,19 +286,25 @@ export class Applier {
     const targetName = qualified(table.target.schema, table.target.table);
     const cols = await targetColumns(this.target, table.target);
     if (!cols) throw new SyncError(`target table ${targetName} (for ${sourceName}) no longer exists, renamed or dropped on the target; restore it under that name and run again`, 'target_table');
-    const byName = new Map(cols.filter((c) => !c.generated).map((c) => [c.name, c.type]));
+    // Stored generated columns are the target's to compute: never written, never read back.
+    const byName = new Map(cols.filter((c) => !c.generated).map((c) => [c.name, c]));
     const missing = relation.columns.find((c) => !byName.has(c.name));
     if (missing) {
-      throw new SyncError(`source table ${sourceName} has column ${quoteIdent(missing.name)} that target table ${targetName} lacks; add it on the target (ALTER TABLE ${targetName} ADD COLUMN ...) and run again`, 'target_column');
+      throw new SyncError(`source table ${sourceName} has column ${quoteIdent(missing.name)} that target table ${targetName} lacks (or computes as a generated column); add it on the target (ALTER TABLE ${targetName} ADD COLUMN ...) and run again`, 'target_column');
     }
+    const sent = new Set(relation.columns.map((c) => c.name));
+    const alwaysIdentity = relation.columns.map((c) => byName.get(c.name)!.alwaysIdentity);
     return {
       relation,
       key,
       targetName,
       columns: relation.columns.map((c) => quoteIdent(c.name)),
-      types: relation.columns.map((c) => byName.get(c.name)!),
+      types: relation.columns.map((c) => byName.get(c.name)!.type),
       keyIndexes: relation.columns.flatMap((c, i) => (c.isKey ? [i] : [])),
       full: relation.replicaIdentity === 'full',
+      alwaysIdentity,
+      identityOutsideKey: relation.columns.some((c, i) => alwaysIdentity[i] && !c.isKey),
+      targetOnly: [...byName.values()].filter((c) => !sent.has(c.name)).map((c) => quoteIdent(c.name)),
     };
   }
 
@@ -324,17 +339,54 @@ export class Applier {
       .join(' AND ');
   }
 
+  /**
+   * The target refuses to UPDATE a GENERATED ALWAYS identity column to a value, which native
+   * replication does. Such columns are left out of the SET and required to be unchanged instead;
+   * when one did change, the row is replaced (see replaceRow).
+   */
   private async updateOne(plan: RelationPlan, identity: Tuple, row: Tuple): Promise<void> {
     const params: (string | null)[] = [];
     const sets: string[] = [];
+    const unchangedIdentity: string[] = [];
     row.forEach((v, i) => {
       if (v === UNCHANGED_TOAST) return; // the target already holds it; never overwrite
       params.push(v);
-      sets.push(`${plan.columns[i]} = $${params.length}`);
+      if (plan.alwaysIdentity[i]) unchangedIdentity.push(`${plan.columns[i]} IS NOT DISTINCT FROM $${params.length}::${plan.types[i]}`);
+      else sets.push(`${plan.columns[i]} = $${params.length}`);
     });
-    if (sets.length === 0) return;
+    if (sets.length === 0 && unchangedIdentity.length === 0) return;
     const where = this.whereClause(plan, identity, params);
+    if (unchangedIdentity.length > 0) {
+      const matches = [`(${where})`, ...unchangedIdentity].join(' AND ');
+      const sql = sets.length > 0
+        ? `UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${matches}`
+        : `SELECT 1 FROM ${plan.targetName} WHERE ${matches} LIMIT 1`;
+      const r = await this.exec(plan, 'update', () => this.target.query(sql, params));
+      if (r.rowCount === 0) await this.replaceRow(plan, identity, row);
+      return;
+    }
     const r = await this.exec(plan, 'update', () => this.target.query(`UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${where}`, params));
+    if (r.rowCount === 0) this.missingRows('update', plan, 1);
+  }
+
+  /**
+   * An update that changes a GENERATED ALWAYS identity column: the old row is deleted and the new
+   * one inserted with OVERRIDING SYSTEM VALUE in one statement; unchanged TOAST values and the
+   * columns only the target has are carried over from the deleted row.
+   */
+  private async replaceRow(plan: RelationPlan, identity: Tuple, row: Tuple): Promise<void> {
+    const params: (string | null)[] = [];
+    const where = this.whereClause(plan, identity, params);
+    const values = row.map((v, i) => {
+      if (v === UNCHANGED_TOAST) return `d.${plan.columns[i]}`;
+      params.push(v);
+      return `$${params.length}::${plan.types[i]}`;
+    });
+    const columns = [...plan.columns, ...plan.targetOnly];
+    values.push(...plan.targetOnly.map((c) => `d.${c}`));
+    const sql = `WITH d AS (DELETE FROM ${plan.targetName} WHERE ${where} RETURNING *)
+      INSERT INTO ${plan.targetName} (${columns.join(', ')}) OVERRIDING SYSTEM VALUE SELECT ${values.join(', ')} FROM d`;
+    const r = await this.exec(plan, 'update', () => this.target.query(sql, params));
     if (r.rowCount === 0) this.missingRows('update', plan, 1);
   }
 
@@ -367,8 +419,4 @@ const COPY_ESCAPES = /[\\\n\r\t]/g;
 const COPY_ESCAPED: Record<string, string> = { '\\': '\\\\', '\n': '\\n', '\r': '\\r', '\t': '\\t' };
 function escapeCopyChar(ch: string): string {
   return COPY_ESCAPED[ch];
-}
-
-function tableKey(schema: string, table: string): string {
-  return `${schema}\u0000${table}`;
 }

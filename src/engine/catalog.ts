@@ -39,7 +39,7 @@ export async function listPublishedTables(client: pg.Client, publications: strin
          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
         WHERE pt.pubname = ANY($1))
      SELECT pt.relid::int AS relid, pt.schemaname, pt.tablename,
-            array_agg(DISTINCT pt.pubname ORDER BY pt.pubname) AS publications,
+            array_agg(DISTINCT pt.pubname::text ORDER BY pt.pubname::text) AS publications,
             bool_or(pt.upd) AS publishes_update_or_delete,
             CASE WHEN bool_or(pt.rowfilter IS NULL) THEN NULL
                  ELSE string_agg('(' || pt.rowfilter || ')', ' OR ') END AS rowfilter,
@@ -106,6 +106,8 @@ export interface TargetColumn {
   name: string;
   type: string;
   generated: boolean;
+  /** GENERATED ALWAYS AS IDENTITY: an UPDATE may only set it to DEFAULT, an INSERT needs OVERRIDING SYSTEM VALUE. */
+  alwaysIdentity: boolean;
   notNull: boolean;
   hasDefault: boolean;
 }
@@ -114,6 +116,7 @@ export interface TargetColumn {
 export async function targetColumns(client: pg.Client, t: TableName): Promise<TargetColumn[] | null> {
   const r = await client.query(
     `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.attgenerated <> '' AS generated,
+            a.attidentity = 'a' AS "alwaysIdentity",
             a.attnotnull AS "notNull", a.atthasdef OR a.attidentity <> '' AS "hasDefault"
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped

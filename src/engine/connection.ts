@@ -72,6 +72,12 @@ export function qualified(schema: string, table: string): string {
 }
 
 /**
+ * The one key of a table in maps, messages and the panel: its quoted name, because a bare
+ * `schema.table` is the same string for "x.y".z and x."y.z".
+ */
+export const tableKey = qualified;
+
+/**
  * Empties target tables inside the caller's transaction. TRUNCATE is fast but refused when other
  * tables reference these by foreign key; DELETE always works (session_replication_role = replica
  * skips the FK triggers).

@@ -7,11 +7,11 @@ import type pg from 'pg';
 import { Applier } from './apply';
 import { listPublishedTables, replicaIdentityFix, type PublishedTable } from './catalog';
 import { abandonGroup, checkpoint, checkpointDue } from './checkpoint';
-import { connect, describeEndpoint, type Endpoint } from './connection';
+import { connect, describeEndpoint, tableKey, type Endpoint } from './connection';
 import { copyTables, type CopyProgress } from './copy';
 import { errorMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, type Lsn } from './lsn';
-import { checkSource, checkTarget, tableKey, type Finding } from './precheck';
+import { checkSource, checkTarget, type Finding } from './precheck';
 import { createSlotWithSnapshot, dropSlotIfExists, dropTableSyncSlots, slotInfo, slotNameFor, tableSyncSlotName, validateSubscriptionName } from './slot';
 import {
   ensureStateSchema, loadSubscription, loadTableProgress, markTableRemoved, promoteCaughtUpTables, resetSubscription,

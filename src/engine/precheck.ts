@@ -4,7 +4,7 @@
  * on the first error and logs the warnings.
  */
 import type pg from 'pg';
-import { connect, describeEndpoint, qualified, quoteIdent, type Endpoint } from './connection';
+import { connect, describeEndpoint, qualified, quoteIdent, quoteLiteral, tableKey, type Endpoint } from './connection';
 import { listPublishedTables, publicationsMissing, replicaIdentityFix, targetColumns, type PublishedTable } from './catalog';
 import { errorMessage } from './errors';
 import { slotInfo, slotNameFor } from './slot';
@@ -105,10 +105,6 @@ export interface TargetCheck {
   tableErrors: Map<string, string>;
 }
 
-export function tableKey(schema: string, table: string): string {
-  return `${schema}.${table}`;
-}
-
 export async function checkTarget(
   client: pg.Client,
   endpoint: Endpoint,
@@ -157,11 +153,16 @@ export async function checkTarget(
       tableError(`target table ${targetName} (for source table ${sourceName}) does not exist on the target ${where}; create it first, for example: pg_dump --schema-only -t '${quotedForShell}' "$SOURCE" | psql "$TARGET"`);
       continue;
     }
-    const byName = new Map(cols.filter((c) => !c.generated).map((c) => [c.name, c]));
+    const byName = new Map(cols.map((c) => [c.name, c]));
     for (const c of t.columns) {
       const tc = byName.get(c.name);
       if (!tc) tableError(`target table ${targetName} has no column ${quoteIdent(c.name)} (source ${sourceName} has it); run on the target: ALTER TABLE ${targetName} ADD COLUMN ${quoteIdent(c.name)} ${c.type};`);
-      else if (tc.type !== c.type) findings.push({ severity: 'warning', message: `column ${quoteIdent(c.name)} is ${c.type} on the source but ${tc.type} on the target ${targetName}; values pass as text, so every source value must fit: ALTER TABLE ${targetName} ALTER COLUMN ${quoteIdent(c.name)} TYPE ${c.type};` });
+      else if (tc.generated) tableError(`column ${quoteIdent(c.name)} of ${targetName} is a generated column on the target, so it cannot take the source's values; make it a plain column on the target: ALTER TABLE ${targetName} ALTER COLUMN ${quoteIdent(c.name)} DROP EXPRESSION;`);
+      else if (tc.alwaysIdentity) {
+        findings.push({ severity: 'warning', message: `target column ${quoteIdent(c.name)} of ${targetName} is GENERATED ALWAYS AS IDENTITY: the sync writes the source's values into it (as OVERRIDING SYSTEM VALUE does) and its sequence does not advance; before writing to the target, run there: SELECT setval(pg_get_serial_sequence(${quoteLiteral(targetName)}, ${quoteLiteral(c.name)}), max(${quoteIdent(c.name)})) FROM ${targetName};` });
+      }
+      if (!tc || tc.generated) continue;
+      if (tc.type !== c.type) findings.push({ severity: 'warning', message: `column ${quoteIdent(c.name)} is ${c.type} on the source but ${tc.type} on the target ${targetName}; values pass as text, so every source value must fit: ALTER TABLE ${targetName} ALTER COLUMN ${quoteIdent(c.name)} TYPE ${c.type};` });
     }
     const published = new Set(t.columns.map((c) => c.name));
     for (const tc of cols) {

@@ -1,6 +1,6 @@
 import * as vscode from 'vscode';
 import type pg from 'pg';
-import { connect, qualified, quoteIdent } from '../engine/connection';
+import { connect, qualified, quoteIdent, tableKey } from '../engine/connection';
 import { errorMessage } from '../engine/errors';
 import { listPublications, publicationTables, userTables } from '../engine/probe';
 import { connectorRoleSql, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
@@ -60,7 +60,7 @@ export class SqlCommands {
         const text = await this.withClient(name, async (c) => {
           const names = (await listPublications(c)).map((p) => p.name);
           const seen = new Map<string, Awaited<ReturnType<typeof tableIdentities>>[number]>();
-          for (const p of names) for (const t of await tableIdentities(c, p)) seen.set(`${t.schema}.${t.table}`, t);
+          for (const p of names) for (const t of await tableIdentities(c, p)) seen.set(tableKey(t.schema, t.table), t);
           return replicaIdentitySql([...seen.values()], `every published table on ${this.where(name)}`);
         });
         await this.openSql(text);
@@ -111,9 +111,9 @@ export class SqlCommands {
     const pub = publication ?? (await this.pickPublication(name, 'Add Table to Publication'));
     if (!pub) return;
     const [all, inPub] = await this.withClient(name, async (c) => [await userTables(c), await publicationTables(c, pub)] as const);
-    const present = new Set(inPub.map((t) => `${t.schema}.${t.table}`));
+    const present = new Set(inPub.map((t) => tableKey(t.schema, t.table)));
     const picked = await vscode.window.showQuickPick(
-      all.filter((t) => !present.has(`${t.schema}.${t.table}`)).map((t) => ({ label: `${t.schema}.${t.table}`, t })),
+      all.filter((t) => !present.has(tableKey(t.schema, t.table))).map((t) => ({ label: `${t.schema}.${t.table}`, t })),
       { title: `Add Table to Publication ${pub}`, canPickMany: true, ignoreFocusOut: true },
     );
     if (!picked || picked.length === 0) return;

@@ -3,6 +3,7 @@
  * into the panel's and the tree's picture, with rates from successive readings. No `vscode`.
  */
 import type { StatusJson } from '../cli/ipc';
+import { tableKey } from '../engine/connection';
 import { formatBytes } from '../engine/copy';
 import { formatLsn } from '../engine/lsn';
 import type { SyncReport } from '../engine/report';
@@ -67,7 +68,7 @@ export function readingFromStatus(s: StatusJson, at: number, retainedWalBytes: n
     retainedWalBytes,
     lastError: null,
     tables: s.tables.map((t) => ({
-      key: `${t.schema}.${t.table}`, schema: t.schema, table: t.table, targetSchema: t.targetSchema, targetTable: t.targetTable,
+      key: tableKey(t.schema, t.table), schema: t.schema, table: t.table, targetSchema: t.targetSchema, targetTable: t.targetTable,
       state: t.state, removed: t.removed, rowsCopied: t.rowsCopied, bytesCopied: t.bytesCopied,
       approximateRows: t.approximateRows, approximateSize: t.approximateSize, lastError: t.lastError,
     })),
@@ -91,7 +92,7 @@ export function readingFromReport(r: SyncReport, at: number, notRunning: 'paused
     retainedWalBytes: r.slot?.retainedBytes ?? null,
     lastError: r.subscription.lastError,
     tables: r.tables.map((t) => ({
-      key: `${t.schema}.${t.table}`, schema: t.schema, table: t.table, targetSchema: t.targetSchema, targetTable: t.targetTable,
+      key: tableKey(t.schema, t.table), schema: t.schema, table: t.table, targetSchema: t.targetSchema, targetTable: t.targetTable,
       state: t.state, removed: t.removed, rowsCopied: t.rowsCopied, bytesCopied: t.bytesCopied,
       approximateRows: t.approximateRows, approximateSize: t.approximateSize, lastError: t.lastError,
     })),

@@ -1,6 +1,6 @@
 import * as vscode from 'vscode';
 import { formatBytes } from '../engine/copy';
-import { connect } from '../engine/connection';
+import { connect, tableKey } from '../engine/connection';
 import { errorMessage } from '../engine/errors';
 import { listPublications, publicationTables, type PublishedTableInfo } from '../engine/probe';
 import type { ConnectionStore } from './connections';
@@ -57,7 +57,7 @@ export class ConnectionsTree implements vscode.TreeDataProvider<ConnectionsNode>
       case 'table': {
         const { info } = node;
         const item = new vscode.TreeItem(`${info.schema}.${info.table}`, vscode.TreeItemCollapsibleState.None);
-        item.id = `table:${node.connection}:${node.publication}:${info.schema}.${info.table}`;
+        item.id = `table:${node.connection}:${node.publication}:${tableKey(info.schema, info.table)}`;
         const identity = info.identity === 'index' ? `index ${info.identityIndex}` : info.identity;
         const sync = this.syncState(node);
         this.painted.set(node, sync?.text ?? '');
@@ -110,7 +110,7 @@ export class ConnectionsTree implements vscode.TreeDataProvider<ConnectionsNode>
 
   /** The state of this source table in the first sync that publishes it, if any. */
   private syncState(node: ConnectionsNode & { kind: 'table' }): { sync: string; state: PanelTable['state']; text: string; error: string | null } | null {
-    const key = `${node.info.schema}.${node.info.table}`;
+    const key = tableKey(node.info.schema, node.info.table);
     for (const def of this.syncs.definitions()) {
       if (def.source !== node.connection) continue;
       const snap = this.syncs.snapshot(def.name);
@@ -182,7 +182,7 @@ export class SyncsTree implements vscode.TreeDataProvider<SyncsNode> {
       return item;
     }
     const t = this.syncs.snapshot(node.sync)?.tables.find((x) => x.key === node.key);
-    const item = new vscode.TreeItem(node.key, vscode.TreeItemCollapsibleState.None);
+    const item = new vscode.TreeItem(t ? `${t.schema}.${t.table}` : node.key, vscode.TreeItemCollapsibleState.None);
     item.id = `syncTable:${node.sync}:${node.key}`;
     if (t) {
       const word = tableWord(t);

@@ -229,7 +229,7 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
   step('the progress panel shows the copy as it happens', async () => {
     await w().runCommand('Show Sync Progress');
     const panel = panelFrame();
-    const orders = panel.locator('[data-table-key="public.orders"]');
+    const orders = panel.locator(`[data-table-key='"public"."orders"']`);
     await poll('orders copying with rows counted in the panel', async () => {
       const state = await orders.locator('[data-col="state"]').getAttribute('data-state-code', { timeout: 1_000 }).catch(() => null);
       const rows = Number(await orders.locator('[data-col="rows"]').getAttribute('data-rows-copied', { timeout: 1_000 }).catch(() => '0'));
@@ -272,10 +272,10 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     await poll('the panel to show streaming with no lag', async () =>
       (await panel.locator('#sync-activity').getAttribute('data-activity', { timeout: 1_000 }).catch(() => null)) === 'streaming' &&
       (await panel.locator('#lag-bytes').getAttribute('data-lag-bytes', { timeout: 1_000 }).catch(() => null)) === '0', SLOW_TIMEOUT, 200);
-    const state = await tgt().query(db, `SELECT schemaname || '.' || tablename AS key, state, rows_copied::bigint AS rows FROM _pg_live_sync.subscription_rel WHERE subname = $1 ORDER BY 1`, [SYNC]);
+    const state = await tgt().query(db, `SELECT '"' || schemaname || '"."' || tablename || '"' AS key, state, rows_copied::bigint AS rows FROM _pg_live_sync.subscription_rel WHERE subname = $1 ORDER BY 1`, [SYNC]);
     assert.equal(state.rowCount, TABLES.length);
     for (const row of state.rows) {
-      const r = panel.locator(`[data-table-key="${row.key}"]`);
+      const r = panel.locator(`[data-table-key='${row.key}']`);
       assert.equal(await r.locator('[data-col="state"]').getAttribute('data-state-code'), row.state, `${row.key}: state`);
       assert.equal(await r.locator('[data-col="state"]').textContent().then((t) => t?.trim()), row.state === 'r' ? 'ready' : row.state, `${row.key}: state word`);
       assert.equal(Number(await r.locator('[data-col="rows"]').getAttribute('data-rows-copied')), Number(row.rows), `${row.key}: rows copied`);
@@ -312,14 +312,14 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     // Drift on the target that only a fresh copy repairs.
     await tgt().query(db, `DELETE FROM customers WHERE id <= 10`);
     const panel = panelFrame();
-    await panel.locator('[data-table-key="public.customers"] [data-action="resync"]').click();
+    await panel.locator(`[data-table-key='"public"."customers"'] [data-action="resync"]`).click();
     const question = await w().clickDialogButton('Resync');
     assert.match(question, /public\.customers/);
     await poll('customers copied afresh (the drifted rows are back)', async () =>
       (await tgt().query(db, `SELECT count(*)::int AS n FROM customers WHERE id <= 10`)).rows[0].n === 10, SYNC_TIMEOUT, 200);
     await poll('customers ready again in the state table and the panel', async () => {
       const st = await tgt().query(db, `SELECT state FROM _pg_live_sync.subscription_rel WHERE subname = $1 AND tablename = 'customers'`, [SYNC]);
-      const shown = await panel.locator('[data-table-key="public.customers"] [data-col="state"]').getAttribute('data-state-code', { timeout: 1_000 }).catch(() => null);
+      const shown = await panel.locator(`[data-table-key='"public"."customers"'] [data-col="state"]`).getAttribute('data-state-code', { timeout: 1_000 }).catch(() => null);
       return st.rows[0]?.state === 'r' && shown === 'r';
     }, SYNC_TIMEOUT, 200);
     const [a, b] = await Promise.all([src().query(db, `SELECT count(*)::int AS n FROM customers`), tgt().query(db, `SELECT count(*)::int AS n FROM customers`)]);
@@ -403,9 +403,9 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     assert.match((await panel.locator('#action-pause').getAttribute('class')) ?? '', /is-hidden/, 'an attached sync cannot be paused from here');
     await src().query(db, `INSERT INTO customers VALUES (1004, 'streamed by the CLI')`);
     await poll('the CLI to apply the row', async () => (await tgt().query(cliDb, `SELECT 1 FROM customers WHERE id = 1004`)).rowCount === 1, SYNC_TIMEOUT, 200);
-    const state = await tgt().query(cliDb, `SELECT schemaname || '.' || tablename AS key, state, rows_copied::bigint AS rows FROM _pg_live_sync.subscription_rel WHERE subname = $1`, [CLI_SYNC]);
+    const state = await tgt().query(cliDb, `SELECT '"' || schemaname || '"."' || tablename || '"' AS key, state, rows_copied::bigint AS rows FROM _pg_live_sync.subscription_rel WHERE subname = $1`, [CLI_SYNC]);
     for (const row of state.rows) {
-      const r = panel.locator(`[data-table-key="${row.key}"]`);
+      const r = panel.locator(`[data-table-key='${row.key}']`);
       await poll(`${row.key} in the attached panel`, async () =>
         (await r.locator('[data-col="state"]').getAttribute('data-state-code', { timeout: 1_000 }).catch(() => null)) === row.state &&
         Number(await r.locator('[data-col="rows"]').getAttribute('data-rows-copied', { timeout: 1_000 }).catch(() => -1)) === Number(row.rows), SLOW_TIMEOUT, 200);

@@ -247,7 +247,7 @@ describe('sync model: readings', () => {
     const r = readingFromStatus(status('streaming', [statusTable('a', { rowsCopied: 5 })], { changesApplied: 42 }), at, 4096);
     assert.deepEqual(
       { at: r.at, appliedLsn: r.appliedLsn, lagBytes: r.lagBytes, changes: r.changesApplied, wal: r.retainedWalBytes, key: r.tables[0].key, rows: r.tables[0].rowsCopied },
-      { at, appliedLsn: '0/16B3748', lagBytes: 10, changes: 42, wal: 4096, key: 'public.a', rows: 5 },
+      { at, appliedLsn: '0/16B3748', lagBytes: 10, changes: 42, wal: 4096, key: '"public"."a"', rows: 5 },
     );
   });
 
@@ -286,7 +286,7 @@ function readingTable(table: string, over: Partial<Reading['tables'][number]> = 
 
 function panelTable(table: string, over: Partial<PanelTable> = {}): PanelTable {
   return {
-    key: `public.${table}`, schema: 'public', table, targetSchema: 'public', targetTable: table, state: 'r', removed: false,
+    key: `"public"."${table}"`, schema: 'public', table, targetSchema: 'public', targetTable: table, state: 'r', removed: false,
     rowsCopied: 0, bytesCopied: 0, approximateRows: 0, approximateSize: 0, copyRowsPerSecond: null, etaSeconds: null, lastError: null, ...over,
   };
 }
