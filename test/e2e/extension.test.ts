@@ -314,7 +314,7 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     const panel = panelFrame();
     await panel.locator(`[data-table-key='"public"."customers"'] [data-action="resync"]`).click();
     const question = await w().clickDialogButton('Resync');
-    assert.match(question, /public\.customers/);
+    assert.match(question, /"public"\."customers"/);
     await poll('customers copied afresh (the drifted rows are back)', async () =>
       (await tgt().query(db, `SELECT count(*)::int AS n FROM customers WHERE id <= 10`)).rows[0].n === 10, SYNC_TIMEOUT, 200);
     await poll('customers ready again in the state table and the panel', async () => {

@@ -130,7 +130,7 @@ describe('mapping and options', () => {
       assert.equal(await run.stop(), 0, run.output());
     }
     const text = await runCli(['status', '--subscription', 'maps'], { TARGET: targetUrl, SOURCE: sourceUrl });
-    assert.match(text.stdout, /sales\.orders\s+analytics\.orders\s+r ready/);
+    assert.match(text.stdout, /"sales"\."orders"\s+"analytics"\."orders"\s+r ready/);
     assert.match(text.stdout, /slot\s+inactive/);
     const dropped = await runCli(['drop', '--subscription', 'maps', '--source', sourceUrl, '--target', targetUrl]);
     assert.equal(dropped.code, 0, dropped.stderr);

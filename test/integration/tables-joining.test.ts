@@ -153,7 +153,7 @@ describe('tables joining and leaving while run streams', () => {
       assert.equal(frozen.rows, 100);
       assert.ok(!(await sameContents(pair, db, 'b')));
       const status = await runCli(['status', '--subscription', sub, '--target', targetUrl]);
-      assert.match(status.stdout, /public\.b\s.*removed from publication/, status.stdout);
+      assert.match(status.stdout, /"public"\."b"\s.*removed from publication/, status.stdout);
 
       await pair.source.query(db, `ALTER PUBLICATION pub ADD TABLE b`);
       await waitState(db, sub, ['b'], 'sr', run, 60_000);
@@ -193,7 +193,7 @@ describe('tables joining and leaving while run streams', () => {
       assert.notEqual((await rel(db, sub, 'c'))?.state, 'r');
       const status = await runCli(['status', '--subscription', sub, '--target', targetUrl]);
       assert.equal(status.code, 0, status.stderr);
-      assert.match(status.stdout, /public\.c\s.*\(error\).*does not exist/, status.stdout);
+      assert.match(status.stdout, /"public"\."c"\s.*\(error\).*does not exist/, status.stdout);
 
       await pair.target.query(db, `CREATE TABLE c (id int PRIMARY KEY, v text)`);
       const createdAt = Date.now();
