@@ -10,7 +10,8 @@ import {
   ConnectionInputError, connectionUrl, connectionUser, describeConnection, sanitizeConfig, splitUri, type ConnectionConfig,
 } from '../../src/extension/connectionModel';
 import type { PanelSnapshot } from '../../src/extension/panelSource';
-import { splitStatements, statementSummary } from '../../src/extension/sqlSplit';
+import { commentText, note } from '../../src/engine/sqlgen';
+import { runConfirmation, splitStatements, statementSummary } from '../../src/extension/sqlSplit';
 import {
   describeActivity, readingFromReport, readingFromStatus, sanitizeSyncDefinition, severity, SyncTracker, type Reading,
 } from '../../src/extension/syncModel';
@@ -205,6 +206,25 @@ describe('splitStatements', () => {
   it('statementSummary drops leading comments and folds whitespace', () => {
     assert.equal(statementSummary('-- why\n-- more\nALTER SYSTEM\n  SET wal_level = logical'), 'ALTER SYSTEM SET wal_level = logical');
     assert.equal(statementSummary('SELECT ' + 'x'.repeat(200), 20).length, 20);
+  });
+
+  it('Run SQL asks with the exact count and every statement in full, however many there are', () => {
+    const statements = Array.from({ length: 30 }, (_, i) => `-- why\nALTER TABLE "public"."t${i}" REPLICA IDENTITY FULL`);
+    statements.push(`ALTER TABLE "a\n; DROP TABLE x; --" REPLICA IDENTITY FULL /* ${'y'.repeat(300)} */`);
+    const { message, detail } = runConfirmation(statements, 'source (h:5432/db)', null);
+    assert.equal(message, 'Run 31 statement(s) on source (h:5432/db)?');
+    const lines = detail.split('\n');
+    assert.equal(lines.length, 31);
+    for (let i = 0; i < 30; i++) assert.equal(lines[i], `${i + 1}. ALTER TABLE "public"."t${i}" REPLICA IDENTITY FULL`);
+    // A name's line break cannot make one statement look like two, and nothing is cut short.
+    assert.equal(lines[30], `31. ALTER TABLE "a ; DROP TABLE x; --" REPLICA IDENTITY FULL /* ${'y'.repeat(300)} */`);
+    assert.match(runConfirmation(statements.slice(0, 2), 'source', 'Create publication p with 2 table(s)').message, /^Create publication p with 2 table\(s\) on source\? \(2 statement\(s\)\)$/);
+  });
+
+  it('comment text cannot hold a line break', () => {
+    assert.equal(commentText('a\nb\r\nc\u2028d\u0007e\tf'), 'a\\nb\\r\\nc\\u2028d\\u0007e\\tf');
+    assert.equal(note('"x\n; DROP TABLE y; --"'), '-- "x\\n; DROP TABLE y; --"');
+    assert.deepEqual(splitStatements(note('t\n; DROP TABLE y; --')), []);
   });
 });
 
