@@ -370,12 +370,14 @@ function snapshot(activity: PanelSnapshot['header']['activity'], tables: PanelTa
 describe('sync model: describeActivity and severity', () => {
   it('describes copying, streaming (with ready counts and lag) and the rest, plus table errors', () => {
     assert.equal(describeActivity(snapshot('copying', [panelTable('a', { state: 'd' }), panelTable('b', { state: 'i' }), panelTable('c', { state: 'f' }), panelTable('x', { state: 'i', removed: true })])), 'copying 1/3');
-    assert.equal(describeActivity(snapshot('streaming', [panelTable('a'), panelTable('b')], 1536)), 'streaming, lag 1.5 kB');
+    assert.equal(describeActivity(snapshot('streaming', [panelTable('a'), panelTable('b')], 1536)), 'streaming, lag 1.5 KiB');
     assert.equal(describeActivity(snapshot('streaming', [panelTable('a'), panelTable('b', { state: 's' })], 0)), 'streaming, lag 0 B, 1/2 ready');
     assert.equal(describeActivity(snapshot('streaming', [panelTable('a')], null)), 'streaming, lag 0 B');
     assert.equal(describeActivity(snapshot('paused', [panelTable('a')])), 'paused');
     assert.equal(describeActivity(snapshot('error', [panelTable('a', { lastError: 'x' })])), 'error, 1 table error');
-    assert.equal(describeActivity(snapshot('streaming', [panelTable('a', { lastError: 'x' }), panelTable('b', { lastError: 'y' }), panelTable('c', { lastError: 'z', removed: true })])), 'streaming, lag 0 B, 2 table errors');
+    assert.equal(describeActivity(snapshot('streaming', [panelTable('a', { lastError: 'x' }), panelTable('b', { lastError: 'y' }), panelTable('c', { lastError: 'z', removed: true })])), 'error: 2 table errors; streaming, lag 0 B');
+    assert.equal(describeActivity(snapshot('copying', [panelTable('a', { state: 'd', lastError: 'x' }), panelTable('b', { state: 'f' })])), 'error: 1 table error; copying 1/2');
+    assert.equal(describeActivity(snapshot('paused', [panelTable('a', { lastError: 'x' })])), 'paused, 1 table error');
   });
 
   it('orders severity: error > starting/copying > tables not ready > paused/stopped > streaming', () => {
