@@ -1,24 +1,8 @@
 // Pure formatting for the progress panel: numbers, sizes, durations and the words for states.
+import { DASH, formatBytes, formatCount } from '../src/engine/units';
 import { STATE_WORDS, type PanelTable, type SyncActivity } from './protocol';
 
-export const DASH = '—';
-
-const SIZE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-
-/** 1536 -> "1.5 KiB"; null -> "—". */
-export function formatBytes(bytes: number | null): string {
-  if (bytes === null || !Number.isFinite(bytes)) return DASH;
-  let value = Math.abs(bytes);
-  let unit = 0;
-  while (value >= 1024 && unit < SIZE_UNITS.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  const digits = unit === 0 || value >= 100 ? 0 : value >= 10 ? 1 : 2;
-  // "5.00" -> "5", "2.50" -> "2.5": round numbers (chart axes) read better.
-  const text = value.toFixed(digits).replace(/\.0+$|(\.\d*?)0+$/, '$1');
-  return `${bytes < 0 ? '-' : ''}${text} ${SIZE_UNITS[unit]}`;
-}
+export { DASH, formatBytes, formatCount } from '../src/engine/units';
 
 /** 1234567 -> "1.23M", 12345 -> "12.3k", 950 -> "950", 1.25 -> "1.3". */
 export function formatCompact(n: number | null): string {
@@ -89,10 +73,10 @@ export function copyFraction(t: PanelTable): number | null {
   return null;
 }
 
-/** "1234 / ~1200": rows copied as a plain integer, then the estimate. */
+/** "1,234 / ~1,200": rows copied, then the estimate. */
 export function formatRows(t: PanelTable): string {
-  const est = t.approximateRows > 0 ? ` / ~${Math.round(t.approximateRows)}` : '';
-  return `${Math.round(t.rowsCopied)}${est}`;
+  const est = t.approximateRows > 0 ? ` / ~${formatCount(t.approximateRows)}` : '';
+  return `${formatCount(t.rowsCopied)}${est}`;
 }
 
 export function formatSizeProgress(t: PanelTable): string {
@@ -101,6 +85,39 @@ export function formatSizeProgress(t: PanelTable): string {
 }
 
 export const ACTIVITY_RUNNING: readonly SyncActivity[] = ['starting', 'copying', 'streaming'];
+
+/**
+ * The one word the panel's badge and the status bar show for a sync. The sync's own error wins;
+ * a sync the user paused or that is not running says so; while it runs, a table in error beats
+ * copying, which beats streaming: the word names what most needs looking at.
+ */
+export function activityBadge(activity: SyncActivity, counts: Record<RowStateWord, number>): SyncActivity {
+  if (activity !== 'copying' && activity !== 'streaming') return activity;
+  return counts.error > 0 ? 'error' : activity;
+}
+
+/** Rows by the word each shows. */
+export function countWords(words: Iterable<RowStateWord>): Record<RowStateWord, number> {
+  const counts: Record<RowStateWord, number> = { init: 0, copying: 0, 'catching up': 0, synced: 0, ready: 0, error: 0, removed: 0 };
+  for (const w of words) counts[w]++;
+  return counts;
+}
+
+/**
+ * The header's tables line. Removed tables are not counted in the total. Until every table has
+ * been copied it counts copies ("4 / 5 copied · 1 copying": `f` is a finished copy, whatever it
+ * waits for); then it counts tables streaming ("4 / 5 ready · 1 catching up"). Errors always show.
+ */
+export function tableSummary(c: Record<RowStateWord, number>): { text: string; done: number; total: number } {
+  const total = c.init + c.copying + c['catching up'] + c.synced + c.ready + c.error;
+  const part = (n: number, word: string) => (n > 0 ? ` · ${formatCount(n)} ${word}` : '');
+  const copyStage = c.init + c.copying > 0;
+  const done = copyStage ? c['catching up'] + c.synced + c.ready : c.ready;
+  let text = `${formatCount(done)} / ${formatCount(total)} ${copyStage ? 'copied' : 'ready'}`;
+  text += copyStage ? part(c.copying, 'copying') + part(c.init, 'waiting') : part(c['catching up'] + c.synced, 'catching up');
+  text += part(c.error, c.error === 1 ? 'error' : 'errors') + part(c.removed, 'removed');
+  return { text, done, total };
+}
 
 /** epoch ms -> "14:03:09" in the webview's local time. */
 export function formatClock(ms: number): string {

@@ -3,7 +3,7 @@
 // incrementally. Every element a test reads has a stable id or data-* attribute.
 import { LineChart } from './charts';
 import { h, setAttr, setText, toggleClass } from './dom';
-import { ACTIVITY_RUNNING, DASH, formatByteRate, formatBytes, formatClock, formatCompact, formatDuration } from './format';
+import { activityBadge, ACTIVITY_RUNNING, DASH, formatByteRate, formatBytes, formatClock, formatCompact, formatDuration, tableSummary, type RowStateWord } from './format';
 import type { HostToPanel, PanelAction, PanelHeader, PanelSample, PanelTable, PanelToHost } from './protocol';
 import { TableGrid, type GridView, type SortColumn, type SortDir } from './tableGrid';
 import { registerToolkit, TAG } from './toolkit';
@@ -145,7 +145,7 @@ document.body.append(app);
 let samples: PanelSample[] = [];
 let noticeTimer: ReturnType<typeof setTimeout> | undefined;
 
-function renderHeader(hd: PanelHeader): void {
+function renderHeader(hd: PanelHeader, counts: Record<RowStateWord, number>): void {
   setText(el.name, hd.name);
   document.title = `Sync: ${hd.name}`;
   if (saved.name !== hd.name) saveState({ name: hd.name });
@@ -153,8 +153,9 @@ function renderHeader(hd: PanelHeader): void {
   setAttr(el.mode, 'data-mode', hd.mode);
   toggleClass(document.body, 'mode-attached', hd.mode === 'attached');
 
-  setText(el.activity, hd.activity);
-  setAttr(el.activity, 'data-activity', hd.activity);
+  const badge = activityBadge(hd.activity, counts);
+  setText(el.activity, badge);
+  setAttr(el.activity, 'data-activity', badge);
   toggleClass(el.spinner, 'is-hidden', hd.activity !== 'starting' && hd.activity !== 'copying');
 
   setText(el.source, hd.source);
@@ -186,13 +187,8 @@ function renderHeader(hd: PanelHeader): void {
   show('drop', local);
 }
 
-function renderSummary(): void {
-  const c = grid.counts();
-  const total = grid.size;
-  const done = c.synced + c.ready;
-  let text = `${done} / ${total} synced`;
-  if (c.copying + c['catching up'] > 0) text += ` · ${c.copying + c['catching up']} copying`;
-  if (c.error > 0) text += ` · ${c.error} error${c.error === 1 ? '' : 's'}`;
+function renderSummary(c: Record<RowStateWord, number>): void {
+  const { text, done, total } = tableSummary(c);
   setText(el.summary, text);
   setAttr(el.summary, 'data-total', total);
   setAttr(el.summary, 'data-done', done);
@@ -216,9 +212,10 @@ function onState(header: PanelHeader, tables: PanelTable[], all: PanelSample[]):
   el.loading.classList.add('is-hidden');
   document.body.classList.remove('no-state');
   grid.setMode(header.mode);
-  renderHeader(header);
   grid.replaceAll(tables);
-  renderSummary();
+  const counts = grid.counts();
+  renderHeader(header, counts);
+  renderSummary(counts);
   samples = [...all].sort((a, b) => a.t - b.t);
   pruneSamples();
   renderCharts();
@@ -226,11 +223,11 @@ function onState(header: PanelHeader, tables: PanelTable[], all: PanelSample[]):
 
 function onUpdate(header: PanelHeader, tables: PanelTable[], removedKeys: string[], sample: PanelSample | null): void {
   grid.setMode(header.mode);
-  renderHeader(header);
-  if (tables.length > 0 || removedKeys.length > 0) {
-    grid.apply(tables, removedKeys);
-    renderSummary();
-  }
+  if (tables.length > 0 || removedKeys.length > 0) grid.apply(tables, removedKeys);
+  // The badge depends on the tables too (a table in error), so both follow the grid.
+  const counts = grid.counts();
+  renderHeader(header, counts);
+  if (tables.length > 0 || removedKeys.length > 0) renderSummary(counts);
   if (sample !== null && (samples.length === 0 || sample.t > samples[samples.length - 1].t)) {
     samples.push(sample);
     pruneSamples();

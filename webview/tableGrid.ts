@@ -9,6 +9,7 @@
 import { h, setAttr, setText, toggleClass } from './dom';
 import {
   copyFraction,
+  countWords,
   formatDuration,
   formatRate,
   formatRows,
@@ -130,9 +131,7 @@ export class TableGrid {
 
   /** Rows by display state word, for the header summary. */
   counts(): Record<RowStateWord, number> {
-    const counts: Record<RowStateWord, number> = { init: 0, copying: 0, 'catching up': 0, synced: 0, ready: 0, error: 0, removed: 0 };
-    for (const row of this.rows.values()) counts[row.word]++;
-    return counts;
+    return countWords([...this.rows.values()].map((row) => row.word));
   }
 
   setMode(mode: SyncMode): void {

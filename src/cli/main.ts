@@ -6,9 +6,8 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { connect, describeEndpoint, qualified, tableKey } from '../engine/connection';
 import { connectorRoleSql, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
-import { formatBytes } from '../engine/copy';
 import { SyncEngine } from '../engine/engine';
-import { errorMessage, SyncError } from '../engine/errors';
+import { CheckError, errorMessage, SyncError } from '../engine/errors';
 import { formatLsn } from '../engine/lsn';
 import { validateSubscriptionName } from '../engine/slot';
 import { checkSource, checkTarget } from '../engine/precheck';
@@ -16,19 +15,80 @@ import { dropSync, notFound, readSyncReport } from '../engine/report';
 import { parseTableMap } from '../engine/tablemap';
 import { statusToJson, type FromEngine, type ToEngine } from './ipc';
 import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
+import { formatBytes, formatCount } from '../engine/units';
+
+interface CommandHelp {
+  /** The synopsis, continuation lines indented under the first. */
+  synopsis: string;
+  about: string;
+  flags: [string, string][];
+}
+
+const SOURCE_FLAG: [string, string] = ['--source URL', 'the source, a libpq URL (default: the SOURCE environment variable)'];
+const TARGET_FLAG: [string, string] = ['--target URL', 'the target, a libpq URL (default: the TARGET environment variable)'];
+const PUBLICATION_FLAG: [string, string] = ['--publication NAME', 'a publication on the source to sync; repeatable'];
+const TABLE_MAP_FLAG: [string, string] = ['--table-map JSON', 'a table or schema written under another name on the target; repeatable'];
+
+/** Each command's synopsis and flags: `--help` prints them all, `<command> --help` one. */
+const COMMANDS: Record<string, CommandHelp> = {
+  run: {
+    synopsis: `pg-live-sync run    --source URL --target URL --publication NAME [--publication NAME]...
+                    --subscription NAME [--table-map JSON]... [--table-sync-workers N]
+                    [--copy-data true|false]`,
+    about: 'Checks everything, creates the slot, copies the tables, then streams changes until SIGINT or SIGTERM; run it again to resume.',
+    flags: [
+      SOURCE_FLAG, TARGET_FLAG, PUBLICATION_FLAG,
+      ['--subscription NAME', "the sync's name (its slot is pg_live_sync_<NAME>)"],
+      TABLE_MAP_FLAG,
+      ['--table-sync-workers N', 'tables copied at once, 1 to 64 (default 4)'],
+      ['--copy-data true|false', 'false: skip the initial copy, sync only later changes (default true)'],
+    ],
+  },
+  status: {
+    synopsis: 'pg-live-sync status --subscription NAME --target URL [--source URL] [--json] [--warn-retained-wal SIZE]',
+    about: "Prints the sync's applied position and each table's state from the target (with --source, the slot too).",
+    flags: [
+      ['--subscription NAME', "the sync's name"],
+      TARGET_FLAG,
+      ['--source URL', "also read the slot's WAL status and retained WAL from the source (default: SOURCE)"],
+      ['--json', 'print JSON for scripts'],
+      ['--warn-retained-wal SIZE', 'warn when the slot holds more WAL than this, e.g. 512MiB or 2GiB (default 1GiB)'],
+    ],
+  },
+  drop: {
+    synopsis: 'pg-live-sync drop   --subscription NAME --source URL --target URL',
+    about: "Removes the sync's slot from the source and its state from the target; the target's data stays.",
+    flags: [['--subscription NAME', "the sync's name"], SOURCE_FLAG, TARGET_FLAG],
+  },
+  check: {
+    synopsis: `pg-live-sync check  --source URL --target URL --publication NAME [--publication NAME]...
+                    [--table-map JSON]... [--subscription NAME]`,
+    about: 'Prints every problem run would refuse or warn about, each with its fix; exit 0 when there is no error.',
+    flags: [SOURCE_FLAG, TARGET_FLAG, PUBLICATION_FLAG, TABLE_MAP_FLAG, ['--subscription NAME', 'also check that slot of that sync']],
+  },
+  sql: {
+    synopsis: `pg-live-sync sql tuning           --source URL
+pg-live-sync sql replica-identity --source URL [--publication NAME]
+pg-live-sync sql role             --source URL --role NAME [--schema NAME]...`,
+    about: 'Prints SQL to review and run on the source: settings to change, replica identities to set, a connector role.',
+    flags: [
+      SOURCE_FLAG,
+      ['--publication NAME', "replica-identity: only that publication's tables (default: every table)"],
+      ['--role NAME', 'role: the name of the role to create'],
+      ['--schema NAME', 'role: a schema it may read; repeatable (default public)'],
+    ],
+  },
+};
 
 const USAGE = `usage:
-  pg-live-sync run    --source URL --target URL --publication NAME [--publication NAME]...
-                      --subscription NAME [--table-map JSON]... [--table-sync-workers N]
-                      [--copy-data true|false]
-  pg-live-sync status --subscription NAME --target URL [--source URL] [--json]
-  pg-live-sync drop   --subscription NAME --source URL --target URL
-  pg-live-sync check  --source URL --target URL --publication NAME [--publication NAME]...
-                      [--table-map JSON]... [--subscription NAME]
-  pg-live-sync sql tuning           --source URL
-  pg-live-sync sql replica-identity --source URL [--publication NAME]
-  pg-live-sync sql role             --source URL --role NAME [--schema NAME]...
---source and --target default to the SOURCE and TARGET environment variables.`;
+${Object.values(COMMANDS).map((c) => c.synopsis.replace(/^/gm, '  ')).join('\n')}
+--source and --target default to the SOURCE and TARGET environment variables.
+pg-live-sync COMMAND --help prints a command's flags.`;
+
+function commandHelp(c: CommandHelp): string {
+  const width = Math.max(...c.flags.map(([flag]) => flag.length));
+  return [`usage: ${c.synopsis.replace(/\n/g, '\n       ')}`, '', c.about, '', ...c.flags.map(([flag, text]) => `  ${flag.padEnd(width)}  ${text}`), ''].join('\n');
+}
 
 class UsageError extends Error {}
 
@@ -147,7 +207,7 @@ function progressReporter(): (s: SyncStatus) => void {
       const k = tableKey(t.schema, t.table);
       if (lastState.get(k) !== t.state) {
         lastState.set(k, t.state);
-        log('info', `table ${k} -> ${qualified(t.targetSchema, t.targetTable)}: ${TABLE_STATE_WORDS[t.state]} (${t.state}), ${t.rowsCopied} rows, ${formatBytes(t.bytesCopied)}`);
+        log('info', `table ${k} -> ${qualified(t.targetSchema, t.targetTable)}: ${TABLE_STATE_WORDS[t.state]} (${t.state}), ${formatCount(t.rowsCopied)} rows, ${formatBytes(t.bytesCopied)}`);
       }
     }
     const now = Date.now();
@@ -157,9 +217,9 @@ function progressReporter(): (s: SyncStatus) => void {
     if (s.phase === 'copying') {
       const copying = s.tables.filter((t) => t.state === 'd');
       const done = s.tables.filter((t) => t.state !== 'i' && t.state !== 'd').length;
-      log('info', `copy: ${done}/${s.tables.length} tables done; ${copying.map((t) => `${tableKey(t.schema, t.table)} ${t.rowsCopied}/~${t.approximateRows} rows`).join(', ')}`);
+      log('info', `copy: ${done}/${s.tables.length} tables done; ${copying.map((t) => `${tableKey(t.schema, t.table)} ${formatCount(t.rowsCopied)}/~${formatCount(t.approximateRows)} rows`).join(', ')}`);
     } else if (s.phase === 'streaming') {
-      log('info', `streaming: applied ${s.appliedLsn === null ? '-' : formatLsn(s.appliedLsn)}, lag ${formatBytes(s.lagBytes)} / ${s.lagSeconds.toFixed(1)} s, ${s.transactionsApplied} transactions, ${s.changesApplied} changes`);
+      log('info', `streaming: applied ${s.appliedLsn === null ? '-' : formatLsn(s.appliedLsn)}, lag ${formatBytes(s.lagBytes)} / ${s.lagSeconds.toFixed(1)} s, ${formatCount(s.transactionsApplied)} transactions, ${formatCount(s.changesApplied)} changes`);
     }
   };
 }
@@ -173,7 +233,7 @@ async function status(args: string[]): Promise<number> {
     'warn-retained-wal': { type: 'string' },
   });
   const subscription = required(v.subscription as string | undefined, 'subscription');
-  const walWarnBytes = parseBytes((v['warn-retained-wal'] as string | undefined) ?? '1GB');
+  const walWarnBytes = parseBytes((v['warn-retained-wal'] as string | undefined) ?? '1GiB');
   const targetUrl = required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET');
   const sourceUrl = (v.source as string | undefined) ?? process.env.SOURCE;
   const target = await connect({ url: targetUrl, role: 'target' });
@@ -224,18 +284,18 @@ function slotWarnings(slot: { walStatus: string | null; retainedBytes: number | 
   return out;
 }
 
+/** A size as PostgreSQL writes one (kB, MB: powers of 1024) or in IEC units (KiB, MiB). */
 function parseBytes(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|TB)?$/i.exec(text.trim());
-  if (!m) throw new UsageError(`--warn-retained-wal takes a size such as 512MB or 2GB, not "${text}"`);
-  const unit = (m[2] ?? 'B').toUpperCase();
-  return Number(m[1]) * ({ B: 1, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3, TB: 1024 ** 4 } as Record<string, number>)[unit];
+  const m = /^(\d+(?:\.\d+)?)\s*(?:(B)|([KMGT])i?B)?$/i.exec(text.trim());
+  if (!m) throw new UsageError(`--warn-retained-wal takes a size such as 512MiB or 2GiB, not "${text}"`);
+  return Number(m[1]) * 1024 ** (m[3] ? 'KMGT'.indexOf(m[3].toUpperCase()) + 1 : 0);
 }
 
 function tableRows(tables: TableProgress[]): string {
   const rows = [['TABLE', 'TARGET', 'STATE', 'ROWS COPIED', 'BYTES COPIED', 'LAST ERROR']];
   for (const t of tables) {
     const state = t.removed ? `${t.state} removed from publication` : `${t.state} ${TABLE_STATE_WORDS[t.state]}${t.lastError ? ' (error)' : ''}`;
-    rows.push([tableKey(t.schema, t.table), qualified(t.targetSchema, t.targetTable), state, `${t.rowsCopied}`, formatBytes(t.bytesCopied), t.lastError ?? '']);
+    rows.push([tableKey(t.schema, t.table), qualified(t.targetSchema, t.targetTable), state, formatCount(t.rowsCopied), formatBytes(t.bytesCopied), t.lastError ?? '']);
   }
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n');
@@ -315,6 +375,12 @@ async function sql(args: string[]): Promise<number> {
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...args] = argv;
+  const help = command === 'help' && args[0] !== undefined ? COMMANDS[args[0]] : undefined;
+  const asked = Object.hasOwn(COMMANDS, command ?? '') && (args.includes('--help') || args.includes('-h')) ? COMMANDS[command!] : help;
+  if (asked) {
+    process.stdout.write(commandHelp(asked));
+    return 0;
+  }
   try {
     switch (command) {
       case 'run':
@@ -340,8 +406,15 @@ async function main(argv: string[]): Promise<number> {
     }
   } catch (err) {
     if (err instanceof UsageError || (err instanceof SyncError && err.code === 'usage')) {
-      process.stderr.write(`pg-live-sync: ${err.message}; run pg-live-sync --help for usage\n`);
+      const more = command !== undefined && Object.hasOwn(COMMANDS, command) ? `pg-live-sync ${command} --help` : 'pg-live-sync --help';
+      process.stderr.write(`pg-live-sync: ${err.message}; run ${more} for usage\n`);
       return 2;
+    }
+    // Every failed check on a line of its own, as `check` prints them, so all are fixed in one go.
+    if (err instanceof CheckError && err.problems.length > 1) {
+      for (const p of err.problems) process.stderr.write(`pg-live-sync: error: ${p}\n`);
+      process.stderr.write(`pg-live-sync: ${err.problems.length} checks failed (above); nothing was created; fix them and run again\n`);
+      return 1;
     }
     process.stderr.write(`pg-live-sync: error: ${errorMessage(err)}\n`);
     return 1;

@@ -13,6 +13,7 @@ import { errorMessage, SyncError } from './errors';
 import type { Lsn } from './lsn';
 import { setTableState } from './state';
 import type { Logger, SyncedTable } from './types';
+import { formatBytes, formatCount } from './units';
 
 export interface CopyProgress {
   table: SyncedTable;
@@ -117,22 +118,12 @@ async function copyOneTable(plan: CopyPlan, source: pg.Client, target: pg.Client
     await target.query('COMMIT');
     report(true);
     const secs = Math.max(0.001, (Date.now() - started) / 1000);
-    plan.log('info', `copied ${sourceName} -> ${targetName}: ${counter.rows} rows, ${formatBytes(counter.bytes)} in ${secs.toFixed(1)} s (${formatBytes(counter.bytes / secs)}/s, ${t.copyFormat})`);
+    plan.log('info', `copied ${sourceName} -> ${targetName}: ${formatCount(counter.rows)} rows, ${formatBytes(counter.bytes)} in ${secs.toFixed(1)} s (${formatBytes(counter.bytes / secs)}/s, ${t.copyFormat})`);
   } catch (err) {
     await target.query('ROLLBACK').catch(() => undefined);
     if (plan.signal.aborted) throw err;
     throw new SyncError(`copy of ${sourceName} into ${targetName} failed: ${errorMessage(err)}; fix the target table (types and constraints must accept the source rows) and run again`, 'copy');
   }
-}
-
-export function formatBytes(n: number): string {
-  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
 }
 
 /** Passes COPY data through unchanged while counting rows and bytes. */

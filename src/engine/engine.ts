@@ -9,7 +9,7 @@ import { listPublishedTables, replicaIdentityFix, type PublishedTable } from './
 import { abandonGroup, checkpoint, checkpointDue } from './checkpoint';
 import { connect, describeEndpoint, tableKey, type Endpoint } from './connection';
 import { copyTables, type CopyProgress } from './copy';
-import { errorMessage, SyncError } from './errors';
+import { CheckError, errorMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, type Lsn } from './lsn';
 import { checkSource, checkTarget, type Finding } from './precheck';
 import { createSlotWithSnapshot, dropSlotIfExists, dropTableSyncSlots, slotInfo, slotNameFor, tableSyncSlotName, validateSubscriptionName } from './slot';
@@ -108,12 +108,12 @@ export class SyncEngine {
       target = await connect(this.target);
       const fresh = !(await stateSchemaExists(target)) || (await loadSubscription(target, options.subscription)) === null;
       const src = await checkSource(source, this.source, options.publications, options.subscription);
+      const tgt = await checkTarget(target, this.target, src.published, options.tableMaps, { source, freshStart: fresh });
+      const findings = [...src.findings, ...tgt.findings];
       // On a fresh start every problem is bad input. Once running, a table's own problem puts
       // that table in error (retried) and the others go on.
-      refuseOnErrors(src.findings, fresh);
-      const tgt = await checkTarget(target, this.target, src.published, options.tableMaps, { source, freshStart: fresh });
-      refuseOnErrors(tgt.findings, fresh);
-      for (const f of [...src.findings, ...tgt.findings]) hooks.log(f.severity === 'error' ? 'error' : 'warn', f.message);
+      refuseOnErrors(findings, fresh);
+      for (const f of findings) hooks.log(f.severity === 'error' ? 'error' : 'warn', f.message);
       await ensureStateSchema(target);
       await this.lock(target);
       const started = await this.prepare(source, target, tgt.synced);
@@ -645,9 +645,10 @@ export class SyncEngine {
   }
 }
 
+/** Refuses with every error at once, as `check` lists them, so one round of fixes is enough. */
 function refuseOnErrors(findings: Finding[], tableErrorsToo: boolean): void {
-  const first = findings.find((f) => f.severity === 'error' && (tableErrorsToo || !f.table));
-  if (first) throw new SyncError(first.message, 'check');
+  const errors = findings.filter((f) => f.severity === 'error' && (tableErrorsToo || !f.table));
+  if (errors.length > 0) throw new CheckError(errors.map((f) => f.message));
 }
 
 /** Connection trouble that a retry can get past, as opposed to a problem someone must fix. */

@@ -9,6 +9,17 @@ export class SyncError extends Error {
   }
 }
 
+/** `run` refused to start: every failed check, each one line with its fix. */
+export class CheckError extends SyncError {
+  readonly problems: string[];
+
+  constructor(problems: string[]) {
+    super(problems.length === 1 ? problems[0] : `${problems.length} checks failed: ${problems.map((p, i) => `(${i + 1}) ${p}`).join(' ')}`, 'check');
+    this.name = 'CheckError';
+    this.problems = problems.map(oneLine);
+  }
+}
+
 interface PgLikeError {
   code?: string;
   message?: string;

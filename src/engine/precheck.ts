@@ -1,7 +1,7 @@
 /**
  * Everything that would make a sync fail, checked before anything is created on either side. Each
  * finding is one line with its fix. `pg-live-sync check` prints them all; `run` refuses to start
- * on the first error and logs the warnings.
+ * on any error, naming every one, and logs the warnings.
  */
 import type pg from 'pg';
 import { connect, describeEndpoint, qualified, quoteIdent, quoteLiteral, tableKey, type Endpoint } from './connection';

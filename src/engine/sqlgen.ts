@@ -1,7 +1,8 @@
 /**
  * SQL a user reviews and runs to prepare a server: tuning, replica identities, a connector role.
  * Shared by `pg-live-sync sql` and the extension's Generate commands. Identifiers are quoted;
- * nothing secret is ever written into the SQL.
+ * nothing secret is ever written into the SQL. Every comment goes through `note`: a name with a
+ * line break in it would otherwise end its comment and have the rest run as SQL.
  */
 import type pg from 'pg';
 import { qualified, quoteIdent, quoteLiteral } from './connection';
@@ -35,6 +36,21 @@ export async function readServerFacts(client: pg.Client): Promise<ServerFacts> {
   };
 }
 
+const CONTROL_ESCAPES: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+
+/**
+ * Text that is safe inside a `--` comment or on one display line: line breaks (which end a comment
+ * in PostgreSQL) and every other control character are written as escapes.
+ */
+export function commentText(text: string): string {
+  return text.replace(/[\p{Cc}\u2028\u2029]/gu, (c) => CONTROL_ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/** A `--` comment line, whatever the names in it hold. */
+export function note(text: string): string {
+  return `-- ${commentText(text)}`;
+}
+
 interface Change {
   name: string;
   value: string;
@@ -66,26 +82,26 @@ export function tuningChanges(f: ServerFacts, headroom = 10): Change[] {
 
 export function tuningSql(f: ServerFacts, serverName: string): string {
   const changes = tuningChanges(f);
-  const head = [`-- Tuning for logical replication on ${serverName} (PostgreSQL ${f.version})`];
-  if (changes.length === 0) return [...head, '-- Nothing to change: this server is ready for logical replication.', ''].join('\n');
+  const head = [note(`Tuning for logical replication on ${serverName} (PostgreSQL ${f.version})`)];
+  if (changes.length === 0) return [...head, note('Nothing to change: this server is ready for logical replication.'), ''].join('\n');
   if (f.rds) {
-    const lines = [...head, '-- This is Amazon RDS / Aurora: ALTER SYSTEM is not allowed. In the console (or the CLI), edit the',
-      '-- DB parameter group (Aurora: the DB cluster parameter group) attached to this instance:'];
+    const lines = [...head, note('This is Amazon RDS / Aurora: ALTER SYSTEM is not allowed. In the console (or the CLI), edit the'),
+      note('DB parameter group (Aurora: the DB cluster parameter group) attached to this instance:')];
     for (const c of changes) {
       const param = c.name === 'wal_level' ? 'rds.logical_replication = 1   (sets wal_level = logical)' : `${c.name} = ${c.value}`;
-      lines.push(`--   ${param.padEnd(58)} ${c.why}${c.restart ? '; needs a reboot' : ''}`);
+      lines.push(note(`  ${param.padEnd(58)} ${c.why}${c.restart ? '; needs a reboot' : ''}`));
     }
-    lines.push('-- then reboot the instance if any line above says so, and check again with:');
+    lines.push(note('then reboot the instance if any line above says so, and check again with:'));
     lines.push(`SELECT name, setting FROM pg_settings WHERE name IN (${changes.map((c) => quoteLiteral(c.name)).join(', ')});`, '');
     return lines.join('\n');
   }
   const lines = [...head];
   for (const c of changes) {
-    lines.push(`-- ${c.why}; ${c.restart ? 'takes effect after a server restart' : 'takes effect on reload'}`);
+    lines.push(note(`${c.why}; ${c.restart ? 'takes effect after a server restart' : 'takes effect on reload'}`));
     lines.push(`ALTER SYSTEM SET ${c.name} = ${quoteLiteral(c.value)};`);
   }
-  if (changes.some((c) => !c.restart)) lines.push('-- apply the settings that need no restart now', 'SELECT pg_reload_conf();');
-  if (changes.some((c) => c.restart)) lines.push(`-- RESTART NEEDED for: ${changes.filter((c) => c.restart).map((c) => c.name).join(', ')} (for example: sudo systemctl restart postgresql)`);
+  if (changes.some((c) => !c.restart)) lines.push(note('apply the settings that need no restart now'), 'SELECT pg_reload_conf();');
+  if (changes.some((c) => c.restart)) lines.push(note(`RESTART NEEDED for: ${changes.filter((c) => c.restart).map((c) => c.name).join(', ')} (for example: sudo systemctl restart postgresql)`));
   lines.push('');
   return lines.join('\n');
 }
@@ -122,25 +138,25 @@ export async function tableIdentities(client: pg.Client, publication?: string): 
 }
 
 export function replicaIdentitySql(tables: TableIdentity[], scope: string): string {
-  const lines = [`-- Replica identity for ${scope}: how UPDATEs and DELETEs find their row on the target`];
+  const lines = [note(`Replica identity for ${scope}: how UPDATEs and DELETEs find their row on the target`)];
   let changes = 0;
   for (const t of tables) {
     const name = qualified(t.schema, t.table);
     if (t.identity === 'primary key' || t.identity === 'index' || t.identity === 'full') {
-      lines.push(`-- ${name}: ${t.identity === 'full' ? 'REPLICA IDENTITY FULL already' : `uses its ${t.identity}`}; nothing to do`);
+      lines.push(note(`${name}: ${t.identity === 'full' ? 'REPLICA IDENTITY FULL already' : `uses its ${t.identity}`}; nothing to do`));
     } else if (t.candidateIndex) {
       changes++;
-      lines.push(`-- ${name}: no primary key; its unique index ${quoteIdent(t.candidateIndex)} (non-partial, NOT NULL columns) can identify rows`);
+      lines.push(note(`${name}: no primary key; its unique index ${quoteIdent(t.candidateIndex)} (non-partial, NOT NULL columns) can identify rows`));
       lines.push(`ALTER TABLE ${name} REPLICA IDENTITY USING INDEX ${quoteIdent(t.candidateIndex)};`);
     } else {
       changes++;
-      lines.push(`-- ${name}: no primary key and no usable unique index. WARNING: FULL writes the whole old row to WAL`);
-      lines.push('-- for every UPDATE and DELETE, and the target scans for it; add a primary key if you can.');
+      lines.push(note(`${name}: no primary key and no usable unique index. WARNING: FULL writes the whole old row to WAL`));
+      lines.push(note('for every UPDATE and DELETE, and the target scans for it; add a primary key if you can.'));
       lines.push(`ALTER TABLE ${name} REPLICA IDENTITY FULL;`);
     }
   }
-  if (tables.length === 0) lines.push('-- No tables.');
-  else if (changes === 0) lines.push('-- Every table already has a usable replica identity.');
+  if (tables.length === 0) lines.push(note('No tables.'));
+  else if (changes === 0) lines.push(note('Every table already has a usable replica identity.'));
   lines.push('');
   return lines.join('\n');
 }
@@ -150,8 +166,8 @@ export async function connectorRoleSql(client: pg.Client, role: string, schemas:
   const db = (await client.query('SELECT current_database() AS d')).rows[0].d as string;
   const r = quoteIdent(role);
   const lines = [
-    `-- A role for Postgres Live Sync on database ${db}. Set its password yourself (psql: \\password ${role});`,
-    '-- it is never written here.',
+    note(`A role for Postgres Live Sync on database ${quoteIdent(db)}. Set its password yourself (psql: \\password ${r});`),
+    note('it is never written here.'),
     `CREATE ROLE ${r} WITH LOGIN ${rds ? '' : 'REPLICATION '}PASSWORD NULL;`,
   ];
   if (rds) lines.push(`GRANT rds_replication TO ${r};  -- RDS/Aurora grants replication through this role`);

@@ -3,9 +3,9 @@ import type pg from 'pg';
 import { connect, qualified, quoteIdent, tableKey } from '../engine/connection';
 import { errorMessage } from '../engine/errors';
 import { listPublications, publicationTables, userTables } from '../engine/probe';
-import { connectorRoleSql, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
+import { connectorRoleSql, note, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
 import type { ConnectionStore } from './connections';
-import { splitStatements, statementSummary } from './sqlSplit';
+import { runConfirmation, splitStatements, statementSummary } from './sqlSplit';
 
 /** Generated SQL is opened for review, never run behind the user's back. */
 export class SqlCommands {
@@ -170,14 +170,11 @@ export class SqlCommands {
    */
   private async runConfirmed(name: string, statements: string[], what: string | null): Promise<void> {
     const where = this.where(name);
-    const detail = statements.map((s) => statementSummary(s, 200)).slice(0, 12).join('\n') + (statements.length > 12 ? `\n… ${statements.length - 12} more` : '');
-    const answer = await vscode.window.showWarningMessage(
-      what ? `${what} on ${where}?` : `Run ${statements.length} statement(s) on ${where}?`,
-      { modal: true, detail },
-      'Run',
-    );
+    const { message, detail } = runConfirmation(statements, where, what);
+    const answer = await vscode.window.showWarningMessage(message, { modal: true, detail }, 'Run');
     if (answer !== 'Run') return;
-    const lines = [`-- SQL results on ${where}, ${new Date().toISOString()}`];
+    // The results open as SQL: every name and message in them stays inside its comment.
+    const lines = [note(`SQL results on ${where}, ${new Date().toISOString()}`)];
     let ok = 0;
     let failed: string | null = null;
     await this.withClient(name, async (c) => {
@@ -193,18 +190,18 @@ export class SqlCommands {
             const p = await c.query('SELECT context FROM pg_settings WHERE name = $1', [setting[2].toLowerCase()]);
             restart = p.rows[0]?.context === 'postmaster' ? ' -- NEEDS A SERVER RESTART to take effect' : ' -- takes effect on reload (SELECT pg_reload_conf())';
           }
-          lines.push(`-- ok${count}: ${statementSummary(s)}${restart}`);
-          if (res.rows?.length && res.command === 'SELECT') for (const row of res.rows.slice(0, 20)) lines.push(`--     ${JSON.stringify(row)}`);
+          lines.push(note(`ok${count}: ${statementSummary(s)}${restart}`));
+          if (res.rows?.length && res.command === 'SELECT') for (const row of res.rows.slice(0, 20)) lines.push(note(`    ${JSON.stringify(row)}`));
           ok++;
         } catch (err) {
           failed = errorMessage(err);
-          lines.push(`-- ERROR: ${failed}: ${statementSummary(s)}`);
-          if (i < statements.length - 1) lines.push(`-- not run: ${statements.length - i - 1} statement(s) after this one`);
+          lines.push(note(`ERROR: ${failed}: ${statementSummary(s)}`));
+          if (i < statements.length - 1) lines.push(note(`not run: ${statements.length - i - 1} statement(s) after this one`));
           break;
         }
       }
       const pending = await c.query(`SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1`).catch(() => ({ rows: [] as { name: string }[] }));
-      if (pending.rows.length > 0) lines.push(`-- RESTART NEEDED: ${pending.rows.map((r) => r.name).join(', ')} change(s) take effect after the server restarts`);
+      if (pending.rows.length > 0) lines.push(note(`RESTART NEEDED: ${pending.rows.map((r) => r.name).join(', ')} change(s) take effect after the server restarts`));
     });
     for (const l of lines) this.log.info(l.replace(/^-- /, `sql on ${name}: `));
     await this.openSql(lines.join('\n') + '\n');

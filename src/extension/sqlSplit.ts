@@ -1,3 +1,5 @@
+import { commentText } from '../engine/sqlgen';
+
 /**
  * Splits a script into statements the way psql does for the cases generated and hand-written
  * SQL use: semicolons outside quotes, quoted identifiers, dollar quotes and comments. No `vscode`.
@@ -71,4 +73,16 @@ export function splitStatements(sql: string): string[] {
 export function statementSummary(statement: string, max = 90): string {
   const body = statement.replace(/^(\s*--[^\n]*\n)+/g, '').replace(/\s+/g, ' ').trim();
   return body.length > max ? `${body.slice(0, max - 1)}…` : body;
+}
+
+/**
+ * What Run SQL asks before it runs anything: the exact number of statements and every one of
+ * them, numbered and in full, so nothing runs that the user was not shown.
+ */
+export function runConfirmation(statements: string[], where: string, what: string | null): { message: string; detail: string } {
+  const count = `${statements.length} statement(s)`;
+  return {
+    message: what ? `${what} on ${where}? (${count})` : `Run ${count} on ${where}?`,
+    detail: statements.map((s, i) => `${i + 1}. ${commentText(statementSummary(s, Infinity))}`).join('\n'),
+  };
 }

@@ -4,11 +4,12 @@
  */
 import type { StatusJson } from '../cli/ipc';
 import { tableKey } from '../engine/connection';
-import { formatBytes } from '../engine/copy';
+import { formatBytes } from '../engine/units';
 import { formatLsn } from '../engine/lsn';
 import type { SyncReport } from '../engine/report';
 import type { PanelHeader, PanelSample, PanelTable, SyncActivity, SyncMode } from '../../webview/protocol';
 import { STATE_WORDS } from '../../webview/protocol';
+import { activityBadge, countWords, rowStateWord } from '../../webview/format';
 import type { PanelSnapshot } from './panelSource';
 
 /** A named sync as the `pgLiveSync.syncs` setting stores it. */
@@ -177,7 +178,8 @@ export class SyncTracker {
 export function describeActivity(s: PanelSnapshot): string {
   const live = s.tables.filter((t) => !t.removed);
   const h = s.header;
-  const errors = live.filter((t) => t.lastError).length;
+  const counts = countWords(s.tables.map(rowStateWord));
+  const errors = counts.error;
   const ready = live.filter((t) => t.state === 'r').length;
   let text: string;
   switch (h.activity) {
@@ -190,8 +192,10 @@ export function describeActivity(s: PanelSnapshot): string {
     default:
       text = h.activity;
   }
-  if (errors > 0) text += `, ${errors} table error${errors > 1 ? 's' : ''}`;
-  return text;
+  if (errors === 0) return text;
+  const tableErrors = `${errors} table error${errors > 1 ? 's' : ''}`;
+  // The panel's badge and this text lead with the same word.
+  return activityBadge(h.activity, counts) === 'error' && h.activity !== 'error' ? `error: ${tableErrors}; ${text}` : `${text}, ${tableErrors}`;
 }
 
 export function tableWord(t: Pick<PanelTable, 'state' | 'lastError' | 'removed'>): string {

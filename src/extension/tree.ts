@@ -1,5 +1,5 @@
 import * as vscode from 'vscode';
-import { formatBytes } from '../engine/copy';
+import { formatBytes, formatCount } from '../engine/units';
 import { connect, tableKey } from '../engine/connection';
 import { errorMessage } from '../engine/errors';
 import { listPublications, publicationTables, type PublishedTableInfo } from '../engine/probe';
@@ -186,7 +186,7 @@ export class SyncsTree implements vscode.TreeDataProvider<SyncsNode> {
     item.id = `syncTable:${node.sync}:${node.key}`;
     if (t) {
       const word = tableWord(t);
-      const copying = t.state === 'd' ? ` ${t.rowsCopied}/~${t.approximateRows} rows` : '';
+      const copying = t.state === 'd' ? ` ${formatCount(t.rowsCopied)}/~${formatCount(t.approximateRows)} rows` : '';
       item.description = `${word}${copying}`;
       item.tooltip = `${t.schema}.${t.table} > ${t.targetSchema}.${t.targetTable}: ${word}${t.lastError ? `\n${t.lastError}` : ''}`;
       item.iconPath = t.lastError ? new vscode.ThemeIcon('error') : new vscode.ThemeIcon(t.state === 'r' ? 'pass' : t.removed ? 'circle-slash' : 'sync');

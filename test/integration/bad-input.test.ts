@@ -131,6 +131,27 @@ describe('target does not match', () => {
   });
 });
 
+describe('several problems at once', () => {
+  it('run names every failed check, one line each, the same ones check prints', async (t) => {
+    const { sourceUrl, targetUrl } = await setup('several', `CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE nokey (v int);`,
+      `CREATE TABLE only_on_source (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t, nokey, only_on_source;`);
+    const r = await runCli(runArgs(sourceUrl, targetUrl, 'several', '--publication', 'pub'), {}, 45_000);
+    t.diagnostic(`exit ${r.code} in ${r.ms} ms; stderr: ${r.stderr.trimEnd()}`);
+    assert.equal(r.code, 1, r.stderr);
+    const lines = r.stderr.split('\n').filter((l) => l.trim() !== '');
+    const errors = lines.filter((l) => l.startsWith('pg-live-sync: error: ')).map((l) => l.slice('pg-live-sync: error: '.length));
+    assert.equal(errors.length, 2, r.stderr);
+    assert.ok(errors.some((e) => /"public"\."nokey".*replica identity.*REPLICA IDENTITY FULL;/.test(e)), r.stderr);
+    assert.ok(errors.some((e) => /only_on_source/.test(e)), r.stderr);
+    assert.match(lines.at(-1) ?? '', /^pg-live-sync: 2 checks failed/);
+    assert.equal(lines.length, 3, r.stderr);
+    assert.equal(await slotExists(pair.source, 'several'), false, 'a replication slot was left on the source');
+    const check = await runCli(['check', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub']);
+    assert.equal(check.code, 1);
+    assert.deepEqual(check.stdout.split('\n').filter((l) => l.startsWith('error: ')).map((l) => l.slice('error: '.length)).sort(), [...errors].sort());
+  });
+});
+
 describe('replica identity', () => {
   const fixCase = async (t: TestContext, prefix: string, schema: string, expected: RegExp) => {
     const { db, sourceUrl, targetUrl } = await setup(prefix, schema, `INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g; CREATE PUBLICATION pub FOR TABLE t;`);
@@ -177,6 +198,33 @@ describe('usage errors', () => {
       [['run', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', 'Bad-Name'], /subscription name "Bad-Name"/],
     ];
     for (const [args, match] of cases) await expectFailure(t, args, [match, /--help/], { code: 2 });
+  });
+});
+
+describe('help', () => {
+  it("COMMAND --help prints that command's flags and exits 0", async () => {
+    const flags: Record<string, string[]> = {
+      run: ['--source', '--target', '--publication', '--subscription', '--table-map', '--table-sync-workers', '--copy-data'],
+      status: ['--subscription', '--target', '--source', '--json', '--warn-retained-wal'],
+      drop: ['--subscription', '--source', '--target'],
+      check: ['--source', '--target', '--publication', '--table-map', '--subscription'],
+      sql: ['tuning', 'replica-identity', 'role', '--source', '--publication', '--role', '--schema'],
+    };
+    for (const [command, expected] of Object.entries(flags)) {
+      const r = await runCli([command, '--help']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stderr, '');
+      assert.match(r.stdout, new RegExp(`^usage: pg-live-sync ${command} `));
+      for (const flag of expected) assert.match(r.stdout, new RegExp(`^  ${flag}\\b|pg-live-sync ${command} ${flag}\\b`, 'm'), `${command} --help lists ${flag}:\n${r.stdout}`);
+      for (const other of Object.keys(flags).filter((c) => c !== command)) assert.doesNotMatch(r.stdout, new RegExp(`pg-live-sync ${other}\\b`));
+      // Wherever --help stands, and as `help COMMAND`.
+      assert.equal((await runCli([command, '--source', 'postgres://u@h/db', '-h'])).stdout, r.stdout);
+      assert.equal((await runCli(['help', command])).stdout, r.stdout);
+    }
+    const all = await runCli(['--help']);
+    assert.equal(all.code, 0);
+    for (const command of Object.keys(flags)) assert.match(all.stdout, new RegExp(`^  pg-live-sync ${command} `, 'm'));
+    assert.match(all.stdout, /COMMAND --help/);
   });
 });
 

@@ -1,7 +1,11 @@
 /** The generated SQL runs, and has the effect it says, on real servers. */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { startCluster, type Cluster } from '../harness/cluster';
+import { splitStatements, statementSummary } from '../../src/extension/sqlSplit';
+import pg from 'pg';
+import { PASSWORD, PG_BIN, startCluster, SUPERUSER, type Cluster } from '../harness/cluster';
 import { runCli } from '../harness/sync';
 
 let untuned: Cluster;
@@ -20,8 +24,28 @@ async function runScript(cluster: Cluster, db: string, sql: string): Promise<voi
   for (const st of statements) await cluster.query(db, st);
 }
 
+/** Runs generated SQL with psql, as a user would; stops at the first error. */
+function psql(cluster: Cluster, db: string, sql: string): void {
+  const r = spawnSync(path.join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', dbUrl(cluster, db), '-f', '-'], { input: sql, encoding: 'utf8' });
+  assert.equal(r.status, 0, `psql failed on:\n${sql}\n${r.stderr}`);
+}
+
+/** node-postgres decodes a URL's database with decodeURI, which leaves %3B alone: keep `;` literal. */
+const dbUrl = (cluster: Cluster, db: string) => cluster.url(db).replace(/%3B/gi, ';');
+
+/** cluster.query for a database whose name a URL cannot carry through node-postgres. */
+async function queryDb(cluster: Cluster, database: string, text: string, params: unknown[] = []): Promise<pg.QueryResult> {
+  const client = new pg.Client({ host: '127.0.0.1', port: cluster.port, user: SUPERUSER, password: PASSWORD, database });
+  await client.connect();
+  try {
+    return await client.query(text, params);
+  } finally {
+    await client.end();
+  }
+}
+
 async function sql(cluster: Cluster, db: string, ...args: string[]): Promise<string> {
-  const r = await runCli(['sql', ...args, '--source', cluster.url(db)]);
+  const r = await runCli(['sql', ...args, '--source', dbUrl(cluster, db)]);
   assert.equal(r.code, 0, r.stderr);
   return r.stdout;
 }
@@ -95,4 +119,37 @@ describe('pg-live-sync sql', () => {
     assert.equal(check.code, 0, check.stdout + check.stderr);
     assert.doesNotMatch(check.stdout, /^error:/m);
   });
+
+  it('names with a line break and SQL in them stay in their comments: psql and Run SQL run the output, nothing else runs', async () => {
+    // Each name ends a `--` comment at its line break if written raw, and the rest would run.
+    const evil = (what: string) => `${what}\n; DROP TABLE decoy; --`;
+    const db = evil('sqlgen db');
+    const role = evil('bot');
+    await ready.createDatabase(db);
+    await queryDb(ready, db, `CREATE TABLE decoy (id int);
+      CREATE TABLE "${evil('bare')}" (v int);
+      CREATE TABLE "${evil('uniq')}" (code text NOT NULL); CREATE UNIQUE INDEX "${evil('idx')}" ON "${evil('uniq')}" (code);
+      CREATE PUBLICATION "${evil('pub')}" FOR TABLE "${evil('bare')}", "${evil('uniq')}";`);
+    const scripts = [
+      await sql(ready, db, 'tuning'),
+      await sql(ready, db, 'replica-identity'),
+      await sql(ready, db, 'replica-identity', '--publication', evil('pub')),
+      await sql(ready, db, 'role', '--role', role, '--schema', 'public'),
+    ];
+    try {
+      for (const text of scripts) {
+        // Every statement (as the extension's Run SQL splits it) is one the generator means to write.
+        for (const st of splitStatements(text)) assert.match(statementSummary(st), /^(ALTER TABLE|CREATE ROLE|GRANT|ALTER DEFAULT PRIVILEGES|SELECT)\b/, st);
+        psql(ready, db, text);
+        assert.equal((await queryDb(ready, db, `SELECT to_regclass('decoy') IS NOT NULL AS present`)).rows[0].present, true, `the decoy was dropped by:\n${text}`);
+      }
+      const idents = await queryDb(ready, db, `SELECT relreplident::text AS r FROM pg_class WHERE relname IN ($1, $2) ORDER BY relname`, [evil('bare'), evil('uniq')]);
+      assert.deepEqual(idents.rows.map((r) => r.r), ['f', 'i']);
+      assert.equal((await ready.query('postgres', 'SELECT count(*)::int AS n FROM pg_roles WHERE rolname = $1', [role])).rows[0].n, 1);
+    } finally {
+      await queryDb(ready, db, `DROP OWNED BY ${pgIdent(role)}; DROP ROLE ${pgIdent(role)}`).catch(() => undefined);
+    }
+  });
 });
+
+const pgIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;

@@ -10,7 +10,8 @@ import {
   ConnectionInputError, connectionUrl, connectionUser, describeConnection, sanitizeConfig, splitUri, type ConnectionConfig,
 } from '../../src/extension/connectionModel';
 import type { PanelSnapshot } from '../../src/extension/panelSource';
-import { splitStatements, statementSummary } from '../../src/extension/sqlSplit';
+import { commentText, note } from '../../src/engine/sqlgen';
+import { runConfirmation, splitStatements, statementSummary } from '../../src/extension/sqlSplit';
 import {
   describeActivity, readingFromReport, readingFromStatus, sanitizeSyncDefinition, severity, SyncTracker, type Reading,
 } from '../../src/extension/syncModel';
@@ -206,6 +207,25 @@ describe('splitStatements', () => {
     assert.equal(statementSummary('-- why\n-- more\nALTER SYSTEM\n  SET wal_level = logical'), 'ALTER SYSTEM SET wal_level = logical');
     assert.equal(statementSummary('SELECT ' + 'x'.repeat(200), 20).length, 20);
   });
+
+  it('Run SQL asks with the exact count and every statement in full, however many there are', () => {
+    const statements = Array.from({ length: 30 }, (_, i) => `-- why\nALTER TABLE "public"."t${i}" REPLICA IDENTITY FULL`);
+    statements.push(`ALTER TABLE "a\n; DROP TABLE x; --" REPLICA IDENTITY FULL /* ${'y'.repeat(300)} */`);
+    const { message, detail } = runConfirmation(statements, 'source (h:5432/db)', null);
+    assert.equal(message, 'Run 31 statement(s) on source (h:5432/db)?');
+    const lines = detail.split('\n');
+    assert.equal(lines.length, 31);
+    for (let i = 0; i < 30; i++) assert.equal(lines[i], `${i + 1}. ALTER TABLE "public"."t${i}" REPLICA IDENTITY FULL`);
+    // A name's line break cannot make one statement look like two, and nothing is cut short.
+    assert.equal(lines[30], `31. ALTER TABLE "a ; DROP TABLE x; --" REPLICA IDENTITY FULL /* ${'y'.repeat(300)} */`);
+    assert.match(runConfirmation(statements.slice(0, 2), 'source', 'Create publication p with 2 table(s)').message, /^Create publication p with 2 table\(s\) on source\? \(2 statement\(s\)\)$/);
+  });
+
+  it('comment text cannot hold a line break', () => {
+    assert.equal(commentText('a\nb\r\nc\u2028d\u0007e\tf'), 'a\\nb\\r\\nc\\u2028d\\u0007e\\tf');
+    assert.equal(note('"x\n; DROP TABLE y; --"'), '-- "x\\n; DROP TABLE y; --"');
+    assert.deepEqual(splitStatements(note('t\n; DROP TABLE y; --')), []);
+  });
 });
 
 type StatusTable = StatusJson['tables'][number];
@@ -350,12 +370,14 @@ function snapshot(activity: PanelSnapshot['header']['activity'], tables: PanelTa
 describe('sync model: describeActivity and severity', () => {
   it('describes copying, streaming (with ready counts and lag) and the rest, plus table errors', () => {
     assert.equal(describeActivity(snapshot('copying', [panelTable('a', { state: 'd' }), panelTable('b', { state: 'i' }), panelTable('c', { state: 'f' }), panelTable('x', { state: 'i', removed: true })])), 'copying 1/3');
-    assert.equal(describeActivity(snapshot('streaming', [panelTable('a'), panelTable('b')], 1536)), 'streaming, lag 1.5 kB');
+    assert.equal(describeActivity(snapshot('streaming', [panelTable('a'), panelTable('b')], 1536)), 'streaming, lag 1.5 KiB');
     assert.equal(describeActivity(snapshot('streaming', [panelTable('a'), panelTable('b', { state: 's' })], 0)), 'streaming, lag 0 B, 1/2 ready');
     assert.equal(describeActivity(snapshot('streaming', [panelTable('a')], null)), 'streaming, lag 0 B');
     assert.equal(describeActivity(snapshot('paused', [panelTable('a')])), 'paused');
     assert.equal(describeActivity(snapshot('error', [panelTable('a', { lastError: 'x' })])), 'error, 1 table error');
-    assert.equal(describeActivity(snapshot('streaming', [panelTable('a', { lastError: 'x' }), panelTable('b', { lastError: 'y' }), panelTable('c', { lastError: 'z', removed: true })])), 'streaming, lag 0 B, 2 table errors');
+    assert.equal(describeActivity(snapshot('streaming', [panelTable('a', { lastError: 'x' }), panelTable('b', { lastError: 'y' }), panelTable('c', { lastError: 'z', removed: true })])), 'error: 2 table errors; streaming, lag 0 B');
+    assert.equal(describeActivity(snapshot('copying', [panelTable('a', { state: 'd', lastError: 'x' }), panelTable('b', { state: 'f' })])), 'error: 1 table error; copying 1/2');
+    assert.equal(describeActivity(snapshot('paused', [panelTable('a', { lastError: 'x' })])), 'paused, 1 table error');
   });
 
   it('orders severity: error > starting/copying > tables not ready > paused/stopped > streaming', () => {

@@ -1,0 +1,32 @@
+/**
+ * The one way sizes and counts are written, by the CLI, the extension and the progress panel
+ * (webview/format.ts re-exports these): IEC units for bytes, thousands separators for counts.
+ * Plain functions with no imports, so the browser bundle can share them.
+ */
+
+/** What a size or count that is not known shows. */
+export const DASH = '—';
+
+const SIZE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+
+/** 1536 -> "1.5 KiB", 5 * 1024 ** 3 -> "5 GiB"; null -> "—". */
+export function formatBytes(bytes: number | null): string {
+  if (bytes === null || !Number.isFinite(bytes)) return DASH;
+  let value = Math.abs(bytes);
+  let unit = 0;
+  while (value >= 1024 && unit < SIZE_UNITS.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  const digits = unit === 0 || value >= 100 ? 0 : value >= 10 ? 1 : 2;
+  // "5.00" -> "5", "2.50" -> "2.5": round numbers (chart axes) read better.
+  const text = value.toFixed(digits).replace(/\.0+$|(\.\d*?)0+$/, '$1');
+  return `${bytes < 0 ? '-' : ''}${text} ${SIZE_UNITS[unit]}`;
+}
+
+/** 1234567 -> "1,234,567" (rounded to a whole number); null -> "—". Not locale-dependent. */
+export function formatCount(n: number | null): string {
+  if (n === null || !Number.isFinite(n)) return DASH;
+  const whole = String(Math.round(Math.abs(n))).replace(/\B(?=(\d{3})+$)/g, ',');
+  return Math.round(n) < 0 ? `-${whole}` : whole;
+}
