@@ -4,7 +4,7 @@
  * the fix; exit 1 for failures, 2 for usage errors.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { connect, describeEndpoint, qualified, tableKey } from '../engine/connection';
+import { connect, describeEndpoint, qualified, quoteIdent, tableKey } from '../engine/connection';
 import { connectorRoleSql, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
 import { SyncEngine } from '../engine/engine';
 import { CheckError, errorMessage, SyncError } from '../engine/errors';
@@ -12,6 +12,8 @@ import { formatLsn } from '../engine/lsn';
 import { validateSubscriptionName } from '../engine/slot';
 import { checkSource, checkTarget } from '../engine/precheck';
 import { dropSync, notFound, readSyncReport } from '../engine/report';
+import { sequenceSql, syncSequences } from '../engine/sequences';
+import { loadSubscription, loadTableProgress, stateSchemaExists } from '../engine/state';
 import { parseTableMap } from '../engine/tablemap';
 import { statusToJson, type FromEngine, type ToEngine } from './ipc';
 import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
@@ -65,6 +67,14 @@ const COMMANDS: Record<string, CommandHelp> = {
                     [--table-map JSON]... [--subscription NAME]`,
     about: 'Prints every problem run would refuse or warn about, each with its fix; exit 0 when there is no error.',
     flags: [SOURCE_FLAG, TARGET_FLAG, PUBLICATION_FLAG, TABLE_MAP_FLAG, ['--subscription NAME', 'also check that slot of that sync']],
+  },
+  'sync-sequences': {
+    synopsis: 'pg-live-sync sync-sequences --subscription NAME --source URL --target URL [--dry-run]',
+    about: "At cutover: sets each synced table's sequences on the target past the source's last value and the target column's max (never backwards; running it again changes nothing).",
+    flags: [
+      ['--subscription NAME', "the sync whose tables (and table map) to use"], SOURCE_FLAG, TARGET_FLAG,
+      ['--dry-run', 'print the setval() statements instead of running them'],
+    ],
   },
   sql: {
     synopsis: `pg-live-sync sql tuning           --source URL
@@ -348,6 +358,34 @@ async function check(args: string[]): Promise<number> {
   }
 }
 
+/** One line per target sequence: what it was set to and why; exit 0. */
+async function syncSequencesCommand(args: string[]): Promise<number> {
+  const v = parse(args, { subscription: { type: 'string' }, source: { type: 'string' }, target: { type: 'string' }, 'dry-run': { type: 'boolean' } });
+  const subscription = required(v.subscription as string | undefined, 'subscription');
+  const dryRun = v['dry-run'] === true;
+  const target = await connect({ url: required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET'), role: 'target' });
+  try {
+    if (!(await stateSchemaExists(target)) || !(await loadSubscription(target, subscription))) throw notFound(subscription);
+    const tables = (await loadTableProgress(target, subscription)).filter((t) => !t.removed)
+      .map((t) => ({ source: { schema: t.schema, table: t.table }, target: { schema: t.targetSchema, table: t.targetTable } }));
+    const source = await connect({ url: required((v.source as string | undefined) ?? process.env.SOURCE, 'source', 'SOURCE'), role: 'source' });
+    const results = await syncSequences(source, target, tables, dryRun).finally(() => source.end());
+    if (dryRun) {
+      const text = sequenceSql(results);
+      process.stdout.write(text ? `${text}\n` : '');
+    }
+    for (const r of results) {
+      const why = `source last value ${r.sourceLast ?? '-'}, target ${r.table}.${quoteIdent(r.column)} extreme ${r.columnExtreme ?? '-'}, was ${r.before ?? 'unused'}`;
+      log('info', `${r.sequence}: ${r.skipped ?? `${dryRun ? 'would set' : 'set'} to ${r.value}`} (${why})`);
+    }
+    const changed = results.filter((r) => r.skipped === null).length;
+    log('info', `sync-sequences: ${results.length} sequence(s), ${changed} ${dryRun ? 'to set' : 'set'}, ${results.length - changed} unchanged`);
+    return 0;
+  } finally {
+    await target.end();
+  }
+}
+
 /** Prints SQL to review and run: tuning, replica identities, a connector role. */
 async function sql(args: string[]): Promise<number> {
   const [kind, ...rest] = args;
@@ -393,6 +431,8 @@ async function main(argv: string[]): Promise<number> {
         return await check(args);
       case 'sql':
         return await sql(args);
+      case 'sync-sequences':
+        return await syncSequencesCommand(args);
       case 'serve-ipc':
         return await serveIpc();
       case undefined:
