@@ -9,7 +9,7 @@ import { listPublishedTables, replicaIdentityFix, type PublishedTable } from './
 import { abandonGroup, checkpoint, checkpointDue } from './checkpoint';
 import { connect, describeEndpoint, type Endpoint } from './connection';
 import { copyTables, type CopyProgress } from './copy';
-import { errorMessage, SyncError } from './errors';
+import { errorMessage, isTransient, retryMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, type Lsn } from './lsn';
 import { checkSource, checkTarget, tableKey, type Finding } from './precheck';
 import { createSlotWithSnapshot, dropSlotIfExists, dropTableSyncSlots, slotInfo, slotNameFor, tableSyncSlotName, validateSubscriptionName } from './slot';
@@ -232,7 +232,10 @@ export class SyncEngine {
     }
   }
 
-  /** Streams until stopped; a lost connection is logged and retried with backoff, from the target's state. */
+  /**
+   * Streams until stopped; a lost connection or a transient server error (deadlock, disk full, ...)
+   * is logged and retried with backoff, from the target's state.
+   */
   private async streamWithRetries(target: pg.Client): Promise<pg.Client> {
     const log = this.hooks.log;
     let attempt = 0;
@@ -253,7 +256,7 @@ export class SyncEngine {
         if (Date.now() - startedAt > 60_000) attempt = 0;
         attempt++;
         const delay = Math.min(MAX_RETRY_DELAY_MS, 1000 * 2 ** (attempt - 1));
-        log('warn', `connection lost: ${errorMessage(err)}; retry ${attempt} in ${delay / 1000} s (nothing applied is lost)`);
+        log('warn', retryMessage(err, `retry ${attempt} in ${delay / 1000} s`));
         if (client) {
           await client.end().catch(() => undefined);
           client = null;
@@ -648,14 +651,6 @@ export class SyncEngine {
 function refuseOnErrors(findings: Finding[], tableErrorsToo: boolean): void {
   const first = findings.find((f) => f.severity === 'error' && (tableErrorsToo || !f.table));
   if (first) throw new SyncError(first.message, 'check');
-}
-
-/** Connection trouble that a retry can get past, as opposed to a problem someone must fix. */
-export function isTransient(err: unknown): boolean {
-  if (err instanceof SyncError) return err.code === 'connect' || err.code === 'stream_ended';
-  const e = (err ?? {}) as { code?: string; message?: string };
-  if (e.code && /^(08|57P0[123]|53300|ECONN|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN)/.test(e.code)) return true;
-  return /Connection terminated|connection timeout|terminating connection|server closed the connection|read ECONNRESET|not queryable|connection error/i.test(e.message ?? '');
 }
 
 /** A table's progress before its copy starts. */
