@@ -181,7 +181,7 @@ async function status(args: string[]): Promise<number> {
     const source = sourceUrl ? await connect({ url: sourceUrl, role: 'source' }) : null;
     const report = await readSyncReport(target, subscription, source).finally(() => source?.end());
     if (!report) throw notFound(subscription);
-    const { subscription: sub, tables, slot } = report;
+    const { subscription: sub, tables, slot, lagBytes, lagSeconds } = report;
     if (v.json) {
       process.stdout.write(JSON.stringify({
         subscription: sub.subname,
@@ -191,6 +191,8 @@ async function status(args: string[]): Promise<number> {
         consistentLsn: sub.consistentLsn === null ? null : formatLsn(sub.consistentLsn),
         appliedLsn: sub.appliedLsn === null ? null : formatLsn(sub.appliedLsn),
         appliedCommitTime: sub.appliedCommitTime,
+        lagBytes,
+        lagSeconds,
         lastError: sub.lastError,
         slot: slot && { ...slot, confirmedFlush: slot.confirmedFlush === null ? null : formatLsn(slot.confirmedFlush) },
         warnings: slotWarnings(slot, walWarnBytes),
@@ -201,6 +203,7 @@ async function status(args: string[]): Promise<number> {
     const out: string[] = [];
     out.push(`subscription ${sub.subname} (slot ${sub.slotName}, publications ${sub.publications.join(', ')}, source ${sub.source})`);
     out.push(`applied LSN  ${sub.appliedLsn === null ? '-' : formatLsn(sub.appliedLsn)}${sub.appliedCommitTime ? ` (source commit ${sub.appliedCommitTime.toISOString()})` : ''}`);
+    if (lagBytes !== null) out.push(`lag          ${formatBytes(lagBytes)} of source WAL, ${lagSeconds === null ? 'time behind unknown (stopped, with too much WAL to look through)' : `${lagSeconds.toFixed(1)} s behind`}`);
     if (slot) out.push(`slot         ${slot.active ? 'active' : 'inactive'}, wal_status ${slot.walStatus}, retained WAL ${formatBytes(slot.retainedBytes ?? 0)}`);
     else if (sourceUrl) out.push(`slot         missing on the source: the sync cannot resume; run pg-live-sync drop and run again`);
     for (const w of slotWarnings(slot, walWarnBytes)) out.push(`warning      ${w}`);

@@ -237,6 +237,11 @@ export class Applier {
     }));
   }
 
+  /** The end of the last source commit the target holds. */
+  get appliedPosition(): Lsn {
+    return this.appliedLsn;
+  }
+
   /** The group is durable on the target (checkpoint committed it). */
   committed(lsn: Lsn | null): void {
     if (lsn !== null) this.appliedLsn = lsn;
