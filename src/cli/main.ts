@@ -152,25 +152,43 @@ async function run(args: string[]): Promise<number> {
     },
     { log, onStatus: progressReporter() },
   );
-  let signals = 0;
-  const onSignal = (sig: string) => {
-    signals++;
-    if (signals > 1) {
-      log('warn', `second ${sig}: exiting now; the target keeps everything committed so far`);
-      process.exit(1);
-    }
-    log('info', `${sig} received`);
-    engine.stop();
-    // The target is consistent at every commit, so even a stop that cannot finish loses nothing.
-    setTimeout(() => {
-      log('warn', 'stop is taking too long; exiting; the next run resumes from the target state');
-      process.exit(0);
-    }, 13_000).unref();
-  };
-  process.on('SIGINT', () => onSignal('SIGINT'));
-  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  const stop = stopper(engine, (why) => {
+    process.stderr.write(`pg-live-sync: error: ${forcedStopMessage(why)}\n`);
+    process.exit(1);
+  });
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(sig, () => {
+      log('info', `${sig} received`);
+      stop(sig, true);
+    });
+  }
   await engine.run();
   return 0;
+}
+
+/** How long a stop may take to commit and close before the process exits anyway. */
+const STOP_GRACE_MS = 13_000;
+
+/**
+ * The first stop request asks the engine to commit what it has applied and return; a second
+ * signal, or the grace period running out, calls `force` (which exits non-zero: the stop was not
+ * clean, though nothing is lost, as the target is consistent at every commit).
+ */
+function stopper(engine: SyncEngine, force: (why: string) => void): (what: string, isSignal: boolean) => void {
+  let asked = false;
+  return (what, isSignal) => {
+    if (asked) {
+      if (isSignal) force(`second ${what}`);
+      return;
+    }
+    asked = true;
+    engine.stop();
+    setTimeout(() => force(`the stop did not finish within ${STOP_GRACE_MS / 1000} s`), STOP_GRACE_MS).unref();
+  };
+}
+
+function forcedStopMessage(why: string): string {
+  return `stopped by force (${why}) before the last changes were committed; the target keeps everything committed so far and the next run resumes from there`;
 }
 
 /**
@@ -192,12 +210,19 @@ async function serveIpc(): Promise<number> {
     },
     onStatus: (s) => post({ type: 'status', status: statusToJson(s) }),
   });
-  process.on('message', (m: ToEngine) => { if (m.type === 'stop') engine.stop(); });
-  process.on('disconnect', () => engine.stop());
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => engine.stop());
   // process.exit would drop a message still queued on the channel: wait for the last one.
+  let finished: Promise<void> | null = null;
   const finish = (error: string | null) =>
-    new Promise<void>((resolve) => (process.connected ? send({ type: 'exit', error } satisfies FromEngine, () => resolve()) : resolve()));
+    (finished ??= new Promise<void>((resolve) => (process.connected ? send({ type: 'exit', error } satisfies FromEngine, () => resolve()) : resolve())));
+  const stop = stopper(engine, (why) => {
+    const error = forcedStopMessage(why);
+    log('error', error);
+    void finish(error).then(() => process.exit(1));
+  });
+  process.on('message', (m: ToEngine) => { if (m.type === 'stop') stop('stop', false); });
+  // The parent going away must not leave this process behind, even if the stop hangs.
+  process.on('disconnect', () => stop('disconnect', false));
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => stop(sig, true));
   try {
     await engine.run();
     await finish(null);
@@ -251,7 +276,7 @@ async function status(args: string[]): Promise<number> {
     const source = sourceUrl ? await connect({ url: sourceUrl, role: 'source' }) : null;
     const report = await readSyncReport(target, subscription, source).finally(() => source?.end());
     if (!report) throw notFound(subscription);
-    const { subscription: sub, tables, slot } = report;
+    const { subscription: sub, tables, slot, lagBytes, lagSeconds } = report;
     if (v.json) {
       process.stdout.write(JSON.stringify({
         subscription: sub.subname,
@@ -261,6 +286,8 @@ async function status(args: string[]): Promise<number> {
         consistentLsn: sub.consistentLsn === null ? null : formatLsn(sub.consistentLsn),
         appliedLsn: sub.appliedLsn === null ? null : formatLsn(sub.appliedLsn),
         appliedCommitTime: sub.appliedCommitTime,
+        lagBytes,
+        lagSeconds,
         lastError: sub.lastError,
         slot: slot && { ...slot, confirmedFlush: slot.confirmedFlush === null ? null : formatLsn(slot.confirmedFlush) },
         warnings: slotWarnings(slot, walWarnBytes),
@@ -271,6 +298,7 @@ async function status(args: string[]): Promise<number> {
     const out: string[] = [];
     out.push(`subscription ${sub.subname} (slot ${sub.slotName}, publications ${sub.publications.join(', ')}, source ${sub.source})`);
     out.push(`applied LSN  ${sub.appliedLsn === null ? '-' : formatLsn(sub.appliedLsn)}${sub.appliedCommitTime ? ` (source commit ${sub.appliedCommitTime.toISOString()})` : ''}`);
+    if (lagBytes !== null) out.push(`lag          ${formatBytes(lagBytes)} of source WAL, ${lagSeconds === null ? 'time behind unknown (stopped, with too much WAL to look through)' : `${lagSeconds.toFixed(1)} s behind`}`);
     if (slot) out.push(`slot         ${slot.active ? 'active' : 'inactive'}, wal_status ${slot.walStatus}, retained WAL ${formatBytes(slot.retainedBytes ?? 0)}`);
     else if (sourceUrl) out.push(`slot         missing on the source: the sync cannot resume; run pg-live-sync drop and run again`);
     for (const w of slotWarnings(slot, walWarnBytes)) out.push(`warning      ${w}`);

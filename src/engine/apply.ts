@@ -13,7 +13,7 @@ import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { targetColumns } from './catalog';
 import { emptyTables, qualified, quoteIdent, tableKey } from './connection';
-import { errorMessage, SyncError } from './errors';
+import { errorMessage, isTransient, SyncError } from './errors';
 import type { Lsn } from './lsn';
 import { UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './stream';
 import type { Logger, SyncedTable } from './types';
@@ -246,6 +246,11 @@ export class Applier {
     }));
   }
 
+  /** The end of the last source commit the target holds. */
+  get appliedPosition(): Lsn {
+    return this.appliedLsn;
+  }
+
   /** The group is durable on the target (checkpoint committed it). */
   committed(lsn: Lsn | null): void {
     if (lsn !== null) this.appliedLsn = lsn;
@@ -397,13 +402,21 @@ export class Applier {
     if (r.rowCount === 0) this.missingRows('delete', plan, 1);
   }
 
-  /** A statement the target refuses (constraint, type, permission) names the table and stops the sync. */
+  /**
+   * A statement the target refuses (constraint, type, permission) names the table and stops the
+   * sync; connection trouble and transient conditions (deadlock, disk full, ...) are not the
+   * table's fault and go up as they are, to be retried.
+   */
   private async exec(plan: RelationPlan, op: string, run: () => Promise<pg.QueryResult>): Promise<pg.QueryResult> {
     try {
       return await run();
     } catch (err) {
-      const e = err as { code?: string; message?: string };
-      if (!e.code || e.code.startsWith('08') || e.code === '57P01') throw err; // connection trouble: not the table's fault
+      const e = err as { code?: string; detail?: string };
+      if (!e.code || isTransient(err)) throw err;
+      if (e.code === '23505') {
+        // The detail names only the key ("Key (id)=(42) already exists."), never the rest of the row.
+        throw new SyncError(`applying a source ${op} to ${plan.targetName} failed: ${errorMessage(err)}${e.detail ? ` (${e.detail})` : ''}; a target row the source does not have holds that key (or the target has a unique constraint the source lacks): delete that row (or drop the constraint) on the target and run again, nothing is lost`, 'apply');
+      }
       throw new SyncError(`applying a source ${op} to ${plan.targetName} failed: ${errorMessage(err)}; fix the target table (its constraints and types must accept the source rows) and run again, nothing is lost`, 'apply');
     }
   }

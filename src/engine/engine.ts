@@ -9,7 +9,7 @@ import { listPublishedTables, replicaIdentityFix, type PublishedTable } from './
 import { abandonGroup, checkpoint, checkpointDue } from './checkpoint';
 import { connect, describeEndpoint, tableKey, type Endpoint } from './connection';
 import { copyTables, type CopyProgress } from './copy';
-import { CheckError, errorMessage, SyncError } from './errors';
+import { CheckError, errorMessage, isTransient, retryMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, type Lsn } from './lsn';
 import { checkSource, checkTarget, type Finding } from './precheck';
 import { createSlotWithSnapshot, dropSlotIfExists, dropTableSyncSlots, slotInfo, slotNameFor, tableSyncSlotName, validateSubscriptionName } from './slot';
@@ -25,6 +25,12 @@ import type { Logger, SyncedTable, SyncOptions, SyncPhase, SyncStatus, TableProg
 
 /** With a group open and the stream quiet this long, commit rather than wait for more. */
 const IDLE_COMMIT_MS = 20;
+/**
+ * While caught up, the source position that keepalives report is written to the target (then
+ * confirmed to the slot) at most this often: an idle sync holds no WAL back, and WAL written
+ * elsewhere on the source costs the target one small write a second, not one per keepalive.
+ */
+const SETTLE_MS = 1_000;
 const STATUS_INTERVAL_MS = 1_000;
 /** How often the publications are read for tables that joined or left. */
 const PUBLICATION_POLL_MS = 2_000;
@@ -57,6 +63,9 @@ export class SyncEngine {
   private progress = new Map<string, TableProgress>();
   private serverWalEnd: Lsn = 0n;
   private stream: ReplicationStream | null = null;
+  /** What the target holds as applied (also before streaming: the copy's consistent point). */
+  private applied: Lsn | null = null;
+  /** Commit time of the oldest source transaction received but not yet committed on the target. */
   private pendingSince: bigint | null = null;
   private changesApplied = 0;
   private transactionsApplied = 0;
@@ -80,8 +89,13 @@ export class SyncEngine {
     this.interrupt?.('stop');
   }
 
+  /**
+   * Lag: bytes are the source's WAL end (as the stream last reported it) past what the target has
+   * applied and the slot confirmed; seconds run from the commit of the oldest transaction not yet
+   * applied, 0 when none is.
+   */
   status(): SyncStatus {
-    const acked = this.stream?.acknowledged ?? null;
+    const acked = this.stream?.acknowledged ?? this.applied;
     const lagBytes = acked === null || this.serverWalEnd <= acked ? 0 : Number(this.serverWalEnd - acked);
     const lagSeconds = this.pendingSince === null ? 0 : Math.max(0, (Date.now() * 1000 - Number(this.pendingSince)) / 1e6);
     return {
@@ -168,6 +182,7 @@ export class SyncEngine {
       await setConsistentLsn(target, options.subscription, created.consistentLsn);
       if (!options.copyData) {
         for (const t of tables) await setTableState(target, options.subscription, t.source, 'f', { lsn: created.consistentLsn });
+        await this.copied(target, created.consistentLsn);
         return true;
       }
       this.phase = 'copying';
@@ -187,6 +202,7 @@ export class SyncEngine {
           onProgress: (p) => this.onCopyProgress(p),
         }),
       );
+      await this.copied(target, created.consistentLsn);
       return true;
     } catch (err) {
       if (this.abort.signal.aborted) {
@@ -197,6 +213,12 @@ export class SyncEngine {
     } finally {
       await closeExporter();
     }
+  }
+
+  /** The copy holds the source as of the slot's consistent point: that is the applied position now. */
+  private async copied(target: pg.Client, consistentLsn: Lsn): Promise<void> {
+    await writeAppliedLsn(target, this.options.subscription, consistentLsn, null);
+    this.applied = consistentLsn;
   }
 
   private inFlight = new Map<string, CopyProgress>();
@@ -232,7 +254,10 @@ export class SyncEngine {
     }
   }
 
-  /** Streams until stopped; a lost connection is logged and retried with backoff, from the target's state. */
+  /**
+   * Streams until stopped; a lost connection or a transient server error (deadlock, disk full, ...)
+   * is logged and retried with backoff, from the target's state.
+   */
   private async streamWithRetries(target: pg.Client): Promise<pg.Client> {
     const log = this.hooks.log;
     let attempt = 0;
@@ -253,7 +278,7 @@ export class SyncEngine {
         if (Date.now() - startedAt > 60_000) attempt = 0;
         attempt++;
         const delay = Math.min(MAX_RETRY_DELAY_MS, 1000 * 2 ** (attempt - 1));
-        log('warn', `connection lost: ${errorMessage(err)}; retry ${attempt} in ${delay / 1000} s (nothing applied is lost)`);
+        log('warn', retryMessage(err, `retry ${attempt} in ${delay / 1000} s`));
         if (client) {
           await client.end().catch(() => undefined);
           client = null;
@@ -286,6 +311,7 @@ export class SyncEngine {
     const sub = await loadSubscription(target, options.subscription);
     if (!sub || sub.consistentLsn === null) throw new SyncError(`the state of subscription "${options.subscription}" disappeared from the target; run pg-live-sync drop, then run again`, 'state_missing');
     const startLsn = maxLsn(sub.appliedLsn ?? 0n, sub.consistentLsn);
+    this.applied = startLsn;
     const catalog = await connect(this.source, { applicationName: 'pg_live_sync_catalog' });
     const stateClient = await connect(this.target, { applicationName: 'pg_live_sync_state' });
     const jobsAbort = new AbortController();
@@ -413,11 +439,18 @@ export class SyncEngine {
       }, PUBLICATION_POLL_MS);
       startDueJobs();
 
-      const events = stream.events()[Symbol.asyncIterator]();
+      const live = stream;
+      const events = live.events()[Symbol.asyncIterator]();
       let next: Promise<IteratorResult<StreamEvent>> | null = null;
       let lastEventAt = Date.now();
+      let settledAt = Date.now();
+      const settle = async () => {
+        await this.settleIdle(target, applier, processed, live);
+        settledAt = Date.now();
+      };
       const idleTimer = setInterval(() => {
-        if (applier.group && !applier.inSourceTransaction && Date.now() - lastEventAt >= IDLE_COMMIT_MS) this.interrupt?.('idle');
+        if (applier.inSourceTransaction) return;
+        if (applier.group ? Date.now() - lastEventAt >= IDLE_COMMIT_MS : processed > applier.appliedPosition && Date.now() - settledAt >= SETTLE_MS) this.interrupt?.('idle');
       }, IDLE_COMMIT_MS);
       try {
         while (!this.abort.signal.aborted) {
@@ -434,7 +467,7 @@ export class SyncEngine {
               await Promise.race([resumed, new Promise<void>((r) => jobsAbort.signal.addEventListener('abort', () => r(), { once: true }))]);
               resumeMain = null;
             }
-            await this.settleIdle(target, applier, processed);
+            await settle();
             continue;
           }
           const pending = (next ??= events.next());
@@ -447,6 +480,7 @@ export class SyncEngine {
           if (got === 'task') continue;
           if (got === 'idle') {
             await this.checkpoint(target, applier, stream);
+            await settle();
             continue;
           }
           next = null;
@@ -458,26 +492,31 @@ export class SyncEngine {
               if (ev.replyRequested) stream.acknowledge(stream.acknowledged, true);
               continue;
             }
-            // Everything before this keepalive has been seen: commit what is open, then the slot
-            // may move to the server's WAL end, so an idle sync never holds WAL back (and a
-            // source shutting down, which asks until it is answered, gets its answer).
+            // Everything before this keepalive has been seen: commit what is open, then the target
+            // and the slot may move to the server's WAL end, so an idle sync never holds WAL back
+            // (and a source shutting down, which asks until it is answered, gets its answer).
             processed = maxLsn(processed, ev.walEnd);
+            stream.received(ev.walEnd);
             if (applier.group) await this.checkpoint(target, applier, stream);
-            await this.settleIdle(target, applier, processed);
-            stream.acknowledge(ev.walEnd, true);
+            if (ev.replyRequested || Date.now() - settledAt >= SETTLE_MS || this.handedOverBy(processed)) await settle();
+            stream.acknowledge(stream.acknowledged, true);
             continue;
           }
           lastEventAt = Date.now();
           const change = ev.change;
-          if (change.tag === 'begin' && this.pendingSince === null) this.pendingSince = change.commitTime;
           await applier.apply(change);
+          // A replayed transaction the target already holds is not pending.
+          if (change.tag === 'begin' && applier.group && this.pendingSince === null) this.pendingSince = change.commitTime;
           if (change.tag === 'commit') {
             processed = maxLsn(processed, change.endLsn);
             if (checkpointDue(applier.group)) await this.checkpoint(target, applier, stream);
           }
         }
         if (applier.inSourceTransaction) await abandonGroup(target, applier);
-        else await this.checkpoint(target, applier, stream);
+        else {
+          await this.checkpoint(target, applier, stream);
+          await settle();
+        }
       } finally {
         clearInterval(idleTimer);
       }
@@ -506,6 +545,7 @@ export class SyncEngine {
     });
     this.pendingSince = null;
     if (done) {
+      this.applied = done.lsn;
       stream.acknowledge(done.lsn, true);
       this.transactionsApplied += done.transactions;
       this.changesApplied += done.changes;
@@ -519,10 +559,12 @@ export class SyncEngine {
   /**
    * With nothing open and everything before `processed` seen, `processed` is as good as an
    * applied position: record it, so tables handed over there become ready without waiting for a
-   * source write.
+   * source write, and lag reads 0; only then is it confirmed to the slot, so the slot never
+   * confirms beyond what the target holds.
    */
-  private async settleIdle(target: pg.Client, applier: Applier, processed: Lsn): Promise<void> {
-    if (applier.group || applier.inSourceTransaction || !this.handedOverBy(processed)) return;
+  private async settleIdle(target: pg.Client, applier: Applier, processed: Lsn, stream: ReplicationStream): Promise<void> {
+    if (applier.group || applier.inSourceTransaction) return;
+    if (processed <= applier.appliedPosition && !this.handedOverBy(processed)) return;
     await target.query('BEGIN');
     try {
       await writeAppliedLsn(target, this.options.subscription, processed, null);
@@ -533,6 +575,8 @@ export class SyncEngine {
       throw err;
     }
     applier.committed(processed);
+    this.applied = processed;
+    stream.acknowledge(processed, true);
   }
 
   /** Tables whose handover position the main stream has passed are ready: s -> r. */
@@ -649,14 +693,6 @@ export class SyncEngine {
 function refuseOnErrors(findings: Finding[], tableErrorsToo: boolean): void {
   const errors = findings.filter((f) => f.severity === 'error' && (tableErrorsToo || !f.table));
   if (errors.length > 0) throw new CheckError(errors.map((f) => f.message));
-}
-
-/** Connection trouble that a retry can get past, as opposed to a problem someone must fix. */
-export function isTransient(err: unknown): boolean {
-  if (err instanceof SyncError) return err.code === 'connect' || err.code === 'stream_ended';
-  const e = (err ?? {}) as { code?: string; message?: string };
-  if (e.code && /^(08|57P0[123]|53300|ECONN|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN)/.test(e.code)) return true;
-  return /Connection terminated|connection timeout|terminating connection|server closed the connection|read ECONNRESET|not queryable|connection error/i.test(e.message ?? '');
 }
 
 /** A table's progress before its copy starts. */

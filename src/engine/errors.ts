@@ -64,3 +64,37 @@ export function oneLine(text: string): string {
 export function errorMessage(err: unknown): string {
   return oneLine(err instanceof Error ? err.message : String(err));
 }
+
+/**
+ * SQLSTATEs that a retry gets past: the server was busy, short of a resource for a moment, or
+ * restarting. Apply is exactly-once (the position commits with the changes), so a retry replays
+ * from the last committed position and loses or repeats nothing.
+ */
+const RETRYABLE: Record<string, string> = {
+  '40P01': 'deadlock detected',
+  '40001': 'serialization failure',
+  '55P03': 'lock not available (lock_timeout)',
+  '57P01': 'server shut down by an administrator',
+  '57P02': 'server crash shutdown',
+  '57P03': 'server cannot accept connections now',
+  '53100': 'disk full',
+  '53200': 'out of memory',
+  '53300': 'too many connections',
+};
+
+/** Connection trouble or a transient server condition, as opposed to a problem someone must fix. */
+export function isTransient(err: unknown): boolean {
+  if (err instanceof SyncError) return err.code === 'connect' || err.code === 'stream_ended';
+  const e = (err ?? {}) as PgLikeError;
+  if (e.code && (e.code in RETRYABLE || /^(08|ECONN|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN)/.test(e.code))) return true;
+  return /Connection terminated|connection timeout|terminating connection|server closed the connection|read ECONNRESET|not queryable|connection error/i.test(e.message ?? '');
+}
+
+/** The log line for a transient error about to be retried: what happened and what, if anything, to do. */
+export function retryMessage(err: unknown, retry: string): string {
+  const code = ((err ?? {}) as PgLikeError).code ?? '';
+  const text = errorMessage(err);
+  if (code === '53100') return `the target's disk is full (${text}): free space on the target; the sync resumes by itself (${retry}, nothing applied is lost)`;
+  const what = code in RETRYABLE ? `${RETRYABLE[code]} (SQLSTATE ${code})` : 'connection lost';
+  return `${what}: ${text}; ${retry} (nothing applied is lost)`;
+}

@@ -4,7 +4,7 @@
  * tree all read a sync this way, so a run elsewhere (the CLI on a server) looks the same.
  */
 import type pg from 'pg';
-import { connect, type Endpoint } from './connection';
+import { connect, quoteIdent, type Endpoint } from './connection';
 import { SyncError } from './errors';
 import { formatLsn } from './lsn';
 import { dropSlotIfExists, dropTableSyncSlots, slotInfo, slotNameFor, validateSubscriptionName, type SlotInfo } from './slot';
@@ -17,8 +17,16 @@ export interface SyncReport {
   /** null when the source was not asked or the slot is missing (see slotMissing). */
   slot: SlotInfo | null;
   slotMissing: boolean;
-  /** Source WAL written past what the target applied; null without the source. */
+  /**
+   * Source WAL written past the slot's confirmed position (which never passes what the target
+   * holds); past the target's applied position when the slot is missing; null without the source.
+   */
   lagBytes: number | null;
+  /**
+   * Seconds since the commit of the oldest source transaction the target has not applied, 0 when
+   * there is none; null without the source, or when a stopped sync has too much WAL to look through.
+   */
+  lagSeconds: number | null;
   /** Whether a run holds the subscription's lock on the target right now. */
   running: boolean;
 }
@@ -35,17 +43,62 @@ export async function readSyncReport(target: pg.Client, subname: string, source:
                        AND objid::bigint = (hashtext($1)::bigint & 4294967295)) AS running`,
     [subname],
   );
+  const running = lock.rows[0].running as boolean;
   let slot: SlotInfo | null = null;
   let lagBytes: number | null = null;
+  let lagSeconds: number | null = null;
   if (source) {
     slot = await slotInfo(source, subscription.slotName);
-    const applied = subscription.appliedLsn ?? subscription.consistentLsn;
+    const applied = slot?.confirmedFlush ?? subscription.appliedLsn ?? subscription.consistentLsn;
     if (applied !== null) {
       const r = await source.query(`SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint AS lag`, [formatLsn(applied)]);
       lagBytes = Math.max(0, Number(r.rows[0].lag));
+      lagSeconds = lagBytes === 0 ? 0 : await pendingSeconds(source, subscription, slot, running);
     }
   }
-  return { subscription, tables, slot, slotMissing: source !== null && slot === null, lagBytes, running: lock.rows[0].running as boolean };
+  return { subscription, tables, slot, slotMissing: source !== null && slot === null, lagBytes, lagSeconds, running };
+}
+
+/** A stopped sync's slot is decoded to find its oldest pending commit only up to this much WAL. */
+const MAX_PEEK_BYTES = 16 * 1024 * 1024;
+const PG_EPOCH_MICROS = 946_684_800_000_000n;
+
+/**
+ * WAL past the confirmed position need not hold a commit of a published table (other databases,
+ * other tables, the server's own records). A running sync confirms such WAL within a second, and
+ * the source's walsender measures how long what it sent waits for confirmation (flush_lag, NULL
+ * once caught up). For a stopped sync the slot itself is decoded without consuming it: the first
+ * pgoutput message is the BEGIN of the oldest pending transaction, with its commit time.
+ */
+async function pendingSeconds(source: pg.Client, sub: SubscriptionRow, slot: SlotInfo | null, running: boolean): Promise<number | null> {
+  if (!slot) return null;
+  if (slot.active) {
+    const r = await source.query(
+      `SELECT extract(epoch FROM r.flush_lag)::float8 AS lag FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1`,
+      [sub.slotName],
+    );
+    return r.rows[0]?.lag ?? 0;
+  }
+  // A run about to start must find the slot free: never decode while one holds the subscription.
+  if (running || slot.retainedBytes === null || slot.retainedBytes > MAX_PEEK_BYTES) return null;
+  try {
+    await source.query('BEGIN');
+    await source.query(`SET LOCAL statement_timeout = '2s'`);
+    const r = await source.query(
+      `SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, 1, 'proto_version', '1', 'publication_names', $2) LIMIT 1`,
+      [sub.slotName, sub.publications.map((p) => quoteIdent(p)).join(',')],
+    );
+    const data = r.rows[0]?.data as Buffer | undefined;
+    if (!data) return 0;
+    if (data[0] !== 0x42) return null; // 'B': final LSN, commit time, xid
+    const commitMicros = data.readBigInt64BE(9) + PG_EPOCH_MICROS;
+    return Math.max(0, (Date.now() * 1000 - Number(commitMicros)) / 1e6);
+  } catch {
+    // Not allowed to decode (no REPLICATION), another database, or too slow: unknown, not wrong.
+    return null;
+  } finally {
+    await source.query('ROLLBACK').catch(() => undefined);
+  }
 }
 
 /** Removes a sync: its slots on the source and its state on the target; the target's data stays. */

@@ -144,7 +144,7 @@ function statusInterval(walSenderTimeout: string): number {
 
 export class ReplicationStream {
   private flushed: Lsn;
-  private received: Lsn;
+  private receivedUpTo: Lsn;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -155,7 +155,7 @@ export class ReplicationStream {
     intervalMs: number,
   ) {
     this.flushed = startLsn;
-    this.received = startLsn;
+    this.receivedUpTo = startLsn;
     this.timer = setInterval(() => this.sendStatus(false), intervalMs);
     this.timer.unref();
   }
@@ -180,13 +180,22 @@ export class ReplicationStream {
         // XLogData: 'w', start LSN, current end of WAL on the server, send time, payload
         const walEnd = frame.readBigUInt64BE(9);
         const change = toChange(parser.parse(frame.subarray(25)));
-        if (change.tag === 'commit' && change.endLsn > this.received) this.received = change.endLsn;
+        if (change.tag === 'commit' && change.endLsn > this.receivedUpTo) this.receivedUpTo = change.endLsn;
         yield { kind: 'change', change, walEnd };
       } else if (frame[0] === 0x6b) {
         // Primary keepalive: 'k', current end of WAL on the server, send time, reply requested
         yield { kind: 'keepalive', walEnd: frame.readBigUInt64BE(1), replyRequested: frame[17] === 1 };
       }
     }
+  }
+
+  /**
+   * Everything before `lsn` has been seen (a keepalive outside a transaction): reported as
+   * written, so the walsender does not ping again for WAL we have, while flushed waits for the
+   * target.
+   */
+  received(lsn: Lsn): void {
+    if (lsn > this.receivedUpTo) this.receivedUpTo = lsn;
   }
 
   /** `lsn` is the end of the last commit durably applied on the target: never more, never + 1. */
@@ -203,7 +212,7 @@ export class ReplicationStream {
     if (this.closed) return;
     const buf = Buffer.alloc(34);
     buf[0] = 0x72; // 'r' standby status update
-    const written = this.received > this.flushed ? this.received : this.flushed;
+    const written = this.receivedUpTo > this.flushed ? this.receivedUpTo : this.flushed;
     buf.writeBigUInt64BE(written, 1);
     buf.writeBigUInt64BE(this.flushed, 9);
     buf.writeBigUInt64BE(this.flushed, 17);

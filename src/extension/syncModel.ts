@@ -82,13 +82,12 @@ export function readingFromReport(r: SyncReport, at: number, notRunning: 'paused
   const copying = live.some((t) => t.state === 'i' || t.state === 'd');
   const activity: SyncActivity = r.running ? (copying ? 'copying' : 'streaming') : r.subscription.lastError ? 'error' : notRunning;
   const applied = r.subscription.appliedLsn ?? r.subscription.consistentLsn;
-  const commit = r.subscription.appliedCommitTime;
   return {
     at,
     activity,
     appliedLsn: applied === null ? null : formatLsn(applied),
     lagBytes: r.lagBytes,
-    lagSeconds: r.lagBytes === null ? null : r.lagBytes === 0 || !commit ? 0 : Math.max(0, (at - commit.getTime()) / 1000),
+    lagSeconds: r.lagSeconds,
     changesApplied: null,
     retainedWalBytes: r.slot?.retainedBytes ?? null,
     lastError: r.subscription.lastError,

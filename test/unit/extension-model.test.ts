@@ -245,13 +245,13 @@ function progress(table: string, over: Partial<TableProgress> = {}): TableProgre
   return { ...statusTable(table), lsn: null, ...over } as TableProgress;
 }
 
-function report(running: boolean, tables: TableProgress[], over: Partial<SyncReport['subscription']> = {}, lagBytes: number | null = 0): SyncReport {
+function report(running: boolean, tables: TableProgress[], over: Partial<SyncReport['subscription']> = {}, lagBytes: number | null = 0, lagSeconds: number | null = lagBytes === null ? null : 0): SyncReport {
   return {
     subscription: {
       subname: 's', slotName: 'pg_live_sync_s', publications: ['pub'], source: 'h:5432/db',
       consistentLsn: parseLsn('0/100'), appliedLsn: null, appliedCommitTime: null, lastError: null, ...over,
     },
-    tables, slot: null, slotMissing: false, lagBytes, running,
+    tables, slot: null, slotMissing: false, lagBytes, lagSeconds, running,
   };
 }
 
@@ -271,7 +271,7 @@ describe('sync model: readings', () => {
     );
   });
 
-  it('readingFromReport: running copying/streaming, else error or the given not-running word; lag from the commit time', () => {
+  it('readingFromReport: running copying/streaming, else error or the given not-running word; lag as the report measures it', () => {
     const at = Date.parse('2026-01-01T00:00:10Z');
     assert.equal(readingFromReport(report(true, [progress('a', { state: 'f' })]), at, 'stopped').activity, 'streaming');
     assert.equal(readingFromReport(report(true, [progress('a', { state: 'i' })]), at, 'stopped').activity, 'copying');
@@ -282,9 +282,11 @@ describe('sync model: readings', () => {
     assert.equal(failed.activity, 'error');
     assert.equal(failed.lastError, 'boom; fix it');
 
-    const lagging = readingFromReport(report(true, [progress('a')], { appliedLsn: parseLsn('0/16B3748'), appliedCommitTime: new Date('2026-01-01T00:00:04Z') }, 500), at, 'stopped');
+    const lagging = readingFromReport(report(true, [progress('a')], { appliedLsn: parseLsn('0/16B3748'), appliedCommitTime: new Date('2026-01-01T00:00:04Z') }, 500, 6), at, 'stopped');
     assert.equal(lagging.appliedLsn, '0/16B3748');
     assert.equal(lagging.lagSeconds, 6);
+    const idleWal = readingFromReport(report(false, [progress('a')], { appliedCommitTime: new Date('2026-01-01T00:00:04Z') }, 500, 0), at, 'stopped');
+    assert.equal(idleWal.lagSeconds, 0, 'WAL without a pending commit is no time behind, however old the last commit');
     assert.equal(lagging.changesApplied, null);
     const caughtUp = readingFromReport(report(true, [progress('a')], { appliedCommitTime: new Date('2026-01-01T00:00:04Z') }, 0), at, 'stopped');
     assert.equal(caughtUp.appliedLsn, '0/100', 'falls back to the consistent LSN');
