@@ -4,7 +4,7 @@
  * the fix; exit 1 for failures, 2 for usage errors.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { connect, describeEndpoint, qualified, quoteIdent, tableKey } from '../engine/connection';
+import { connect, describeEndpoint, qualified, tableKey } from '../engine/connection';
 import { connectorRoleSql, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
 import { SyncEngine } from '../engine/engine';
 import { CheckError, errorMessage, SyncError } from '../engine/errors';
@@ -12,8 +12,7 @@ import { formatLsn } from '../engine/lsn';
 import { validateSubscriptionName } from '../engine/slot';
 import { checkSource, checkTarget } from '../engine/precheck';
 import { dropSync, notFound, readSyncReport } from '../engine/report';
-import { sequenceSql, syncSequences } from '../engine/sequences';
-import { loadSubscription, loadTableProgress, stateSchemaExists } from '../engine/state';
+import { describeSequence, sequenceSql, syncSequencesOfSync } from '../engine/sequences';
 import { parseTableMap } from '../engine/tablemap';
 import { statusToJson, type FromEngine, type ToEngine } from './ipc';
 import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
@@ -393,19 +392,13 @@ async function syncSequencesCommand(args: string[]): Promise<number> {
   const dryRun = v['dry-run'] === true;
   const target = await connect({ url: required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET'), role: 'target' });
   try {
-    if (!(await stateSchemaExists(target)) || !(await loadSubscription(target, subscription))) throw notFound(subscription);
-    const tables = (await loadTableProgress(target, subscription)).filter((t) => !t.removed)
-      .map((t) => ({ source: { schema: t.schema, table: t.table }, target: { schema: t.targetSchema, table: t.targetTable } }));
     const source = await connect({ url: required((v.source as string | undefined) ?? process.env.SOURCE, 'source', 'SOURCE'), role: 'source' });
-    const results = await syncSequences(source, target, tables, dryRun).finally(() => source.end());
+    const results = await syncSequencesOfSync(source, target, subscription, dryRun).finally(() => source.end());
     if (dryRun) {
       const text = sequenceSql(results);
       process.stdout.write(text ? `${text}\n` : '');
     }
-    for (const r of results) {
-      const why = `source last value ${r.sourceLast ?? '-'}, target ${r.table}.${quoteIdent(r.column)} extreme ${r.columnExtreme ?? '-'}, was ${r.before ?? 'unused'}`;
-      log('info', `${r.sequence}: ${r.skipped ?? `${dryRun ? 'would set' : 'set'} to ${r.value}`} (${why})`);
-    }
+    for (const r of results) log('info', describeSequence(r, dryRun));
     const changed = results.filter((r) => r.skipped === null).length;
     log('info', `sync-sequences: ${results.length} sequence(s), ${changed} ${dryRun ? 'to set' : 'set'}, ${results.length - changed} unchanged`);
     return 0;

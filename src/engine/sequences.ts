@@ -6,6 +6,8 @@
  */
 import type pg from 'pg';
 import { qualified, quoteIdent, quoteLiteral } from './connection';
+import { notFound } from './report';
+import { loadSubscription, loadTableProgress, stateSchemaExists } from './state';
 import type { TableName } from './types';
 
 export interface SyncedPair {
@@ -97,6 +99,20 @@ export async function syncSequences(source: pg.Client, target: pg.Client, tables
     }
   }
   return results.map(({ descending: _, ...r }) => r);
+}
+
+/** syncSequences over the tables a sync on this target syncs (its table map included). */
+export async function syncSequencesOfSync(source: pg.Client, target: pg.Client, subname: string, dryRun: boolean): Promise<SequenceResult[]> {
+  if (!(await stateSchemaExists(target)) || !(await loadSubscription(target, subname))) throw notFound(subname);
+  const tables = (await loadTableProgress(target, subname)).filter((t) => !t.removed)
+    .map((t) => ({ source: { schema: t.schema, table: t.table }, target: { schema: t.targetSchema, table: t.targetTable } }));
+  return syncSequences(source, target, tables, dryRun);
+}
+
+/** One line per sequence: what it was (or would be) set to, and from what. */
+export function describeSequence(r: SequenceResult, dryRun: boolean): string {
+  const from = `source last value ${r.sourceLast ?? '-'}, target ${r.table}.${quoteIdent(r.column)} extreme ${r.columnExtreme ?? '-'}, was ${r.before ?? 'unused'}`;
+  return `${r.sequence}: ${r.skipped ?? `${dryRun ? 'would set' : 'set'} to ${r.value}`} (${from})`;
 }
 
 /** The statements syncSequences runs, for review. */

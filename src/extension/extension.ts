@@ -83,6 +83,10 @@ export function activate(context: vscode.ExtensionContext): void {
       const name = await syncName(n, 'Drop Sync');
       if (name) await syncs.drop(name);
     },
+    syncSequences: async (n?: SyncsNode) => {
+      const name = await syncName(n, 'Sync Sequences', (d) => !d.attach || d.source !== undefined);
+      if (name) await syncs.syncSequences(name);
+    },
     attachSync: async () => {
       const def = await askAttach(connections);
       if (def) await syncs.attach(def);

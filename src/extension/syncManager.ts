@@ -3,6 +3,7 @@ import { connect, type Endpoint } from '../engine/connection';
 import { errorMessage } from '../engine/errors';
 import { readSyncReport, dropSync } from '../engine/report';
 import { slotInfo, slotNameFor } from '../engine/slot';
+import { describeSequence, syncSequencesOfSync } from '../engine/sequences';
 import { resetTableForResync } from '../engine/state';
 import type { TableMap } from '../engine/types';
 import type { PanelAction } from '../../webview/protocol';
@@ -225,6 +226,46 @@ export class SyncManager implements PanelSource, vscode.Disposable {
     await this.setPaused(name, false);
     await this.removeDefinition(name);
     void vscode.window.showInformationMessage(`Dropped sync ${name}: slot and state removed; the target's data stays.`);
+  }
+
+  /**
+   * Cutover: sets the target's sequences past the source's (see engine/sequences), after a modal
+   * listing every change a dry run found; running it again changes nothing.
+   */
+  async syncSequences(name: string): Promise<void> {
+    const def = this.definition(name);
+    if (!def) return;
+    if (!def.source) throw new Error(`sync ${name} was attached without a source connection; syncing sequences needs the source`);
+    const sourceEp = await this.connections.endpoint(def.source);
+    const targetEp = await this.connections.endpoint(def.target);
+    const each = async (dryRun: boolean) => {
+      const source = await connect(sourceEp);
+      try {
+        const target = await connect(targetEp);
+        try {
+          return await syncSequencesOfSync(source, target, name, dryRun);
+        } finally {
+          await target.end();
+        }
+      } finally {
+        await source.end();
+      }
+    };
+    const planned = await each(true);
+    const changes = planned.filter((r) => r.skipped === null);
+    if (changes.length === 0) {
+      void vscode.window.showInformationMessage(`Sync ${name}: all ${planned.length} sequence(s) on ${def.target} are already past the source's; nothing to change.`);
+      return;
+    }
+    const answer = await vscode.window.showWarningMessage(
+      `Set ${changes.length} sequence(s) on ${def.target}?`,
+      { modal: true, detail: `${changes.map((r) => describeSequence(r, true)).join('\n')}\n\nDo this once writes to the source have stopped: sequences only move forward.` },
+      'Set Sequences',
+    );
+    if (answer !== 'Set Sequences') return;
+    const done = await each(false);
+    for (const r of done) this.log.info(`sync ${name}: ${describeSequence(r, false)}`);
+    void vscode.window.showInformationMessage(`Sync ${name}: ${done.filter((r) => r.skipped === null).length} sequence(s) set on ${def.target}.`);
   }
 
   // ---- runs ----------------------------------------------------------------------------------
