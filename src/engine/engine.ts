@@ -478,9 +478,10 @@ export class SyncEngine {
               if (ev.replyRequested) stream.acknowledge(stream.acknowledged, true);
               continue;
             }
-            // Everything before this keepalive has been seen: commit what is open, then the slot
-            // may move to the server's WAL end, so an idle sync never holds WAL back (and a
-            // source shutting down, which asks until it is answered, gets its answer).
+            // Everything before this keepalive has been seen: commit what is open, record the
+            // server's WAL end as applied, then the slot may move there, so an idle sync never
+            // holds WAL back (and a source shutting down, which asks until it is answered, gets
+            // its answer) and the slot is never ahead of the target's state.
             processed = maxLsn(processed, ev.walEnd);
             if (applier.group) await this.checkpoint(target, applier, stream);
             await this.settleIdle(target, applier, processed, ev.replyRequested);
