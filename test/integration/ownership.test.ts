@@ -149,7 +149,7 @@ describe('tables copied afresh', () => {
     await pair.target.query(db, `DROP TABLE a; CREATE TABLE a (id int PRIMARY KEY, v text);`);
     await pair.source.query(db, `INSERT INTO a VALUES (501, 'new'); UPDATE a SET v = 'changed' WHERE id <= 5; INSERT INTO b VALUES (501, 'new');`);
     await waitSame(db, 'a', run, 'the recreated table a to be copied afresh');
-    assert.match(run.output(), /public\.a: its target table "public"\."a" was dropped and created again on the target/);
+    assert.match(run.output(), /"public"\."a": its target table "public"\."a" was dropped and created again on the target/);
     await waitAllReady(pair.target, db, sub, 3);
     await pair.source.query(db, `UPDATE a SET v = 'after' WHERE id = 501`);
     await waitCaughtUp(pair, db, sub, 60_000, run);
@@ -189,14 +189,14 @@ describe('tables copied afresh', () => {
     // Not running: marked, and the next run copies it.
     const plain = await resync('PUBLIC.B');
     assert.equal(plain.code, 0, plain.stderr);
-    assert.match(plain.stdout, /^public\.b: marked for resync; the next pg-live-sync run of resynced copies it afresh/);
+    assert.match(plain.stdout, /^"public"\."b": marked for resync; the next pg-live-sync run of resynced copies it afresh/);
     const next = startRun(runArgs(sourceUrl, targetUrl, sub));
     await waitSame(db, 'b', next, 'b to be copied afresh by the next run');
     assert.equal(await finish(next), 0, next.output());
 
     oneLine(await resync('b'), 2, /^pg-live-sync: --table "b" has no schema; give SCHEMA\.TABLE as in SQL/);
     oneLine(await resync('"My Schema.b'), 2, /^pg-live-sync: --table ""My Schema\.b" has a double quote that is not closed/);
-    oneLine(await resync('public.missing'), 1, /^pg-live-sync: error: subscription "resynced" has no table public\.missing \(its tables: "My Schema"\."Ünï\.T", public\.a, public\.b\)/);
+    oneLine(await resync('public.missing'), 1, /^pg-live-sync: error: subscription "resynced" has no table "public"\."missing" \(its tables: "My Schema"\."Ünï\.T", "public"\."a", "public"\."b"\)/);
     oneLine(await runCli(['resync', '--subscription', 'nosuch', '--target', targetUrl, '--table', 'public.a']), 1, /^pg-live-sync: error: the target has no state for subscription "nosuch"/);
   });
 });
