@@ -13,7 +13,8 @@ import { validateSubscriptionName } from '../engine/slot';
 import { checkSource, checkTarget } from '../engine/precheck';
 import { dropSync, notFound, readSyncReport } from '../engine/report';
 import { describeSequence, sequenceSql, syncSequencesOfSync } from '../engine/sequences';
-import { parseTableMap } from '../engine/tablemap';
+import { ensureStateSchema, requestResync, resyncPending } from '../engine/state';
+import { parseTableMap, parseTableName } from '../engine/tablemap';
 import { statusToJson, type FromEngine, type ToEngine } from './ipc';
 import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
 import { formatBytes, formatCount } from '../engine/units';
@@ -60,6 +61,15 @@ const COMMANDS: Record<string, CommandHelp> = {
     synopsis: 'pg-live-sync drop   --subscription NAME --source URL --target URL',
     about: "Removes the sync's slot from the source and its state from the target; the target's data stays.",
     flags: [['--subscription NAME', "the sync's name"], SOURCE_FLAG, TARGET_FLAG],
+  },
+  resync: {
+    synopsis: 'pg-live-sync resync --subscription NAME --target URL --table SCHEMA.TABLE',
+    about: 'Copies one table afresh: a running sync takes it up within seconds while the other tables stream, otherwise the next run does.',
+    flags: [
+      ['--subscription NAME', "the sync's name"],
+      TARGET_FLAG,
+      ['--table SCHEMA.TABLE', 'the source table, as in SQL: double-quote a part with capitals, dots or other characters'],
+    ],
   },
   check: {
     synopsis: `pg-live-sync check  --source URL --target URL --publication NAME [--publication NAME]...
@@ -350,6 +360,52 @@ async function drop(args: string[]): Promise<number> {
   return 0;
 }
 
+/** How long `resync` waits for a running sync to take the request up before saying it is queued. */
+const RESYNC_WAIT_MS = 30_000;
+
+/**
+ * Sends one table back to be copied afresh. The request is written into the target's state, where
+ * the running sync picks it up within seconds (or the next run at its start), so it never races
+ * a run: the run lets go of the table between two source transactions and copies it on its own.
+ */
+async function resync(args: string[]): Promise<number> {
+  const v = parse(args, { subscription: { type: 'string' }, target: { type: 'string' }, table: { type: 'string' } });
+  const subscription = required(v.subscription as string | undefined, 'subscription');
+  validateSubscriptionName(subscription);
+  const table = parseTableName(required(v.table as string | undefined, 'table'));
+  const name = qualified(table.schema, table.table);
+  const target = await connect({ url: required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET'), role: 'target' });
+  try {
+    const report = await readSyncReport(target, subscription, null);
+    if (!report) throw notFound(subscription);
+    const row = report.tables.find((t) => t.schema === table.schema && t.table === table.table);
+    if (!row) {
+      const known = report.tables.filter((t) => !t.removed).map((t) => qualified(t.schema, t.table));
+      const list = known.length > 10 ? `${known.slice(0, 10).join(', ')}, ... (${known.length} in all)` : known.join(', ') || 'none';
+      throw new SyncError(`subscription "${subscription}" has no table ${name} (its tables: ${list}); give --table as SCHEMA.TABLE of the source, double-quoting parts with capitals or dots`, 'not_found');
+    }
+    if (row.removed) throw new SyncError(`table ${name} left the publications of subscription "${subscription}" and is no longer synced; add it back to a publication and the sync copies it afresh`, 'not_found');
+    await ensureStateSchema(target);
+    await requestResync(target, subscription, table);
+    let running = report.running;
+    const deadline = Date.now() + RESYNC_WAIT_MS;
+    while (running && Date.now() < deadline && (await resyncPending(target, subscription, table))) {
+      await new Promise((r) => setTimeout(r, 200));
+      running = (await readSyncReport(target, subscription, null))?.running ?? false;
+    }
+    if (!(await resyncPending(target, subscription, table))) {
+      process.stdout.write(`${name}: the running sync is copying it afresh through its own slot; the other tables go on streaming (watch pg-live-sync status)\n`);
+    } else if (running) {
+      process.stdout.write(`${name}: marked for resync; the running sync copies it afresh once its current copy of the table is done\n`);
+    } else {
+      process.stdout.write(`${name}: marked for resync; the next pg-live-sync run of ${subscription} copies it afresh\n`);
+    }
+    return 0;
+  } finally {
+    await target.end();
+  }
+}
+
 /** Every finding, one line each with its fix; exit 1 when any is an error. */
 async function check(args: string[]): Promise<number> {
   const v = parse(args, {
@@ -448,6 +504,8 @@ async function main(argv: string[]): Promise<number> {
         return await status(args);
       case 'drop':
         return await drop(args);
+      case 'resync':
+        return await resync(args);
       case 'check':
         return await check(args);
       case 'sql':

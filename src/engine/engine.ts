@@ -7,34 +7,37 @@ import type pg from 'pg';
 import { Applier } from './apply';
 import { listPublishedTables, replicaIdentityFix, type PublishedTable } from './catalog';
 import { abandonGroup, checkpoint, checkpointDue } from './checkpoint';
-import { connect, describeEndpoint, tableKey, type Endpoint } from './connection';
+import { connect, describeEndpoint, qualified, tableKey, type Endpoint } from './connection';
 import { copyTables, type CopyProgress } from './copy';
 import { CheckError, errorMessage, isTransient, retryMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, type Lsn } from './lsn';
 import { checkSource, checkTarget, type Finding } from './precheck';
-import { createSlotWithSnapshot, dropSlotIfExists, dropTableSyncSlots, slotInfo, slotNameFor, tableSyncSlotName, validateSubscriptionName } from './slot';
 import {
-  ensureStateSchema, loadSubscription, loadTableProgress, markTableRemoved, promoteCaughtUpTables, resetSubscription,
+  createSlotWithSnapshot, dropSlotIfExists, dropTableSyncSlots, notOwnedSlots, slotInfo, slotNameFor, subscriptionSlots, tableSyncSlotName,
+  validateSubscriptionName,
+} from './slot';
+import {
+  adoptSlotPosition, ensureStateSchema, loadSubscription, loadTableProgress, markTableRemoved, promoteCaughtUpTables, resetSubscription,
   setConsistentLsn, setSubscriptionError, setTableError, setTableState, stateSchemaExists, tryLockSubscription,
-  upsertTableError, upsertTableRow, writeAppliedLsn, writeCopyProgress,
+  resetTableForResync, tablesToResync, upsertTableError, upsertTableRow, writeAppliedLsn, writeCopyProgress, type SubscriptionRow,
 } from './state';
 import { ReplicationStream, type StreamEvent } from './stream';
 import { resolveTarget } from './tablemap';
 import { syncTable, type TableSyncContext } from './tablesync';
-import type { Logger, SyncedTable, SyncOptions, SyncPhase, SyncStatus, TableProgress, TableState } from './types';
+import type { Logger, SyncedTable, SyncOptions, SyncPhase, SyncStatus, TableName, TableProgress, TableState } from './types';
 
 /** With a group open and the stream quiet this long, commit rather than wait for more. */
 const IDLE_COMMIT_MS = 20;
+const STATUS_INTERVAL_MS = 1_000;
+/** How often the publications are read for tables that joined or left. */
+const PUBLICATION_POLL_MS = 2_000;
+const MAX_RETRY_DELAY_MS = 30_000;
 /**
  * While caught up, the source position that keepalives report is written to the target (then
  * confirmed to the slot) at most this often: an idle sync holds no WAL back, and WAL written
  * elsewhere on the source costs the target one small write a second, not one per keepalive.
  */
-const SETTLE_MS = 1_000;
-const STATUS_INTERVAL_MS = 1_000;
-/** How often the publications are read for tables that joined or left. */
-const PUBLICATION_POLL_MS = 2_000;
-const MAX_RETRY_DELAY_MS = 30_000;
+const RECORD_IDLE_MS = 1_000;
 const MAX_TABLE_RETRY_DELAY_MS = 300_000;
 
 export interface SyncEngineHooks {
@@ -63,8 +66,6 @@ export class SyncEngine {
   private progress = new Map<string, TableProgress>();
   private serverWalEnd: Lsn = 0n;
   private stream: ReplicationStream | null = null;
-  /** What the target holds as applied (also before streaming: the copy's consistent point). */
-  private applied: Lsn | null = null;
   /** Commit time of the oldest source transaction received but not yet committed on the target. */
   private pendingSince: bigint | null = null;
   private changesApplied = 0;
@@ -72,7 +73,12 @@ export class SyncEngine {
   private locked = false;
   /** Work the stream loop does between two source transactions (handovers, table changes). */
   private mainTasks: (() => Promise<void>)[] = [];
+  /** The position the target holds (applied_lsn; the copy's consistent point before streaming): the slot is never acknowledged past it. */
+  private recorded: Lsn = 0n;
+  private recordedAt = 0;
   private jobs = new Map<string, TableJob>();
+  /** Tables whose resync waits for the main stream to let go of them. */
+  private resyncing = new Set<string>();
 
   constructor(private readonly options: SyncOptions, private readonly hooks: SyncEngineHooks) {
     this.source = { url: options.source, role: 'source', configuredIn: options.configuredIn?.source };
@@ -95,7 +101,7 @@ export class SyncEngine {
    * applied, 0 when none is.
    */
   status(): SyncStatus {
-    const acked = this.stream?.acknowledged ?? this.applied;
+    const acked = this.stream?.acknowledged ?? (this.recorded === 0n ? null : this.recorded);
     const lagBytes = acked === null || this.serverWalEnd <= acked ? 0 : Number(this.serverWalEnd - acked);
     const lagSeconds = this.pendingSince === null ? 0 : Math.max(0, (Date.now() * 1000 - Number(this.pendingSince)) / 1e6);
     return {
@@ -164,9 +170,15 @@ export class SyncEngine {
     const sub = await loadSubscription(target, options.subscription);
     if (sub?.consistentLsn != null) return true;
 
-    // A start that never recorded its slot's position left nothing worth keeping.
-    if (await dropSlotIfExists(source, this.slot)) log('info', `dropped replication slot "${this.slot}" left by an unfinished earlier start`);
-    await dropTableSyncSlots(source, options.subscription);
+    if (sub === null) {
+      // Slot names are cluster-wide but this state is per target: without a row here, they are not ours.
+      const foreign = await subscriptionSlots(source, options.subscription);
+      if (foreign.length > 0) throw new SyncError(notOwnedSlots(options.subscription, foreign, 'run'), 'slot_not_owned');
+    } else {
+      // Our row, written before the slot was created: a start that never recorded its slot's position left nothing worth keeping.
+      if (await dropSlotIfExists(source, this.slot)) log('info', `dropped replication slot "${this.slot}" left by an unfinished earlier start`);
+      await dropTableSyncSlots(source, options.subscription);
+    }
     await resetSubscription(target, { subname: options.subscription, slotName: this.slot, publications: options.publications, source: describeEndpoint(options.source) }, tables);
     for (const t of tables) this.progress.set(tableKey(t.source.schema, t.source.table), initialProgress(t));
 
@@ -218,7 +230,7 @@ export class SyncEngine {
   /** The copy holds the source as of the slot's consistent point: that is the applied position now. */
   private async copied(target: pg.Client, consistentLsn: Lsn): Promise<void> {
     await writeAppliedLsn(target, this.options.subscription, consistentLsn, null);
-    this.applied = consistentLsn;
+    this.recorded = consistentLsn;
   }
 
   private inFlight = new Map<string, CopyProgress>();
@@ -310,9 +322,12 @@ export class SyncEngine {
     const log = this.hooks.log;
     const sub = await loadSubscription(target, options.subscription);
     if (!sub || sub.consistentLsn === null) throw new SyncError(`the state of subscription "${options.subscription}" disappeared from the target; run pg-live-sync drop, then run again`, 'state_missing');
-    const startLsn = maxLsn(sub.appliedLsn ?? 0n, sub.consistentLsn);
-    this.applied = startLsn;
     const catalog = await connect(this.source, { applicationName: 'pg_live_sync_catalog' });
+    const startLsn = await this.startPosition(catalog, target, sub).catch(async (err) => {
+      await catalog.end().catch(() => undefined);
+      throw err;
+    });
+    this.recorded = startLsn;
     const stateClient = await connect(this.target, { applicationName: 'pg_live_sync_state' });
     const jobsAbort = new AbortController();
     const stopJobs = () => jobsAbort.abort();
@@ -324,16 +339,12 @@ export class SyncEngine {
     /** Every source transaction committing before this has been seen by this stream. */
     let processed = startLsn;
     try {
-      const info = await slotInfo(catalog, this.slot);
-      if (!info) {
-        throw new SyncError(`replication slot "${this.slot}" no longer exists on the source, so changes since ${formatLsn(startLsn)} are gone; run pg-live-sync drop --subscription ${options.subscription} and run again to copy afresh`, 'slot_missing');
-      }
-      if (info.walStatus === 'lost') {
-        throw new SyncError(`replication slot "${this.slot}" has lost WAL it needed (wal_status lost); run pg-live-sync drop --subscription ${options.subscription} and run again to copy afresh, and raise max_slot_wal_keep_size`, 'slot_lost');
-      }
-
       // Each table's part, from its state.
       const published = new Map((await listPublishedTables(catalog, options.publications)).map((p) => [tableKey(p.schema, p.table), p]));
+      for (const t of await tablesToResync(target, options.subscription)) {
+        await resetTableForResync(target, options.subscription, t);
+        log('warn', resyncReason(t));
+      }
       const states = await loadTableProgress(target, options.subscription);
       const slotsInUse = new Set<string>();
       // One pass over the target's catalog for every table, not one per table.
@@ -427,6 +438,7 @@ export class SyncEngine {
         if (polling) return;
         polling = true;
         this.pollPublications(catalog, stateClient, applier)
+          .then((published) => this.pollResyncs(stateClient, applier, published))
           .then(startDueJobs)
           .catch((err) => {
             // A lost connection here is the whole session's: reconnect everything the same way.
@@ -439,18 +451,12 @@ export class SyncEngine {
       }, PUBLICATION_POLL_MS);
       startDueJobs();
 
-      const live = stream;
-      const events = live.events()[Symbol.asyncIterator]();
+      const events = stream.events()[Symbol.asyncIterator]();
       let next: Promise<IteratorResult<StreamEvent>> | null = null;
       let lastEventAt = Date.now();
-      let settledAt = Date.now();
-      const settle = async () => {
-        await this.settleIdle(target, applier, processed, live);
-        settledAt = Date.now();
-      };
       const idleTimer = setInterval(() => {
         if (applier.inSourceTransaction) return;
-        if (applier.group ? Date.now() - lastEventAt >= IDLE_COMMIT_MS : processed > applier.appliedPosition && Date.now() - settledAt >= SETTLE_MS) this.interrupt?.('idle');
+        if (applier.group ? Date.now() - lastEventAt >= IDLE_COMMIT_MS : processed > this.recorded && Date.now() - this.recordedAt >= RECORD_IDLE_MS) this.interrupt?.('idle');
       }, IDLE_COMMIT_MS);
       try {
         while (!this.abort.signal.aborted) {
@@ -467,7 +473,7 @@ export class SyncEngine {
               await Promise.race([resumed, new Promise<void>((r) => jobsAbort.signal.addEventListener('abort', () => r(), { once: true }))]);
               resumeMain = null;
             }
-            await settle();
+            await this.settleIdle(target, applier, processed);
             continue;
           }
           const pending = (next ??= events.next());
@@ -480,7 +486,8 @@ export class SyncEngine {
           if (got === 'task') continue;
           if (got === 'idle') {
             await this.checkpoint(target, applier, stream);
-            await settle();
+            await this.settleIdle(target, applier, processed);
+            if (this.recorded > stream.acknowledged) stream.acknowledge(this.recorded, true);
             continue;
           }
           next = null;
@@ -492,14 +499,15 @@ export class SyncEngine {
               if (ev.replyRequested) stream.acknowledge(stream.acknowledged, true);
               continue;
             }
-            // Everything before this keepalive has been seen: commit what is open, then the target
-            // and the slot may move to the server's WAL end, so an idle sync never holds WAL back
-            // (and a source shutting down, which asks until it is answered, gets its answer).
+            // Everything before this keepalive has been seen: commit what is open, record the
+            // server's WAL end as applied, then the slot may move there, so an idle sync never
+            // holds WAL back (and a source shutting down, which asks until it is answered, gets
+            // its answer) and the slot is never ahead of the target's state.
             processed = maxLsn(processed, ev.walEnd);
             stream.received(ev.walEnd);
             if (applier.group) await this.checkpoint(target, applier, stream);
-            if (ev.replyRequested || Date.now() - settledAt >= SETTLE_MS || this.handedOverBy(processed)) await settle();
-            stream.acknowledge(stream.acknowledged, true);
+            await this.settleIdle(target, applier, processed, ev.replyRequested);
+            stream.acknowledge(this.recorded, true);
             continue;
           }
           lastEventAt = Date.now();
@@ -514,8 +522,10 @@ export class SyncEngine {
         }
         if (applier.inSourceTransaction) await abandonGroup(target, applier);
         else {
+          // A clean stop records and confirms everything seen, so a caught-up sync shows no lag.
           await this.checkpoint(target, applier, stream);
-          await settle();
+          await this.settleIdle(target, applier, processed, true);
+          stream.acknowledge(this.recorded, true);
         }
       } finally {
         clearInterval(idleTimer);
@@ -529,12 +539,42 @@ export class SyncEngine {
       jobsAbort.abort();
       await Promise.allSettled([...running]);
       for (const job of this.jobs.values()) job.running = false;
+      // Tasks left for this session's applier; the next session decides from the target's state.
+      this.mainTasks.length = 0;
+      this.resyncing.clear();
       if (stream) {
         await stream.close();
         log('info', `stopped at ${formatLsn(stream.acknowledged)} after ${this.transactionsApplied} transaction(s), ${this.changesApplied} change(s)`);
       }
       await Promise.all([catalog.end().catch(() => undefined), stateClient.end().catch(() => undefined)]);
     }
+  }
+
+  /**
+   * Where the main stream starts: the target's applied position. Runs acknowledge to the slot only
+   * what the target recorded, so a slot confirmed past it was moved by another sync of the same
+   * name, and the changes in between never reached this target.
+   */
+  private async startPosition(catalog: pg.Client, target: pg.Client, sub: SubscriptionRow): Promise<Lsn> {
+    const { subscription } = this.options;
+    const start = maxLsn(sub.appliedLsn ?? 0n, sub.consistentLsn ?? 0n);
+    const info = await slotInfo(catalog, this.slot);
+    if (!info) {
+      throw new SyncError(`replication slot "${this.slot}" no longer exists on the source, so changes since ${formatLsn(start)} are gone; run pg-live-sync drop --subscription ${subscription} and run again to copy afresh`, 'slot_missing');
+    }
+    if (info.walStatus === 'lost') {
+      throw new SyncError(`replication slot "${this.slot}" has lost WAL it needed (wal_status lost); run pg-live-sync drop --subscription ${subscription} and run again to copy afresh, and raise max_slot_wal_keep_size`, 'slot_lost');
+    }
+    const confirmed = info.confirmedFlush ?? 0n;
+    if (sub.acksAppliedOnly) {
+      if (confirmed > start) {
+        throw new SyncError(`replication slot "${this.slot}" is confirmed up to ${formatLsn(confirmed)} on the source, past the ${formatLsn(start)} this target applied: another sync of subscription "${subscription}" (into another target database) moved it, and the changes in between never reached this target; run this target under another --subscription to copy afresh, or if nothing else should use the slot, run pg-live-sync drop --subscription ${subscription} here and run again`, 'slot_moved');
+      }
+      return start;
+    }
+    // State from an older version, which acknowledged idle positions without recording them.
+    await adoptSlotPosition(target, subscription, confirmed);
+    return maxLsn(start, confirmed);
   }
 
   /** Commits the open group with its position (promoting tables it makes ready), then acknowledges it. */
@@ -545,7 +585,8 @@ export class SyncEngine {
     });
     this.pendingSince = null;
     if (done) {
-      this.applied = done.lsn;
+      this.recorded = done.lsn;
+      this.recordedAt = Date.now();
       stream.acknowledge(done.lsn, true);
       this.transactionsApplied += done.transactions;
       this.changesApplied += done.changes;
@@ -559,24 +600,25 @@ export class SyncEngine {
   /**
    * With nothing open and everything before `processed` seen, `processed` is as good as an
    * applied position: record it, so tables handed over there become ready without waiting for a
-   * source write, and lag reads 0; only then is it confirmed to the slot, so the slot never
-   * confirms beyond what the target holds.
+   * source write, and so the slot may be acknowledged that far (at most every RECORD_IDLE_MS
+   * otherwise, or at once when the source asks for a reply).
    */
-  private async settleIdle(target: pg.Client, applier: Applier, processed: Lsn, stream: ReplicationStream): Promise<void> {
+  private async settleIdle(target: pg.Client, applier: Applier, processed: Lsn, now = false): Promise<void> {
     if (applier.group || applier.inSourceTransaction) return;
-    if (processed <= applier.appliedPosition && !this.handedOverBy(processed)) return;
+    const handover = this.handedOverBy(processed);
+    if (!handover && (processed <= this.recorded || (!now && Date.now() - this.recordedAt < RECORD_IDLE_MS))) return;
     await target.query('BEGIN');
     try {
       await writeAppliedLsn(target, this.options.subscription, processed, null);
-      await this.promote(target, processed);
+      if (handover) await this.promote(target, processed);
       await target.query('COMMIT');
     } catch (err) {
       await target.query('ROLLBACK').catch(() => undefined);
       throw err;
     }
     applier.committed(processed);
-    this.applied = processed;
-    stream.acknowledge(processed, true);
+    this.recorded = processed;
+    this.recordedAt = Date.now();
   }
 
   /** Tables whose handover position the main stream has passed are ready: s -> r. */
@@ -622,7 +664,7 @@ export class SyncEngine {
   }
 
   /** Finds tables that joined or left the publications since the last look. */
-  private async pollPublications(catalog: pg.Client, stateClient: pg.Client, applier: Applier): Promise<void> {
+  private async pollPublications(catalog: pg.Client, stateClient: pg.Client, applier: Applier): Promise<Map<string, PublishedTable>> {
     const published = new Map((await listPublishedTables(catalog, this.options.publications)).map((p) => [tableKey(p.schema, p.table), p]));
     for (const [key, pub] of published) {
       const known = this.progress.get(key);
@@ -636,6 +678,40 @@ export class SyncEngine {
       this.interrupt?.('task');
       await markTableRemoved(stateClient, this.options.subscription, tp);
       this.hooks.log('warn', `${key} left the publication: no longer synced; its target data stays`);
+    }
+    return published;
+  }
+
+  /**
+   * Tables to copy afresh while streaming (asked for by pg-live-sync resync, or their target table
+   * was created again): the main stream lets go of the table between two source transactions, and
+   * it syncs on its own like a table that joined. A table whose own sync is under way is taken up
+   * once that is done.
+   */
+  private async pollResyncs(stateClient: pg.Client, applier: Applier, published: Map<string, PublishedTable>): Promise<void> {
+    for (const t of await tablesToResync(stateClient, this.options.subscription)) {
+      const key = tableKey(t.schema, t.table);
+      const pub = published.get(key);
+      if (!pub || this.jobs.get(key)?.running || this.resyncing.has(key)) continue;
+      this.resyncing.add(key);
+      const restart = async () => {
+        try {
+          applier.removeTable(t.schema, t.table);
+          // Out of the queue first, so no attempt starts while the row is reset.
+          this.jobs.delete(key);
+          await resetTableForResync(stateClient, this.options.subscription, t);
+          const tp = this.progress.get(key);
+          if (tp) Object.assign(tp, { state: 'i', lsn: null, rowsCopied: 0, bytesCopied: 0, lastError: null });
+          this.hooks.log('warn', resyncReason(t));
+          this.queueJob(pub);
+        } finally {
+          this.resyncing.delete(key);
+        }
+      };
+      if (applier.applies(t.schema, t.table)) {
+        this.mainTasks.push(restart);
+        this.interrupt?.('task');
+      } else await restart();
     }
   }
 
@@ -687,6 +763,13 @@ export class SyncEngine {
       await setTableError(stateClient, options.subscription, { schema: pub.schema, table: pub.table }, error).catch(() => undefined);
     }
   }
+}
+
+function resyncReason(t: { schema: string; table: string; target: TableName; requested: boolean }): string {
+  const why = t.requested
+    ? 'pg-live-sync resync asked for it'
+    : `its target table ${qualified(t.target.schema, t.target.table)} was dropped and created again on the target (another OID), so the rows copied into it are gone`;
+  return `${tableKey(t.schema, t.table)}: ${why}; copying it afresh through its own slot while the other tables stream`;
 }
 
 /** Refuses with every error at once, as `check` lists them, so one round of fixes is enough. */

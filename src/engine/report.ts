@@ -7,7 +7,7 @@ import type pg from 'pg';
 import { connect, quoteIdent, type Endpoint } from './connection';
 import { SyncError } from './errors';
 import { formatLsn } from './lsn';
-import { dropSlotIfExists, dropTableSyncSlots, slotInfo, slotNameFor, validateSubscriptionName, type SlotInfo } from './slot';
+import { dropSlotIfExists, dropTableSyncSlots, notOwnedSlots, slotInfo, subscriptionSlots, validateSubscriptionName, type SlotInfo } from './slot';
 import { deleteSubscriptionRows, loadSubscription, loadTableProgress, stateSchemaExists, type SubscriptionRow } from './state';
 import type { Logger, TableProgress } from './types';
 
@@ -101,23 +101,32 @@ async function pendingSeconds(source: pg.Client, sub: SubscriptionRow, slot: Slo
   }
 }
 
-/** Removes a sync: its slots on the source and its state on the target; the target's data stays. */
-export async function dropSync(sourceEp: Endpoint, targetEp: Endpoint, subname: string, log: Logger): Promise<void> {
+/**
+ * Removes a sync: its slots on the source and its state on the target; the target's data stays.
+ * Only slots this target's state records are dropped: a sync of the same name into another target
+ * has slots of the same names. Returns the slots left on the source for that reason.
+ */
+export async function dropSync(sourceEp: Endpoint, targetEp: Endpoint, subname: string, log: Logger): Promise<{ notOwned: string[] }> {
   validateSubscriptionName(subname);
   const source = await connect(sourceEp);
   try {
     const target = await connect(targetEp);
     try {
-      const slot = slotNameFor(subname);
-      const dropped = await dropSlotIfExists(source, slot);
-      log('info', dropped ? `dropped replication slot "${slot}" on the source` : `no replication slot "${slot}" on the source`);
-      for (const s of await dropTableSyncSlots(source, subname)) log('info', `dropped table-sync slot "${s}" on the source`);
-      if (await stateSchemaExists(target)) {
-        await target.query('BEGIN');
-        await deleteSubscriptionRows(target, subname);
-        await target.query('COMMIT');
+      const sub = (await stateSchemaExists(target)) ? await loadSubscription(target, subname) : null;
+      if (!sub) {
+        const notOwned = await subscriptionSlots(source, subname);
+        if (notOwned.length > 0) log('warn', notOwnedSlots(subname, notOwned, 'drop'));
+        else log('info', `nothing to drop: the target has no state for subscription "${subname}" and the source has no slot of it`);
+        return { notOwned };
       }
+      const dropped = await dropSlotIfExists(source, sub.slotName);
+      log('info', dropped ? `dropped replication slot "${sub.slotName}" on the source` : `no replication slot "${sub.slotName}" on the source`);
+      for (const s of await dropTableSyncSlots(source, subname)) log('info', `dropped table-sync slot "${s}" on the source`);
+      await target.query('BEGIN');
+      await deleteSubscriptionRows(target, subname);
+      await target.query('COMMIT');
       log('info', `removed the state of subscription "${subname}" from the target; the target tables and their data stay`);
+      return { notOwned: [] };
     } finally {
       await target.end();
     }

@@ -93,6 +93,30 @@ export async function dropSlotIfExists(client: pg.Client, slot: string): Promise
   return true;
 }
 
+/** The subscription's slots on the source: its main slot and its tables' slots. */
+export async function subscriptionSlots(client: pg.Client, subscription: string): Promise<string[]> {
+  const r = await client.query(
+    `SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1 OR slot_name LIKE $2 ORDER BY slot_name <> $1, slot_name`,
+    [slotNameFor(subscription), tableSyncSlotPattern(subscription)],
+  );
+  return r.rows.map((row) => row.slot_name as string);
+}
+
+/**
+ * Slot names are the same for every target, so a target without a record of creating a slot of
+ * the subscription must leave it alone: it belongs to a sync of the same name into another target.
+ */
+export function notOwnedSlots(subscription: string, slots: string[], doing: 'run' | 'drop'): string {
+  const many = slots.length > 1;
+  const it = many ? 'them' : 'it';
+  const named = `replication slot${many ? 's' : ''} ${slots.map((s) => `"${s}"`).join(', ')}`;
+  const byHand = slots.map((s) => `SELECT pg_drop_replication_slot('${s}')`).join('; ');
+  const fix = doing === 'run'
+    ? `pick another --subscription, or run pg-live-sync drop --subscription ${subscription} against the target that owns ${it}`
+    : `left in place; drop the sync from the target that owns ${it}`;
+  return `${named} of subscription "${subscription}" on the source ${many ? 'were' : 'was'} not created by this target (it has no state for the subscription) and belong${many ? '' : 's'} to a sync of the same name into another target database; ${fix} (if none does, on the source: ${byHand})`;
+}
+
 /** Table-sync slots of a subscription that no table needs any more (and on drop, all of them). */
 export async function dropTableSyncSlots(client: pg.Client, subscription: string, keep: Set<string> = new Set()): Promise<string[]> {
   const r = await client.query(`SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE $1 AND NOT active`, [tableSyncSlotPattern(subscription)]);

@@ -43,7 +43,13 @@ CREATE TABLE IF NOT EXISTS _pg_live_sync.subscription_rel (
   PRIMARY KEY (subname, schemaname, tablename)
 );
 ALTER TABLE _pg_live_sync.subscription_rel ADD COLUMN IF NOT EXISTS removed_at timestamptz;
-COMMENT ON COLUMN _pg_live_sync.subscription_rel.removed_at IS 'set when the table left the publication: no longer synced, its target data stays';`;
+COMMENT ON COLUMN _pg_live_sync.subscription_rel.removed_at IS 'set when the table left the publication: no longer synced, its target data stays';
+ALTER TABLE _pg_live_sync.subscription_rel ADD COLUMN IF NOT EXISTS target_relid oid;
+COMMENT ON COLUMN _pg_live_sync.subscription_rel.target_relid IS 'OID of the target table the copy filled: a table dropped and created again gets another one and is copied afresh';
+ALTER TABLE _pg_live_sync.subscription_rel ADD COLUMN IF NOT EXISTS resync_requested_at timestamptz;
+COMMENT ON COLUMN _pg_live_sync.subscription_rel.resync_requested_at IS 'set by pg-live-sync resync: the run (the running one, or the next) copies the table afresh and clears it';
+ALTER TABLE _pg_live_sync.subscription ADD COLUMN IF NOT EXISTS acks_applied_only boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN _pg_live_sync.subscription.acks_applied_only IS 'true once runs acknowledge to the slot no more than applied_lsn: a slot confirmed past applied_lsn was then moved by another sync';`;
 
 export interface SubscriptionRow {
   subname: string;
@@ -54,6 +60,8 @@ export interface SubscriptionRow {
   appliedLsn: Lsn | null;
   appliedCommitTime: Date | null;
   lastError: string | null;
+  /** False for state written by a version that acknowledged idle positions it never recorded. */
+  acksAppliedOnly: boolean;
 }
 
 export async function ensureStateSchema(client: pg.Client): Promise<void> {
@@ -82,7 +90,7 @@ export async function tryLockSubscription(client: pg.Client, subname: string): P
 
 export async function loadSubscription(client: pg.Client, subname: string): Promise<SubscriptionRow | null> {
   const r = await client.query(
-    `SELECT subname, slot_name, publications, source, consistent_lsn::text, applied_lsn::text, applied_commit_time, last_error
+    `SELECT subname, slot_name, publications, source, consistent_lsn::text, applied_lsn::text, applied_commit_time, last_error, acks_applied_only
        FROM _pg_live_sync.subscription WHERE subname = $1`,
     [subname],
   );
@@ -97,10 +105,15 @@ export async function loadSubscription(client: pg.Client, subname: string): Prom
     appliedLsn: row.applied_lsn ? parseLsn(row.applied_lsn) : null,
     appliedCommitTime: row.applied_commit_time,
     lastError: row.last_error,
+    acksAppliedOnly: row.acks_applied_only,
   };
 }
 
-/** Starts the subscription's state afresh: every table in state `i`. */
+/**
+ * Starts the subscription's state afresh: every table in state `i`. Committed before the slot is
+ * created, so the row is this target's claim on the slot: a crash between the two leaves a row
+ * without `consistent_lsn`, and the next run here knows the slot left behind is its own.
+ */
 export async function resetSubscription(
   client: pg.Client,
   sub: { subname: string; slotName: string; publications: string[]; source: string },
@@ -110,7 +123,7 @@ export async function resetSubscription(
   try {
     await deleteSubscriptionRows(client, sub.subname);
     await client.query(
-      `INSERT INTO _pg_live_sync.subscription (subname, slot_name, publications, source) VALUES ($1, $2, $3, $4)`,
+      `INSERT INTO _pg_live_sync.subscription (subname, slot_name, publications, source, acks_applied_only) VALUES ($1, $2, $3, $4, true)`,
       [sub.subname, sub.slotName, sub.publications, sub.source],
     );
     for (const t of tables) {
@@ -137,8 +150,8 @@ export async function upsertTableRow(client: pg.Client, subname: string, t: Sync
      ON CONFLICT (subname, schemaname, tablename) DO UPDATE
        SET pubname = EXCLUDED.pubname, rrelid = EXCLUDED.rrelid, state = 'i', lsn = NULL, rows_copied = 0, bytes_copied = 0,
            approximate_rows = EXCLUDED.approximate_rows, approximate_size = EXCLUDED.approximate_size,
-           target_schema = EXCLUDED.target_schema, target_table = EXCLUDED.target_table,
-           removed_at = NULL, last_error = NULL, updated_at = now()`,
+           target_schema = EXCLUDED.target_schema, target_table = EXCLUDED.target_table, target_relid = NULL,
+           removed_at = NULL, last_error = NULL, resync_requested_at = NULL, updated_at = now()`,
     [subname, t.publications[0], t.source.schema, t.source.table, t.relid, t.approximateRows, t.approximateSize, t.target.schema, t.target.table],
   );
 }
@@ -173,6 +186,19 @@ export async function markTableRemoved(client: pg.Client, subname: string, t: { 
 export async function deleteSubscriptionRows(client: pg.Client, subname: string): Promise<void> {
   await client.query(`DELETE FROM _pg_live_sync.subscription_rel WHERE subname = $1`, [subname]);
   await client.query(`DELETE FROM _pg_live_sync.subscription WHERE subname = $1`, [subname]);
+}
+
+/**
+ * State from an older version may hold an `applied_lsn` behind the slot (it acknowledged idle
+ * positions without recording them): take the slot's position, which skipped nothing of ours.
+ */
+export async function adoptSlotPosition(client: pg.Client, subname: string, confirmed: Lsn | null): Promise<void> {
+  await client.query(
+    `UPDATE _pg_live_sync.subscription
+        SET applied_lsn = GREATEST(applied_lsn, consistent_lsn, $2::pg_lsn), acks_applied_only = true, updated_at = now()
+      WHERE subname = $1`,
+    [subname, confirmed === null ? null : formatLsn(confirmed)],
+  );
 }
 
 export async function setConsistentLsn(client: pg.Client, subname: string, lsn: Lsn): Promise<void> {
@@ -269,9 +295,66 @@ export async function loadTableProgress(client: pg.Client, subname: string): Pro
 export async function resetTableForResync(client: pg.Client, subname: string, table: { schema: string; table: string }): Promise<boolean> {
   const r = await client.query(
     `UPDATE _pg_live_sync.subscription_rel
-        SET state = 'i', lsn = NULL, rows_copied = 0, bytes_copied = 0, last_error = NULL, updated_at = now()
+        SET state = 'i', lsn = NULL, rows_copied = 0, bytes_copied = 0, last_error = NULL, target_relid = NULL,
+            resync_requested_at = NULL, updated_at = now()
       WHERE subname = $1 AND schemaname = $2 AND tablename = $3 AND removed_at IS NULL`,
     [subname, table.schema, table.table],
   );
   return (r.rowCount ?? 0) > 0;
+}
+
+/** Asks for a resync from outside a run: the running engine (or the next run) takes it up. */
+export async function requestResync(client: pg.Client, subname: string, table: { schema: string; table: string }): Promise<boolean> {
+  const r = await client.query(
+    `UPDATE _pg_live_sync.subscription_rel SET resync_requested_at = now(), updated_at = now()
+      WHERE subname = $1 AND schemaname = $2 AND tablename = $3 AND removed_at IS NULL`,
+    [subname, table.schema, table.table],
+  );
+  return (r.rowCount ?? 0) > 0;
+}
+
+export async function resyncPending(client: pg.Client, subname: string, table: { schema: string; table: string }): Promise<boolean> {
+  const r = await client.query(
+    `SELECT 1 FROM _pg_live_sync.subscription_rel WHERE subname = $1 AND schemaname = $2 AND tablename = $3 AND resync_requested_at IS NOT NULL`,
+    [subname, table.schema, table.table],
+  );
+  return (r.rowCount ?? 0) > 0;
+}
+
+const TARGET_RELID = `to_regclass(format('%I.%I', target_schema, target_table))::oid`;
+
+/** Inside the copy's transaction: the target table this copy filled. */
+export async function recordTargetRelid(client: pg.Client, subname: string, table: { schema: string; table: string }): Promise<void> {
+  await client.query(
+    `UPDATE _pg_live_sync.subscription_rel SET target_relid = ${TARGET_RELID} WHERE subname = $1 AND schemaname = $2 AND tablename = $3`,
+    [subname, table.schema, table.table],
+  );
+}
+
+/**
+ * Tables the stream applies (`s`, `r`) that need a fresh copy: asked for by pg-live-sync resync,
+ * or whose target table was dropped and created again under its name (another OID: the copied
+ * rows are gone). A target table that is missing is not listed: applying to it stops the run
+ * with the fix. Rows without a recorded OID (no copy, or state from an older version) record the
+ * current one.
+ */
+export async function tablesToResync(client: pg.Client, subname: string): Promise<{ schema: string; table: string; target: { schema: string; table: string }; requested: boolean }[]> {
+  await client.query(
+    `UPDATE _pg_live_sync.subscription_rel SET target_relid = ${TARGET_RELID}
+      WHERE subname = $1 AND state IN ('s', 'r') AND target_relid IS NULL AND removed_at IS NULL`,
+    [subname],
+  );
+  const r = await client.query(
+    `SELECT schemaname, tablename, target_schema, target_table, resync_requested_at IS NOT NULL AS requested
+       FROM _pg_live_sync.subscription_rel
+      WHERE subname = $1 AND removed_at IS NULL
+        AND (resync_requested_at IS NOT NULL OR (state IN ('s', 'r') AND target_relid <> ${TARGET_RELID}))`,
+    [subname],
+  );
+  return r.rows.map((row) => ({
+    schema: row.schemaname,
+    table: row.tablename,
+    target: { schema: row.target_schema, table: row.target_table },
+    requested: row.requested,
+  }));
 }

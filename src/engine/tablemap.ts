@@ -35,3 +35,41 @@ export function resolveTarget(maps: TableMap[], source: TableName): TableName {
   if (schema) return { schema: schema.target.schema, table: source.table };
   return { ...source };
 }
+
+const PLAIN_PART = /^[\p{L}_][\p{L}\p{N}_$]*/u;
+
+/**
+ * `--table SCHEMA.TABLE` as SQL spells it: a plain part is folded to lower case as PostgreSQL
+ * folds it, a double-quoted part is taken as is (`""` for a quote), so `"x.y".z` and `x."y.z"`
+ * name different tables.
+ */
+export function parseTableName(text: string, flag = '--table'): TableName {
+  const bad = (why: string) =>
+    new SyncError(`${flag} "${text}" ${why}; give SCHEMA.TABLE as in SQL, double-quoting a part with capitals, dots or other characters, e.g. ${flag} '"My Schema"."order.lines"'`, 'usage');
+  const parts: string[] = [];
+  let i = 0;
+  for (;;) {
+    if (text[i] === '"') {
+      let name = '';
+      for (i++; ; i++) {
+        if (i >= text.length) throw bad('has a double quote that is not closed');
+        if (text[i] !== '"') name += text[i];
+        else if (text[i + 1] === '"') name += text[++i];
+        else break;
+      }
+      i++;
+      if (name === '') throw bad('has an empty quoted name');
+      parts.push(name);
+    } else {
+      const plain = PLAIN_PART.exec(text.slice(i))?.[0];
+      if (!plain) throw bad(i === text.length ? 'is missing a name' : `has "${text[i]}" where a name should start`);
+      parts.push(plain.replace(/[A-Z]/g, (c) => c.toLowerCase()));
+      i += plain.length;
+    }
+    if (i === text.length) break;
+    if (text[i] !== '.') throw bad(`has "${text[i]}" after a name`);
+    i++;
+  }
+  if (parts.length !== 2) throw bad(parts.length === 1 ? 'has no schema' : 'has more than two parts');
+  return { schema: parts[0], table: parts[1] };
+}

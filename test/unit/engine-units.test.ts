@@ -2,11 +2,12 @@ import assert from 'node:assert/strict';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, it } from 'node:test';
+import { qualified } from '../../src/engine/connection';
 import { BinaryRowCounter, TextRowCounter } from '../../src/engine/copy';
 import { SyncError } from '../../src/engine/errors';
 import { formatLsn, parseLsn } from '../../src/engine/lsn';
 import { validateSubscriptionName } from '../../src/engine/slot';
-import { parseTableMap, resolveTarget } from '../../src/engine/tablemap';
+import { parseTableMap, parseTableName, resolveTarget } from '../../src/engine/tablemap';
 
 describe('LSN', () => {
   it('parses both spellings the replication library uses and compares as 64-bit numbers', () => {
@@ -30,6 +31,26 @@ describe('table map', () => {
   it('rejects malformed maps with a usage error that shows the accepted forms', () => {
     for (const bad of ['{', '{"source":{"schema":"a"}}', '{"source":{"schema":"a"},"target":{"schema":"b","table":"t"}}', '{"source":{"schema":""},"target":{"schema":"b"}}']) {
       assert.throws(() => parseTableMap(bad), (e: unknown) => e instanceof SyncError && e.code === 'usage' && /--table-map/.test(e.message), bad);
+    }
+  });
+});
+
+describe('table names (--table)', () => {
+  it('reads SCHEMA.TABLE as SQL does: plain parts fold to lower case, quoted parts are kept, dots inside quotes are names', () => {
+    assert.deepEqual(parseTableName('Public.Orders'), { schema: 'public', table: 'orders' });
+    assert.deepEqual(parseTableName('"x.y".z'), { schema: 'x.y', table: 'z' });
+    assert.deepEqual(parseTableName('x."y.z"'), { schema: 'x', table: 'y.z' });
+    assert.deepEqual(parseTableName('"My ""Schema"""."Ünï.T"'), { schema: 'My "Schema"', table: 'Ünï.T' });
+    assert.deepEqual(parseTableName('café.t$1'), { schema: 'café', table: 't$1' });
+  });
+  it('reads back the quoted names the CLI prints', () => {
+    for (const t of [{ schema: 'public', table: 'orders' }, { schema: 'x.y', table: 'z' }, { schema: 'My "Schema"', table: 'Ünï.T' }, { schema: 'a', table: 'Big' }]) {
+      assert.deepEqual(parseTableName(qualified(t.schema, t.table)), t);
+    }
+  });
+  it('refuses anything else with a usage error that shows the form', () => {
+    for (const bad of ['', 'orders', 'a.b.c', '"a.b', 'a.', '.b', 'a.""', 'a b.c', 'a.b;drop', '1a.b']) {
+      assert.throws(() => parseTableName(bad), (e: unknown) => e instanceof SyncError && e.code === 'usage' && /SCHEMA\.TABLE/.test(e.message), bad);
     }
   });
 });

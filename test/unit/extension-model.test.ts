@@ -249,7 +249,7 @@ function report(running: boolean, tables: TableProgress[], over: Partial<SyncRep
   return {
     subscription: {
       subname: 's', slotName: 'pg_live_sync_s', publications: ['pub'], source: 'h:5432/db',
-      consistentLsn: parseLsn('0/100'), appliedLsn: null, appliedCommitTime: null, lastError: null, ...over,
+      consistentLsn: parseLsn('0/100'), appliedLsn: null, appliedCommitTime: null, lastError: null, acksAppliedOnly: true, ...over,
     },
     tables, slot: null, slotMissing: false, lagBytes, lagSeconds, running,
   };
