@@ -79,7 +79,7 @@ const CONNINFO_IGNORED = new Set([
 const isUrl = (text: string) => /^\s*[a-z][a-z0-9+.-]*:\/\//i.test(text);
 
 /**
- * libpq's keyword/value form: `host=db port=5432 password='it''s'`, values bare or single-quoted,
+ * libpq's keyword/value form: `host=db port=5432 password='it\\'s'`, values bare or single-quoted,
  * a backslash escaping the next character.
  */
 export function parseConninfo(text: string): Record<string, string> {
@@ -162,7 +162,7 @@ function sslModeOf(own: OwnParams, env: NodeJS.ProcessEnv, host: string | undefi
 const CERT_ERRORS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER|^ERR_SSL_|^ERR_TLS_/;
 
 /** A TLS attempt that failed as TLS: the server refused it, or the handshake or certificate failed. */
-export function isTlsFailure(err: unknown): boolean {
+function isTlsFailure(err: unknown): boolean {
   const e = (err ?? {}) as { code?: unknown; message?: unknown };
   return /does not support SSL|error establishing an SSL/i.test(String(e.message ?? '')) || (typeof e.code === 'string' && CERT_ERRORS.test(e.code));
 }
