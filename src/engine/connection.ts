@@ -1,5 +1,9 @@
+import { existsSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
 import pg from 'pg';
-import { explainConnectError } from './errors';
+import { explainConnectError, SyncError } from './errors';
 
 /** Shown in errors: "the source", "the target", or a connection's own name in the extension. */
 export type Role = 'source' | 'target' | (string & {});
@@ -9,7 +13,7 @@ export type Role = 'source' | 'target' | (string & {});
  * same whichever server printed it: replica identity FULL compares old tuples as text, and the
  * data path passes pgoutput's text straight to the target's input functions.
  */
-const SESSION_OPTIONS = [
+const SESSION_SETTINGS = [
   'DateStyle=ISO',
   'IntervalStyle=postgres',
   'TimeZone=UTC',
@@ -17,9 +21,14 @@ const SESSION_OPTIONS = [
   'bytea_output=hex',
   'statement_timeout=0',
   'idle_in_transaction_session_timeout=0',
-]
-  .map((s) => `-c ${s}`)
-  .join(' ');
+];
+
+/** GUCs a user's `options` may not set: ours above, and the one the apply sessions SET themselves. */
+const ENGINE_GUCS = new Set([...SESSION_SETTINGS.map((s) => s.split('=')[0]), 'session_replication_role'].map(gucName));
+
+/** libpq's sslmode values, weakest first. */
+export const SSL_MODES = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'] as const;
+export type SslMode = (typeof SSL_MODES)[number];
 
 export interface Endpoint {
   url: string;
@@ -33,35 +42,257 @@ export interface ConnectOptions {
   applicationName?: string;
 }
 
-/** host:port/database, never the password: safe for logs, errors and the state table. */
+/**
+ * A connection string (a postgres:// URL or libpq's `key=value` form) taken apart the way libpq
+ * reads it: the server, user and database for `pg`, and what we decide ourselves, because `pg`
+ * would otherwise let the string's `options` replace our session settings and give sslmode its
+ * own meanings (no `prefer`, `require` verifying the certificate).
+ */
+interface ResolvedConnection {
+  /** Server, port, user, password and database; never `ssl` or `options`. */
+  config: pg.ClientConfig;
+  sslmode: SslMode;
+  /** The user's own session options (the string's `options`, else PGOPTIONS). */
+  userOptions: string;
+  /** The string's own TLS files (sslrootcert, sslcert, sslkey), read only when TLS is tried. */
+  own: OwnParams;
+  /** The server's host as `pg` resolves it (PGHOST, localhost), which verify-full checks the certificate against. */
+  host: string;
+}
+
+/** Parameters we read ourselves, kept out of what `pg` parses. */
+const OWN_PARAMS = ['sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'ssl', 'uselibpqcompat', 'options'] as const;
+type OwnParams = Partial<Record<(typeof OWN_PARAMS)[number], string>>;
+
+/** libpq's keywords: the ones `pg` understands are passed on, the others are accepted and ignored. */
+const CONNINFO_TO_PG: Record<string, keyof pg.ClientConfig | null> = {
+  host: 'host', hostaddr: 'host', port: 'port', dbname: 'database', user: 'user', password: 'password',
+  application_name: 'application_name', fallback_application_name: 'fallback_application_name',
+};
+const CONNINFO_IGNORED = new Set([
+  'passfile', 'channel_binding', 'connect_timeout', 'client_encoding', 'keepalives', 'keepalives_idle', 'keepalives_interval',
+  'keepalives_count', 'tcp_user_timeout', 'replication', 'gssencmode', 'requiressl', 'sslcompression', 'sslpassword', 'sslcertmode',
+  'sslcrl', 'sslcrldir', 'sslsni', 'requirepeer', 'ssl_min_protocol_version', 'ssl_max_protocol_version', 'krbsrvname', 'gsslib',
+  'gssdelegation', 'service', 'target_session_attrs', 'load_balance_hosts',
+]);
+
+const isUrl = (text: string) => /^\s*[a-z][a-z0-9+.-]*:\/\//i.test(text);
+
+/**
+ * libpq's keyword/value form: `host=db port=5432 password='it\\'s'`, values bare or single-quoted,
+ * a backslash escaping the next character.
+ */
+export function parseConninfo(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  let i = 0;
+  const skipSpace = () => {
+    while (i < text.length && /\s/.test(text[i])) i++;
+  };
+  for (skipSpace(); i < text.length; skipSpace()) {
+    const keyStart = i;
+    while (i < text.length && text[i] !== '=' && !/\s/.test(text[i])) i++;
+    const key = text.slice(keyStart, i);
+    skipSpace();
+    if (text[i] !== '=') throw new SyncError(`missing "=" after "${key}" in the connection string; write key=value pairs, e.g. host=db.example.com dbname=app user=repl`, 'usage');
+    i++;
+    skipSpace();
+    let value = '';
+    const quoted = text[i] === "'";
+    if (quoted) i++;
+    for (; i < text.length; i++) {
+      const ch = text[i];
+      if (quoted ? ch === "'" : /\s/.test(ch)) break;
+      if (ch === '\\' && i + 1 < text.length) i++;
+      value += text[i];
+    }
+    if (quoted) {
+      if (text[i] !== "'") throw new SyncError(`unterminated quoted value for "${key}" in the connection string`, 'usage');
+      i++;
+    }
+    if (!(key in CONNINFO_TO_PG) && !CONNINFO_IGNORED.has(key) && !(OWN_PARAMS as readonly string[]).includes(key)) {
+      throw new SyncError(`the connection string has an unknown keyword "${key}"; use host, port, dbname, user, password, sslmode, options (libpq's keywords) or a postgresql:// URL`, 'usage');
+    }
+    out[key] = value;
+  }
+  return out;
+}
+
+function resolveConnection(text: string, env: NodeJS.ProcessEnv = process.env): ResolvedConnection {
+  const own: OwnParams = {};
+  let config: pg.ClientConfig;
+  if (isUrl(text) || text.startsWith('/')) {
+    // Our parameters leave the query string; `pg` parses the rest as it always has.
+    const q = text.indexOf('?');
+    let connectionString = text;
+    if (q >= 0) {
+      const params = new URLSearchParams(text.slice(q + 1));
+      for (const k of OWN_PARAMS) {
+        const v = params.get(k);
+        if (v !== null) own[k] = v;
+        params.delete(k);
+      }
+      const rest = params.toString();
+      connectionString = text.slice(0, q) + (rest ? `?${rest}` : '');
+    }
+    config = { connectionString };
+  } else {
+    config = {};
+    for (const [k, v] of Object.entries(parseConninfo(text))) {
+      const field = CONNINFO_TO_PG[k];
+      if ((OWN_PARAMS as readonly string[]).includes(k)) own[k as keyof OwnParams] = v;
+      else if (field === 'port') config.port = Number(v);
+      else if (field && !(field === 'host' && k === 'hostaddr' && config.host)) (config as Record<string, unknown>)[field] = v;
+    }
+  }
+  const host = new pg.Client(config).host;
+  return { config, sslmode: sslModeOf(own, env, host), userOptions: own.options ?? env.PGOPTIONS ?? '', own, host: host ?? 'localhost' };
+}
+
+function sslModeOf(own: OwnParams, env: NodeJS.ProcessEnv, host: string | undefined): SslMode {
+  // libpq never uses TLS on a Unix socket, whatever sslmode says.
+  if (host?.startsWith('/')) return 'disable';
+  // `ssl` is node-postgres's own spelling; true there verifies the certificate.
+  const fromSsl = own.ssl === undefined ? undefined : own.ssl === 'no-verify' ? 'require' : ['true', '1'].includes(own.ssl) ? 'verify-full' : 'disable';
+  const mode = own.sslmode ?? fromSsl ?? (env.PGSSLMODE || 'prefer');
+  if (mode === 'no-verify') return 'require';
+  if (!(SSL_MODES as readonly string[]).includes(mode)) throw new SyncError(`sslmode must be one of ${SSL_MODES.join(', ')}, not "${mode}"`, 'usage');
+  return mode as SslMode;
+}
+
+const CERT_ERRORS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER|^ERR_SSL_|^ERR_TLS_/;
+
+/** A TLS attempt that failed as TLS: the server refused it, or the handshake or certificate failed. */
+function isTlsFailure(err: unknown): boolean {
+  const e = (err ?? {}) as { code?: unknown; message?: unknown };
+  return /does not support SSL|error establishing an SSL/i.test(String(e.message ?? '')) || (typeof e.code === 'string' && CERT_ERRORS.test(e.code));
+}
+
+/**
+ * libpq's sslmode meanings: `prefer` (the default) tries TLS and falls back to plaintext when
+ * that fails, `allow` the other way round when the server refuses plaintext (pg_hba hostssl);
+ * `require` encrypts without checking the certificate (checking the chain when a root
+ * certificate is given, as libpq does); `verify-ca` checks the chain, `verify-full` the host too.
+ */
+function attempts(mode: SslMode): boolean[] {
+  switch (mode) {
+    case 'disable':
+      return [false];
+    case 'allow':
+      return [false, true];
+    case 'prefer':
+      return [true, false];
+    default:
+      return [true];
+  }
+}
+
+function fallsBack(err: unknown, triedTls: boolean): boolean {
+  const refusedByHba = (err as { code?: string } | null)?.code === '28000';
+  return triedTls ? isTlsFailure(err) || refusedByHba : refusedByHba;
+}
+
+function tlsOptions(r: ResolvedConnection, endpoint: Endpoint, env: NodeJS.ProcessEnv = process.env): tls.ConnectionOptions {
+  const where = endpoint.configuredIn ?? `the --${endpoint.role} URL`;
+  const read = (what: string, file: string) => {
+    try {
+      return readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new SyncError(`cannot read the ${what} file ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)}); fix the path in ${where}`, 'tls');
+    }
+  };
+  const defaultRoot = path.join(os.homedir(), '.postgresql', 'root.crt');
+  const rootcert = r.own.sslrootcert ?? env.PGSSLROOTCERT ?? (existsSync(defaultRoot) ? defaultRoot : undefined);
+  const out: tls.ConnectionOptions = {};
+  // "system": the operating system's trusted CAs, Node's default.
+  if (rootcert && rootcert !== 'system') out.ca = read('sslrootcert', rootcert);
+  const cert = r.own.sslcert ?? env.PGSSLCERT;
+  const key = r.own.sslkey ?? env.PGSSLKEY;
+  if (cert) out.cert = read('sslcert', cert);
+  if (key) out.key = read('sslkey', key);
+  // pg names the host to TLS only when it is not an IP address; the check must cover both.
+  if (r.sslmode === 'verify-full' || rootcert === 'system') return { ...out, checkServerIdentity: (_name, cert) => tls.checkServerIdentity(r.host, cert) };
+  if (r.sslmode === 'verify-ca' && !rootcert) {
+    throw new SyncError(`sslmode=verify-ca needs the CA certificate that signed the server's: set sslrootcert=/path/to/ca.crt (or PGSSLROOTCERT) in ${where}`, 'tls');
+  }
+  if (!out.ca) return { ...out, rejectUnauthorized: false };
+  return { ...out, checkServerIdentity: () => undefined };
+}
+
+/** A GUC's name as the server compares it: case-insensitive, `-` in `--name=value` read as `_`. */
+function gucName(setting: string): string {
+  return setting.split('=')[0].trim().toLowerCase().replace(/-/g, '_');
+}
+
+/** Splits `options` as the server does: on whitespace, a backslash keeping the next character. */
+function splitOptions(text: string): string[] {
+  const tokens: string[] = [];
+  let token = '';
+  for (let i = 0; i < text.length; i++) {
+    if (/\s/.test(text[i])) {
+      if (token) tokens.push(token);
+      token = '';
+    } else {
+      if (text[i] === '\\' && i + 1 < text.length) token += text[i++];
+      token += text[i];
+    }
+  }
+  if (token) tokens.push(token);
+  return tokens;
+}
+
+/**
+ * The user's `options` (`-c name=value`, `-cname=value`, `--name=value`) with ours after them,
+ * leaving out the user's setting of any GUC the engine sets: the data path depends on those.
+ */
+export function sessionOptions(userOptions: string): string {
+  const tokens = splitOptions(userOptions);
+  const kept: string[] = [];
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i];
+    const group = t === '-c' && i + 1 < tokens.length ? [t, tokens[++i]] : [t];
+    const setting = group.length === 2 ? group[1] : t.startsWith('--') ? t.slice(2) : t.startsWith('-c') ? t.slice(2) : null;
+    if (setting === null || !ENGINE_GUCS.has(gucName(setting.replace(/\\(.)/g, '$1')))) kept.push(...group);
+  }
+  return [...kept, ...SESSION_SETTINGS.map((s) => `-c ${s}`)].join(' ');
+}
+
+/** host:port/database, never the password: the one description of an endpoint for logs, errors and the state table. */
 export function describeEndpoint(url: string): string {
-  const c = new pg.Client({ connectionString: url });
+  const c = new pg.Client(resolveConnection(url).config);
   const host = c.host?.startsWith('/') ? `socket ${c.host}` : c.host;
   return `${host}:${c.port}/${c.database}`;
 }
 
-export function endpointUser(url: string): string {
-  return new pg.Client({ connectionString: url }).user ?? '';
+/** Where an endpoint connects, as `pg` resolves it (PGHOST, PGPORT, defaults). */
+export function endpointAddress(url: string): { host: string; port: number } {
+  const c = new pg.Client(resolveConnection(url).config);
+  return { host: c.host ?? '', port: c.port ?? 5432 };
 }
 
 export async function connect(endpoint: Endpoint, opts: ConnectOptions = {}): Promise<pg.Client> {
-  const client = new pg.Client({
-    connectionString: endpoint.url,
-    connectionTimeoutMillis: 10_000,
-    keepAlive: true,
-    application_name: opts.applicationName ?? 'pg_live_sync',
-    options: SESSION_OPTIONS,
-    ...(opts.replication ? { replication: 'database' } : {}),
-  } as pg.ClientConfig);
-  // Without a listener, a server that goes away takes the whole process with it.
-  client.on('error', () => undefined);
-  try {
-    await client.connect();
-  } catch (err) {
-    await client.end().catch(() => undefined);
-    throw explainConnectError(err, endpoint.role, describeEndpoint(endpoint.url), client.user ?? '', endpoint.configuredIn);
+  const r = resolveConnection(endpoint.url);
+  const plan = attempts(r.sslmode);
+  for (let i = 0; ; i++) {
+    const client = new pg.Client({
+      connectionTimeoutMillis: 10_000,
+      keepAlive: true,
+      application_name: opts.applicationName ?? 'pg_live_sync',
+      ...r.config,
+      options: sessionOptions(r.userOptions),
+      ssl: plan[i] ? tlsOptions(r, endpoint) : false,
+      ...(opts.replication ? { replication: 'database' } : {}),
+    } as pg.ClientConfig);
+    // Without a listener, a server that goes away takes the whole process with it.
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      return client;
+    } catch (err) {
+      await client.end().catch(() => undefined);
+      if (i + 1 < plan.length && fallsBack(err, plan[i])) continue;
+      throw explainConnectError(err, endpoint.role, describeEndpoint(endpoint.url), client.user ?? '', endpoint.configuredIn, r.sslmode);
+    }
   }
-  return client;
 }
 
 export const quoteIdent = pg.escapeIdentifier;

@@ -1,10 +1,11 @@
 /**
  * Errors a user can act on. `message` is one line that names the problem and the fix; it never
- * contains a password (endpoints are described by `describeEndpoint`).
+ * contains a password (endpoints are described by `describeEndpoint`, and `redactPasswords`
+ * catches a connection string that got into a message anyway).
  */
 export class SyncError extends Error {
   constructor(message: string, readonly code: string = 'sync_error') {
-    super(message.replace(/\s*\n\s*/g, ' '));
+    super(redactPasswords(oneLine(message)));
     this.name = 'SyncError';
   }
 }
@@ -28,10 +29,26 @@ interface PgLikeError {
 }
 
 /** Turns a driver or server error met while connecting or checking into a SyncError. */
-export function explainConnectError(err: unknown, role: string, endpoint: string, user: string, configuredIn = `the --${role} URL`): SyncError {
+export function explainConnectError(err: unknown, role: string, endpoint: string, user: string, configuredIn = `the --${role} URL`, sslmode = 'prefer'): SyncError {
   const e = (err ?? {}) as PgLikeError;
   const text = oneLine(e.message ?? String(err));
+  if (/does not support SSL/i.test(text)) {
+    return new SyncError(`the ${role} ${endpoint} does not accept TLS, which sslmode=${sslmode} demands; turn ssl on in its postgresql.conf, or set sslmode=prefer in ${configuredIn} to allow plaintext`, 'tls');
+  }
   switch (e.code) {
+    case 'ERR_TLS_CERT_ALTNAME_INVALID':
+      return new SyncError(`the ${role} ${endpoint}'s TLS certificate is not for that host (${text}); connect by a name the certificate holds, or use sslmode=verify-ca (checks the CA only) in ${configuredIn}`, 'tls');
+    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
+    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
+    case 'UNABLE_TO_GET_ISSUER_CERT':
+    case 'CERT_UNTRUSTED':
+    case 'CERT_SIGNATURE_FAILURE':
+      return new SyncError(`the ${role} ${endpoint}'s TLS certificate cannot be verified under sslmode=${sslmode} (${text}); set sslrootcert to the CA certificate that signed it in ${configuredIn}, or use sslmode=require to encrypt without verifying`, 'tls');
+    case 'CERT_HAS_EXPIRED':
+    case 'CERT_NOT_YET_VALID':
+      return new SyncError(`the ${role} ${endpoint}'s TLS certificate is out of its validity period (${text}); renew the server's certificate`, 'tls');
     case 'ECONNREFUSED':
       return new SyncError(`cannot connect to the ${role} at ${endpoint}: connection refused; check that PostgreSQL is running there and the host and port in ${configuredIn}`, 'connect');
     case 'ENOTFOUND':
@@ -61,8 +78,18 @@ export function oneLine(text: string): string {
   return text.replace(/\s*\n\s*/g, ' ').trim();
 }
 
+/**
+ * Masks passwords in text that may hold a connection string: the userinfo of a URL
+ * (`postgres://u:pw@h`), a `password=` parameter or keyword (quoted or bare).
+ */
+export function redactPasswords(text: string): string {
+  return text
+    .replace(/([a-z][a-z0-9+.-]*:\/\/[^\s:/@]*):[^\s@/]*@/gi, '$1:***@')
+    .replace(/\b(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]*)/gi, '$1***');
+}
+
 export function errorMessage(err: unknown): string {
-  return oneLine(err instanceof Error ? err.message : String(err));
+  return redactPasswords(oneLine(err instanceof Error ? err.message : String(err)));
 }
 
 /**

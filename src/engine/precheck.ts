@@ -4,7 +4,7 @@
  * on any error, naming every one, and logs the warnings.
  */
 import type pg from 'pg';
-import { connect, describeEndpoint, qualified, quoteIdent, quoteLiteral, tableKey, type Endpoint } from './connection';
+import { connect, describeEndpoint, endpointAddress, qualified, quoteIdent, quoteLiteral, tableKey, type Endpoint } from './connection';
 import { listPublishedTables, publicationsMissing, replicaIdentityFix, targetColumns, type PublishedTable } from './catalog';
 import { errorMessage } from './errors';
 import { slotInfo, slotNameFor } from './slot';
@@ -217,9 +217,8 @@ async function extensionsOfTypes(source: pg.Client, published: PublishedTable[])
 
 /** A pooler answers on one port and reaches PostgreSQL on another; replication cannot pass it. */
 function poolerCheck(endpoint: Endpoint, serverPort: number | null, warn: (m: string) => void): void {
-  const url = new URL(endpoint.url.replace(/^postgres(ql)?:/, 'http:'));
-  const urlPort = Number(url.port || 5432);
-  if (serverPort !== null && url.hostname && !url.hostname.startsWith('%2F') && serverPort !== urlPort) {
+  const { host, port: urlPort } = endpointAddress(endpoint.url);
+  if (serverPort !== null && host && !host.startsWith('/') && serverPort !== urlPort) {
     warn(`the ${endpoint.role} URL uses port ${urlPort} but PostgreSQL there listens on ${serverPort}: this looks like a pooler (PgBouncer) or a port forward; a sync needs a direct connection (session state, replication), so connect to PostgreSQL itself`);
   }
 }

@@ -1,11 +1,12 @@
 /**
  * Connections as the `pgLiveSync.connections` setting stores them, and the URL the engine gets.
  * No `vscode` here, so the rules about where a password may go are testable on their own: a
- * password lives only in SecretStorage and is joined to the URL at the moment of connecting.
+ * password lives only in SecretStorage, under the server and role it was saved for, and is
+ * joined to the URL at the moment of connecting.
  */
+import { SSL_MODES, type SslMode } from '../engine/connection';
 
-export const SSL_MODES = ['disable', 'require', 'verify-ca', 'verify-full'] as const;
-export type SslMode = (typeof SSL_MODES)[number];
+export { SSL_MODES, type SslMode };
 
 /** One entry of the setting. Either `uri` or the fields; never a password. */
 export interface ConnectionConfig {
@@ -45,7 +46,7 @@ export function splitUri(input: string): { uri: string; password: string | null 
     throw new ConnectionInputError(`a connection URI starts with postgresql://, not ${url.protocol}//`);
   }
   const sslmode = url.searchParams.get('sslmode');
-  if (sslmode !== null && !(SSL_MODES as readonly string[]).includes(sslmode) && sslmode !== 'prefer' && sslmode !== 'allow') {
+  if (sslmode !== null && !(SSL_MODES as readonly string[]).includes(sslmode)) {
     throw new ConnectionInputError(`sslmode must be one of ${SSL_MODES.join(', ')}, not "${sslmode}"`);
   }
   const password = url.password ? decodeURIComponent(url.password) : url.searchParams.get('password');
@@ -75,8 +76,7 @@ export function connectionUrl(c: ConnectionConfig, password: string | null): str
   // Without a password, `pg` reads PGPASSWORD and then ~/.pgpass, as libpq does.
   if (password && url.host) url.password = encodeURIComponent(password);
   else if (password) url.searchParams.set('password', password);
-  // libpq's meanings for sslmode (require = encrypt without verifying), not pg's stricter default.
-  if (url.searchParams.has('sslmode') && !url.searchParams.has('uselibpqcompat')) url.searchParams.set('uselibpqcompat', 'true');
+  // sslmode stays as written: the engine's `connect` gives it libpq's meaning, for the CLI's URLs too.
   return url.toString();
 }
 
@@ -114,4 +114,67 @@ export function sanitizeConfig(raw: unknown): ConnectionConfig | null {
   if (typeof r.sslmode === 'string' && (SSL_MODES as readonly string[]).includes(r.sslmode)) out.sslmode = r.sslmode as SslMode;
   if (typeof r.sslrootcert === 'string' && r.sslrootcert) out.sslrootcert = r.sslrootcert;
   return out;
+}
+
+/** The server and role a connection reaches: user@host:port/database, with the PG* fallbacks applied. */
+export function connectionIdentity(c: ConnectionConfig, env: NodeJS.ProcessEnv = process.env): string {
+  return `${connectionUser(c, env)}@${describeConnection(c, env)}`;
+}
+
+/**
+ * Where a connection's password is kept: under its name and its identity, so a connection of the
+ * same name elsewhere (a workspace's, shadowing the user's) or one edited to point at another
+ * server never finds it.
+ */
+export function secretKey(c: ConnectionConfig, env: NodeJS.ProcessEnv = process.env): string {
+  return `pgLiveSync.password:${JSON.stringify([c.name, connectionIdentity(c, env)])}`;
+}
+
+/** The key of earlier versions: the name alone. */
+export function legacySecretKey(name: string): string {
+  return `pgLiveSync.password:${name}`;
+}
+
+/** The part of VS Code's SecretStorage used here. */
+export interface SecretStore {
+  get(key: string): PromiseLike<string | undefined>;
+  store(key: string, value: string): PromiseLike<void>;
+  delete(key: string): PromiseLike<void>;
+}
+
+/** Stored passwords, each reachable only by the connection (name and identity) it was saved for. */
+export class ConnectionSecrets {
+  constructor(private readonly storage: SecretStore, private readonly env: NodeJS.ProcessEnv = process.env) {}
+
+  /**
+   * The password saved for `c`, or null. `sameName` is every setting entry of that name (user
+   * and workspace): a password kept under the name alone (earlier versions) moves to `c` only
+   * when all of them reach the same server as `c`, since it cannot tell which one it was for.
+   */
+  async get(c: ConnectionConfig, sameName: ConnectionConfig[]): Promise<string | null> {
+    const stored = await this.storage.get(secretKey(c, this.env));
+    if (stored !== undefined) return stored;
+    const legacy = await this.storage.get(legacySecretKey(c.name));
+    const identity = connectionIdentity(c, this.env);
+    if (legacy === undefined || !sameName.every((o) => connectionIdentity(o, this.env) === identity)) return null;
+    await this.storage.store(secretKey(c, this.env), legacy);
+    await this.storage.delete(legacySecretKey(c.name));
+    return legacy;
+  }
+
+  async set(c: ConnectionConfig, password: string | null): Promise<void> {
+    if (password === null) await this.storage.delete(secretKey(c, this.env));
+    else await this.storage.store(secretKey(c, this.env), password);
+  }
+
+  /** Forgets `c`'s password, and the name-only one of earlier versions. */
+  async delete(c: ConnectionConfig): Promise<void> {
+    await this.storage.delete(secretKey(c, this.env));
+    await this.storage.delete(legacySecretKey(c.name));
+  }
+
+  /** The same server and role: a password may follow an edit (or a rename) only then. */
+  sameServer(a: ConnectionConfig, b: ConnectionConfig): boolean {
+    return connectionIdentity(a, this.env) === connectionIdentity(b, this.env);
+  }
 }

@@ -3,7 +3,7 @@ import type { Endpoint } from '../engine/connection';
 import { errorMessage } from '../engine/errors';
 import { describeProbe, probeServer } from '../engine/probe';
 import {
-  ConnectionInputError, SSL_MODES, connectionUrl, connectionUser, describeConnection, sanitizeConfig, splitUri, validateConnectionName,
+  ConnectionInputError, ConnectionSecrets, SSL_MODES, connectionUrl, connectionUser, describeConnection, sanitizeConfig, splitUri, validateConnectionName,
   type ConnectionConfig, type SslMode,
 } from './connectionModel';
 
@@ -16,30 +16,41 @@ export interface StoredConnection extends ConnectionConfig {
 
 /**
  * Connections: the non-secret part in the `pgLiveSync.connections` setting (user or workspace,
- * so a team can share it), the password only in SecretStorage under the connection's name.
+ * so a team can share it), the password only in SecretStorage under the connection's name and
+ * the server and role it is for (see ConnectionSecrets).
  */
 export class ConnectionStore implements vscode.Disposable {
   private readonly changed = new vscode.EventEmitter<void>();
   readonly onDidChange = this.changed.event;
-  private readonly subscription: vscode.Disposable;
+  private readonly subscriptions: vscode.Disposable[];
+  private readonly secrets: ConnectionSecrets;
 
-  constructor(private readonly secrets: vscode.SecretStorage, private readonly log: vscode.LogOutputChannel) {
-    this.subscription = vscode.workspace.onDidChangeConfiguration((e) => {
-      if (e.affectsConfiguration(`${SECTION}.${KEY}`)) this.changed.fire();
-    });
+  constructor(secrets: vscode.SecretStorage, private readonly log: vscode.LogOutputChannel) {
+    this.secrets = new ConnectionSecrets(secrets);
+    this.subscriptions = [
+      vscode.workspace.onDidChangeConfiguration((e) => {
+        if (e.affectsConfiguration(`${SECTION}.${KEY}`)) this.changed.fire();
+      }),
+      // Trust brings the folder's own connections in.
+      vscode.workspace.onDidGrantWorkspaceTrust(() => this.changed.fire()),
+    ];
   }
 
   dispose(): void {
-    this.subscription.dispose();
+    for (const s of this.subscriptions) s.dispose();
     this.changed.dispose();
   }
 
-  /** Workspace entries first; a user entry with the same name is hidden by the workspace one. */
+  /**
+   * Workspace entries first; a user entry with the same name is hidden by the workspace one. An
+   * untrusted folder's entries are left out: they could name any server.
+   */
   list(): StoredConnection[] {
     const inspect = vscode.workspace.getConfiguration(SECTION).inspect<unknown[]>(KEY);
     const out: StoredConnection[] = [];
     const seen = new Set<string>();
-    for (const [scope, values] of [['workspace', inspect?.workspaceValue], ['user', inspect?.globalValue]] as const) {
+    const workspace = vscode.workspace.isTrusted ? inspect?.workspaceValue : undefined;
+    for (const [scope, values] of [['workspace', workspace], ['user', inspect?.globalValue]] as const) {
       for (const raw of values ?? []) {
         const c = sanitizeConfig(raw);
         if (!c || seen.has(c.name)) continue;
@@ -54,15 +65,23 @@ export class ConnectionStore implements vscode.Disposable {
     return this.list().find((c) => c.name === name);
   }
 
+  /** Every entry named `name`, in both scopes, the hidden one included. */
+  private sameName(name: string): ConnectionConfig[] {
+    const inspect = vscode.workspace.getConfiguration(SECTION).inspect<unknown[]>(KEY);
+    return [...(inspect?.workspaceValue ?? []), ...(inspect?.globalValue ?? [])].map(sanitizeConfig).filter((c): c is ConnectionConfig => c?.name === name);
+  }
+
   describe(c: ConnectionConfig): string {
     return describeConnection(c);
   }
 
   /** The endpoint the engine connects to; the password is joined here and goes no further than `pg`. */
   async endpoint(name: string, role: string = `"${name}" connection`): Promise<Endpoint> {
+    // A folder's settings may name any server: nothing connects before the user trusts it.
+    if (!vscode.workspace.isTrusted) throw new Error('this workspace is not trusted, so Postgres Live Sync connects nowhere; trust it with Workspaces: Manage Workspace Trust');
     const c = this.get(name);
     if (!c) throw new Error(`no connection named "${name}"; add it with Postgres Live Sync: Add Connection`);
-    const password = (await this.secrets.get(secretKey(name))) ?? null;
+    const password = await this.secrets.get(c, this.sameName(name));
     return { url: connectionUrl(c, password), role, configuredIn: `connection "${name}" (Edit Connection)` };
   }
 
@@ -77,30 +96,32 @@ export class ConnectionStore implements vscode.Disposable {
     // Only known, non-secret keys reach the setting.
     const entry = sanitizeConfig(c);
     if (!entry) throw new Error('invalid connection');
+    const old = replacing ? this.get(replacing) : undefined;
+    const oldPassword = old ? await this.secrets.get(old, this.sameName(old.name)) : null;
     await config.update(KEY, [...current, entry], target);
-    if (replacing && replacing !== c.name) {
-      const old = await this.secrets.get(secretKey(replacing));
-      await this.secrets.delete(secretKey(replacing));
-      if (password === undefined && old) password = old;
+    if (old) {
+      await this.secrets.delete(old);
+      // Kept through a rename or an edit of other fields, never carried to another server or role.
+      if (password === undefined && oldPassword !== null && this.secrets.sameServer(old, entry)) password = oldPassword;
     }
-    if (password === null) await this.secrets.delete(secretKey(c.name));
-    else if (password !== undefined) await this.secrets.store(secretKey(c.name), password);
+    if (password !== undefined) await this.secrets.set(entry, password);
     this.log.info(`saved connection "${c.name}" (${describeConnection(c)}) in ${scope} settings${password ? '; its password is in secret storage' : ''}`);
   }
 
   async remove(name: string): Promise<void> {
+    for (const c of this.sameName(name)) await this.secrets.delete(c);
     const config = vscode.workspace.getConfiguration(SECTION);
     const inspect = config.inspect<unknown[]>(KEY);
     for (const [values, target] of [[inspect?.workspaceValue, vscode.ConfigurationTarget.Workspace], [inspect?.globalValue, vscode.ConfigurationTarget.Global]] as const) {
       if (!values?.some((raw) => sanitizeConfig(raw)?.name === name)) continue;
       await config.update(KEY, values.filter((raw) => sanitizeConfig(raw)?.name !== name), target);
     }
-    await this.secrets.delete(secretKey(name));
     this.log.info(`removed connection "${name}" and its stored password`);
   }
 
   async hasPassword(name: string): Promise<boolean> {
-    return (await this.secrets.get(secretKey(name))) !== undefined;
+    const c = this.get(name);
+    return c !== undefined && (await this.secrets.get(c, this.sameName(name))) !== null;
   }
 
   /** Test Connection: version, wal_level, replication right, latency; one line either way. */
@@ -181,7 +202,8 @@ export class ConnectionStore implements vscode.Disposable {
     let password: string | null | undefined = passwordFromUri ?? undefined;
     if (passwordFromUri === null) {
       const user = connectionUser(config);
-      const keep = existing && (await this.hasPassword(existing.name));
+      // A stored password is offered only for the server and role it was saved for.
+      const keep = existing && this.secrets.sameServer(existing, config) && (await this.hasPassword(existing.name));
       const typed = await vscode.window.showInputBox({
         title: `${title} (3/4)`, password: true, ignoreFocusOut: true,
         prompt: `Password for ${user}@${describeConnection(config)}${keep ? ' (empty keeps the stored one)' : ' (empty: use PGPASSWORD or ~/.pgpass)'}`,
@@ -226,7 +248,7 @@ export class ConnectionStore implements vscode.Disposable {
     const user = await vscode.window.showInputBox({ title: step, prompt: 'User (empty: PGUSER or your OS user)', value: existing?.user, ignoreFocusOut: true });
     if (user === undefined) return undefined;
     const ssl = await vscode.window.showQuickPick(
-      SSL_MODES.map((m) => ({ label: m, picked: m === (existing?.sslmode ?? 'disable') })),
+      SSL_MODES.map((m) => ({ label: m, picked: m === (existing?.sslmode ?? 'prefer') })),
       { title: step, placeHolder: 'sslmode', ignoreFocusOut: true },
     );
     if (!ssl) return undefined;
@@ -242,8 +264,4 @@ export class ConnectionStore implements vscode.Disposable {
     }
     return out;
   }
-}
-
-export function secretKey(name: string): string {
-  return `pgLiveSync.password:${name}`;
 }

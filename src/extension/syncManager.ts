@@ -38,7 +38,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
   private readonly trackers = new Map<string, SyncTracker>();
   private readonly retained = new Map<string, { at: number; bytes: number | null }>();
   private readonly pollErrors = new Map<string, string>();
-  private readonly timer: NodeJS.Timeout;
+  private timer: NodeJS.Timeout | undefined;
   private polling = false;
   private shuttingDown = false;
   private readonly disposables: vscode.Disposable[] = [];
@@ -51,11 +51,20 @@ export class SyncManager implements PanelSource, vscode.Disposable {
     private readonly log: vscode.LogOutputChannel,
   ) {
     this.loopDelay = new LoopDelayMonitor((line) => this.log.info(line));
-    const seconds = vscode.workspace.getConfiguration(SECTION).get<number>('statusRefreshSeconds', 2);
-    this.timer = setInterval(() => void this.poll(), Math.max(1, seconds) * 1000);
     this.disposables.push(vscode.workspace.onDidChangeConfiguration((e) => {
       if (e.affectsConfiguration(`${SECTION}.${KEY}`)) void this.poll();
     }));
+    // The syncs a folder configures name servers: none is polled before the user trusts the folder.
+    if (vscode.workspace.isTrusted) this.startPolling();
+    else this.disposables.push(vscode.workspace.onDidGrantWorkspaceTrust(() => this.startPolling()));
+  }
+
+  private startPolling(): void {
+    if (this.timer) return;
+    const seconds = vscode.workspace.getConfiguration(SECTION).get<number>('statusRefreshSeconds', 2);
+    this.timer = setInterval(() => void this.poll(), Math.max(1, seconds) * 1000);
+    // The folder's own syncs appear in the views once it is trusted.
+    for (const d of this.definitions()) this.changed.fire(d.name);
     void this.poll();
   }
 
@@ -73,7 +82,8 @@ export class SyncManager implements PanelSource, vscode.Disposable {
     const inspect = vscode.workspace.getConfiguration(SECTION).inspect<unknown[]>(KEY);
     const seen = new Set<string>();
     const out: SyncDefinition[] = [];
-    for (const values of [inspect?.workspaceValue, inspect?.globalValue]) {
+    // An untrusted folder's syncs are left out until it is trusted.
+    for (const values of [vscode.workspace.isTrusted ? inspect?.workspaceValue : undefined, inspect?.globalValue]) {
       for (const raw of values ?? []) {
         const d = sanitizeSyncDefinition(raw);
         if (!d || seen.has(d.name)) continue;
@@ -345,8 +355,16 @@ export class SyncManager implements PanelSource, vscode.Disposable {
     await Promise.all(names.map((n) => this.runs.get(n)?.process.stop(4_000)));
   }
 
-  /** A window reopened after syncs ran in it: offer to resume them. */
+  /** A window reopened after syncs ran in it: offer to resume them (once the folder is trusted). */
   async offerResume(): Promise<void> {
+    if (!vscode.workspace.isTrusted) {
+      const once = vscode.workspace.onDidGrantWorkspaceTrust(() => {
+        once.dispose();
+        void this.offerResume();
+      });
+      this.disposables.push(once);
+      return;
+    }
     const names = this.context.workspaceState.get<string[]>(RUNNING_AT_CLOSE, []).filter((n) => this.definition(n) && !this.runs.has(n));
     if (names.length === 0) return;
     const label = names.length === 1 ? `Sync ${names[0]} was running when this window closed; its progress is saved on the target.` : `${names.length} syncs were running when this window closed (${names.join(', ')}); their progress is saved on the target.`;
@@ -378,7 +396,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
    * source slot's retained WAL for all. Errors are logged once per change, not every poll.
    */
   private async poll(): Promise<void> {
-    if (this.polling) return;
+    if (this.polling || !vscode.workspace.isTrusted) return;
     this.polling = true;
     try {
       const defs = this.definitions();

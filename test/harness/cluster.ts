@@ -4,7 +4,7 @@
  * PostgreSQL refuses to run as root, so as root every server command runs as the `postgres` user.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, appendFileSync, writeFileSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdtempSync, appendFileSync, writeFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -18,12 +18,16 @@ export interface ClusterOptions {
   name: string;
   walLevel?: 'logical' | 'replica';
   settings?: Record<string, string | number>;
+  /** TLS on, with a self-signed certificate for CN=localhost (no IP address: verify-full by IP fails). */
+  ssl?: boolean;
 }
 
 export interface Cluster {
   name: string;
   port: number;
   dir: string;
+  /** The server's self-signed certificate (its own CA) when started with `ssl`. */
+  certFile?: string;
   /** URL of `database` as the superuser, with the password. */
   url(database?: string, user?: string, password?: string): string;
   query<T extends pg.QueryResultRow = pg.QueryResultRow>(database: string, sql: string, params?: unknown[]): Promise<pg.QueryResult<T>>;
@@ -77,6 +81,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     '-D', data, '-U', SUPERUSER, '-E', 'UTF8', '--no-locale', '-N',
     '--auth-local=trust', '--auth-host=scram-sha-256', `--pwfile=${pwfile}`,
   ]);
+  const certFile = opts.ssl ? selfSignedCertificate(dir) : undefined;
   const port = await freePort();
   const settings: Record<string, string | number> = {
     port,
@@ -91,6 +96,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     synchronous_commit: 'off',
     full_page_writes: 'off',
     log_min_messages: 'warning',
+    ...(certFile ? { ssl: 'on', ssl_cert_file: `'${certFile}'`, ssl_key_file: `'${path.join(dir, 'server.key')}'` } : {}),
     ...opts.settings,
   };
   appendFileSync(
@@ -114,6 +120,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     name: opts.name,
     port,
     dir,
+    certFile,
     url,
     async query(database, sql, params) {
       const client = new pg.Client({ connectionString: url(database) });
@@ -141,6 +148,20 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   };
   running.add(cluster);
   return cluster;
+}
+
+/** server.crt and server.key in `dir`, readable by the server only, as PostgreSQL requires of the key. */
+function selfSignedCertificate(dir: string): string {
+  const cert = path.join(dir, 'server.crt');
+  const key = path.join(dir, 'server.key');
+  execFileSync('openssl', ['req', '-new', '-x509', '-days', '2', '-nodes', '-newkey', 'rsa:2048', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-keyout', key, '-out', cert], { stdio: 'ignore' });
+  chmodSync(key, 0o600);
+  if (asRoot) {
+    const { uid, gid } = userIds('postgres');
+    chownSync(cert, uid, gid);
+    chownSync(key, uid, gid);
+  }
+  return cert;
 }
 
 function userIds(name: string): { uid: number; gid: number } {

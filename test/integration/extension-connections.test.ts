@@ -12,8 +12,9 @@ import { connect, type Endpoint } from '../../src/engine/connection';
 import { listPublishedTables } from '../../src/engine/catalog';
 import { SyncError } from '../../src/engine/errors';
 import { listPublications, probeServer, publicationTables, userTables } from '../../src/engine/probe';
-import { connectionUrl, type ConnectionConfig } from '../../src/extension/connectionModel';
+import { ConnectionSecrets, connectionUrl, type ConnectionConfig } from '../../src/extension/connectionModel';
 import { PASSWORD, startCluster, type Cluster } from '../harness/cluster';
+import { startProxy } from '../harness/proxy';
 
 let cluster: Cluster;
 let tmp: string;
@@ -146,6 +147,32 @@ describe('connecting with a connection entry', () => {
     assert.match(err.message, /connection "src" \(Edit Connection\)/);
     assert.ok(err.message.includes(`127.0.0.1:${cluster.port}/`), err.message);
     for (const secret of [wrong, encodeURIComponent(wrong), PASSWORD]) assert.ok(!err.message.includes(secret), `message leaks "${secret}": ${err.message}`);
+  });
+});
+
+describe('stored passwords and shadowing connections', () => {
+  it('a workspace connection named like a user connection but reaching another host gets no stored password; the user connection keeps it', async () => {
+    const db = await freshDatabase('shadow');
+    // "Another host": a proxy on another port, so the server sees exactly what would be sent there.
+    const proxy = await startProxy(cluster.port);
+    try {
+      const storage = new Map<string, string>();
+      const secrets = new ConnectionSecrets({ get: async (k) => storage.get(k), store: async (k, v) => void storage.set(k, v), delete: async (k) => void storage.delete(k) });
+      const userEntry = config(db);
+      const workspaceEntry: ConnectionConfig = { ...config(db), port: proxy.port };
+      await secrets.set(userEntry, PASSWORD);
+      await withEnv({ HOME: tmp }, async () => {
+        const shadowPassword = await secrets.get(workspaceEntry, [workspaceEntry, userEntry]);
+        assert.equal(shadowPassword, null);
+        const err = await probeServer(endpoint(connectionUrl(workspaceEntry, shadowPassword))).then(() => null, (e: unknown) => e);
+        assert.ok(err instanceof SyncError && err.code === 'auth', `the server behind the other host asks for a password it never got: ${String(err)}`);
+        assert.match(err.message, /asks user "postgres" for a password and none was given/);
+        assert.equal(await currentDatabase(connectionUrl(userEntry, await secrets.get(userEntry, [workspaceEntry, userEntry]))), db);
+      });
+      assert.ok(proxy.accepted > 0, 'the workspace connection did reach the other host');
+    } finally {
+      await proxy.close();
+    }
   });
 });
 

@@ -7,7 +7,8 @@ import { parseLsn } from '../../src/engine/lsn';
 import type { SyncReport } from '../../src/engine/report';
 import type { TableProgress } from '../../src/engine/types';
 import {
-  ConnectionInputError, connectionUrl, connectionUser, describeConnection, sanitizeConfig, splitUri, type ConnectionConfig,
+  ConnectionInputError, ConnectionSecrets, connectionIdentity, connectionUrl, connectionUser, describeConnection, legacySecretKey, sanitizeConfig, secretKey, splitUri,
+  type ConnectionConfig,
 } from '../../src/extension/connectionModel';
 import type { PanelSnapshot } from '../../src/extension/panelSource';
 import { commentText, note } from '../../src/engine/sqlgen';
@@ -62,7 +63,7 @@ describe('connection model: splitUri', () => {
   it('rejects an unknown sslmode, listing the accepted ones', () => {
     assert.throws(
       () => splitUri('postgresql://u@h/db?sslmode=sometimes'),
-      (e: unknown) => e instanceof ConnectionInputError && /sslmode must be one of disable, require, verify-ca, verify-full/.test(e.message) && /"sometimes"/.test(e.message),
+      (e: unknown) => e instanceof ConnectionInputError && /sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full/.test(e.message) && /"sometimes"/.test(e.message),
     );
     assert.equal(splitUri('postgresql://u@h/db?sslmode=verify-ca').password, null);
   });
@@ -97,15 +98,12 @@ describe('connection model: connectionUrl', () => {
     }
   });
 
-  it('adds uselibpqcompat=true with an sslmode, so require means encrypt-without-verify as in libpq', () => {
-    const url = connectionUrl({ name: 's', host: 'h', database: 'd', sslmode: 'require' }, null);
-    const u = new URL(url);
+  it('keeps sslmode as written, without pg\'s uselibpqcompat: the engine gives it libpq\'s meaning for the CLI and the extension alike', () => {
+    const u = new URL(connectionUrl({ name: 's', host: 'h', database: 'd', sslmode: 'require' }, null));
     assert.equal(u.searchParams.get('sslmode'), 'require');
-    assert.equal(u.searchParams.get('uselibpqcompat'), 'true');
-    assert.deepEqual(seenByPg(url).ssl, { rejectUnauthorized: false });
-    const fromUri = new URL(connectionUrl({ name: 's', uri: 'postgresql://u@h/d?sslmode=disable' }, 'pw'));
-    assert.equal(fromUri.searchParams.get('uselibpqcompat'), 'true');
-    assert.equal(new URL(connectionUrl({ name: 's', host: 'h', database: 'd' }, null)).searchParams.has('uselibpqcompat'), false);
+    assert.equal(u.searchParams.has('uselibpqcompat'), false);
+    assert.equal(new URL(connectionUrl({ name: 's', uri: 'postgresql://u@h/d?sslmode=disable' }, 'pw')).searchParams.has('uselibpqcompat'), false);
+    assert.equal(new URL(connectionUrl({ name: 's', host: 'h', database: 'd' }, null)).searchParams.has('sslmode'), false, 'no sslmode: the engine\'s default, prefer');
   });
 
   it('without a password the URL carries none (pg then reads PGPASSWORD or ~/.pgpass)', () => {
@@ -166,6 +164,79 @@ describe('connection model: sanitizeConfig', () => {
     assert.equal(sanitizeConfig({ name: 'x', uri: 'mysql://h/d' }), null);
     assert.equal(sanitizeConfig('postgresql://h/d'), null);
     assert.equal(sanitizeConfig(null), null);
+  });
+});
+
+/** SecretStorage as a map, so what is stored under which key can be looked at. */
+function memorySecrets(initial: Record<string, string> = {}) {
+  const map = new Map(Object.entries(initial));
+  return {
+    map,
+    async get(key: string) {
+      return map.get(key);
+    },
+    async store(key: string, value: string) {
+      map.set(key, value);
+    },
+    async delete(key: string) {
+      map.delete(key);
+    },
+  };
+}
+
+describe('connection model: stored passwords (ConnectionSecrets)', () => {
+  const env = {};
+  const user: ConnectionConfig = { name: 'prod', host: 'db.example.com', port: 5432, user: 'repl', database: 'app' };
+  const shadow: ConnectionConfig = { name: 'prod', host: 'attacker.example.net', port: 5432, user: 'repl', database: 'app' };
+
+  it('a workspace connection of the same name on another host does not get the user connection\'s password', async () => {
+    const storage = memorySecrets();
+    const secrets = new ConnectionSecrets(storage, env);
+    await secrets.set(user, 'user-secret');
+    assert.equal(await secrets.get(shadow, [shadow, user]), null);
+    for (const other of [{ ...user, port: 6432 }, { ...user, user: 'postgres' }, { ...user, database: 'other' }, { name: 'prod', uri: 'postgresql://repl@attacker.example.net/app' }]) {
+      assert.equal(await secrets.get(other, [other, user]), null, JSON.stringify(other));
+    }
+    assert.equal(await secrets.get(user, [shadow, user]), 'user-secret', 'the user connection still has it');
+    assert.equal(await secrets.get({ name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app' }, [user]), 'user-secret', 'the same server and role, written as a URI');
+    assert.ok([...storage.map.keys()].every((k) => k.includes('db.example.com')), [...storage.map.keys()].join(', '));
+  });
+
+  it('follows the PG* fallbacks: a connection without a host is another server when PGHOST changes', async () => {
+    const storage = memorySecrets();
+    const bare: ConnectionConfig = { name: 'local', user: 'u', database: 'd' };
+    await new ConnectionSecrets(storage, { PGHOST: 'one.example.com' }).set(bare, 'pw');
+    assert.equal(await new ConnectionSecrets(storage, { PGHOST: 'one.example.com' }).get(bare, [bare]), 'pw');
+    assert.equal(await new ConnectionSecrets(storage, { PGHOST: 'two.example.com' }).get(bare, [bare]), null);
+  });
+
+  it('moves a password kept under the name alone (earlier versions) only when every entry of that name is the same server', async () => {
+    const legacy = legacySecretKey('prod');
+    const ambiguous = memorySecrets({ [legacy]: 'old-secret' });
+    const a = new ConnectionSecrets(ambiguous, env);
+    assert.equal(await a.get(shadow, [shadow, user]), null, 'not to the shadowing workspace entry');
+    assert.equal(await a.get(user, [shadow, user]), null, 'nor to the user entry while it is ambiguous');
+    assert.equal(ambiguous.map.get(legacy), 'old-secret', 'kept for when it is no longer ambiguous');
+
+    const alone = memorySecrets({ [legacy]: 'old-secret' });
+    const b = new ConnectionSecrets(alone, env);
+    assert.equal(await b.get(user, [user]), 'old-secret');
+    assert.deepEqual([...alone.map.keys()], [secretKey(user, env)], 'moved to the identity key, the old key gone');
+    assert.equal(await b.get(shadow, [shadow]), null, 'and no longer found by name');
+  });
+
+  it('set(null) and delete forget it; sameServer compares identities', async () => {
+    const storage = memorySecrets({ [legacySecretKey('prod')]: 'x' });
+    const secrets = new ConnectionSecrets(storage, env);
+    await secrets.set(user, 'pw');
+    await secrets.set(user, null);
+    assert.equal(storage.map.has(secretKey(user, env)), false);
+    await secrets.set(user, 'pw');
+    await secrets.delete(user);
+    assert.equal(storage.map.size, 0);
+    assert.equal(secrets.sameServer(user, { ...user, name: 'renamed', sslmode: 'require' }), true);
+    assert.equal(secrets.sameServer(user, shadow), false);
+    assert.equal(connectionIdentity(user, env), 'repl@db.example.com:5432/app');
   });
 });
 
