@@ -4,12 +4,14 @@
  * the fix; exit 1 for failures, 2 for usage errors.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type pg from 'pg';
 import { connect, describeEndpoint, qualified, tableKey } from '../engine/connection';
 import { connectorRoleSql, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
 import { SyncEngine } from '../engine/engine';
 import { CheckError, errorMessage, SyncError } from '../engine/errors';
 import { formatLsn } from '../engine/lsn';
-import { validateSubscriptionName } from '../engine/slot';
+import { secondsToInvalidation, slotInfo, validateSubscriptionName, walWriteRate } from '../engine/slot';
+import { describeHeadroom, listSyncSlots, slotWarnings } from '../engine/guardrails';
 import { checkSource, checkTarget } from '../engine/precheck';
 import { dropSync, notFound, readSyncReport } from '../engine/report';
 import { describeSequence, sequenceSql, syncSequencesOfSync } from '../engine/sequences';
@@ -76,6 +78,11 @@ const COMMANDS: Record<string, CommandHelp> = {
                     [--table-map JSON]... [--subscription NAME]`,
     about: 'Prints every problem run would refuse or warn about, each with its fix; exit 0 when there is no error.',
     flags: [SOURCE_FLAG, TARGET_FLAG, PUBLICATION_FLAG, TABLE_MAP_FLAG, ['--subscription NAME', 'also check that slot of that sync']],
+  },
+  slots: {
+    synopsis: 'pg-live-sync slots  --source URL [--target URL]... [--json]',
+    about: "Lists every pg_live_sync_* and pgls_* slot on the source with the target (of those given) whose state owns it; slots none of them owns get the SQL that drops them.",
+    flags: [SOURCE_FLAG, ['--target URL', 'a target that syncs from this source; repeatable (default: TARGET)'], ['--json', 'print JSON for scripts']],
   },
   'sync-sequences': {
     synopsis: 'pg-live-sync sync-sequences --subscription NAME --source URL --target URL [--dry-run]',
@@ -177,6 +184,8 @@ async function run(args: string[]): Promise<number> {
 
 /** How long a stop may take to commit and close before the process exits anyway. */
 const STOP_GRACE_MS = 13_000;
+/** status samples the source's WAL position this far apart for the time left before invalidation. */
+const WAL_RATE_SAMPLE_MS = 1_000;
 
 /**
  * The first stop request asks the engine to commit what it has applied and return; a second
@@ -283,9 +292,18 @@ async function status(args: string[]): Promise<number> {
   const target = await connect({ url: targetUrl, role: 'target' });
   try {
     const source = sourceUrl ? await connect({ url: sourceUrl, role: 'source' }) : null;
-    const report = await readSyncReport(target, subscription, source).finally(() => source?.end());
+    const { report, walRate } = await (async () => {
+      const at = Date.now();
+      const report = await readSyncReport(target, subscription, source);
+      // Time left before invalidation needs the source's write rate: a second look, a second later.
+      if (!source || !report?.slot || report.slot.safeWalBytes === null) return { report, walRate: null };
+      await new Promise((r) => setTimeout(r, WAL_RATE_SAMPLE_MS));
+      const again = await slotInfo(source, report.subscription.slotName);
+      return { report, walRate: again ? walWriteRate({ at, slot: report.slot }, { at: Date.now(), slot: again }) : null };
+    })().finally(() => source?.end());
     if (!report) throw notFound(subscription);
     const { subscription: sub, tables, slot, lagBytes, lagSeconds } = report;
+    const warnings = slotWarnings(slot, walWarnBytes, walRate);
     if (v.json) {
       process.stdout.write(JSON.stringify({
         subscription: sub.subname,
@@ -298,8 +316,11 @@ async function status(args: string[]): Promise<number> {
         lagBytes,
         lagSeconds,
         lastError: sub.lastError,
-        slot: slot && { ...slot, confirmedFlush: slot.confirmedFlush === null ? null : formatLsn(slot.confirmedFlush) },
-        warnings: slotWarnings(slot, walWarnBytes),
+        slot: slot && {
+          ...slot, confirmedFlush: slot.confirmedFlush === null ? null : formatLsn(slot.confirmedFlush), sourceWalLsn: formatLsn(slot.sourceWalLsn),
+          walBytesPerSecond: walRate, secondsToInvalidation: secondsToInvalidation(slot, walRate),
+        },
+        warnings,
         tables: tables.map((t) => ({ ...t, lsn: t.lsn === null ? null : formatLsn(t.lsn) })),
       }, null, 2) + '\n');
       return 0;
@@ -308,9 +329,9 @@ async function status(args: string[]): Promise<number> {
     out.push(`subscription ${sub.subname} (slot ${sub.slotName}, publications ${sub.publications.join(', ')}, source ${sub.source})`);
     out.push(`applied LSN  ${sub.appliedLsn === null ? '-' : formatLsn(sub.appliedLsn)}${sub.appliedCommitTime ? ` (source commit ${sub.appliedCommitTime.toISOString()})` : ''}`);
     if (lagBytes !== null) out.push(`lag          ${formatBytes(lagBytes)} of source WAL, ${lagSeconds === null ? 'time behind unknown (stopped, with too much WAL to look through)' : `${lagSeconds.toFixed(1)} s behind`}`);
-    if (slot) out.push(`slot         ${slot.active ? 'active' : 'inactive'}, wal_status ${slot.walStatus}, retained WAL ${formatBytes(slot.retainedBytes ?? 0)}`);
+    if (slot) out.push(`slot         ${slot.active ? 'active' : 'inactive'}, wal_status ${slot.walStatus}, ${describeHeadroom(slot, walRate)}`);
     else if (sourceUrl) out.push(`slot         missing on the source: the sync cannot resume; run pg-live-sync drop and run again`);
-    for (const w of slotWarnings(slot, walWarnBytes)) out.push(`warning      ${w}`);
+    for (const w of warnings) out.push(`warning      ${w}`);
     if (sub.lastError) out.push(`last error   ${sub.lastError}`);
     out.push(tableRows(tables));
     process.stdout.write(out.join('\n') + '\n');
@@ -320,15 +341,35 @@ async function status(args: string[]): Promise<number> {
   }
 }
 
-function slotWarnings(slot: { walStatus: string | null; retainedBytes: number | null; active: boolean } | null, warnBytes: number): string[] {
-  if (!slot) return [];
-  const out: string[] = [];
-  if ((slot.retainedBytes ?? 0) > warnBytes) {
-    out.push(`the slot holds ${formatBytes(slot.retainedBytes ?? 0)} of WAL on the source (over ${formatBytes(warnBytes)}): ${slot.active ? 'the sync is behind; check the target and the log' : 'no sync is running; run it, or drop it if it is abandoned'}`);
+/** Every slot of ours on the source, with the target (of those given) that owns it; orphans get their drop SQL. */
+async function slots(args: string[]): Promise<number> {
+  const v = parse(args, { source: { type: 'string' }, target: { type: 'string', multiple: true }, json: { type: 'boolean' } });
+  const source = await connect({ url: required((v.source as string | undefined) ?? process.env.SOURCE, 'source', 'SOURCE'), role: 'source' });
+  const targetUrls = (v.target as string[] | undefined) ?? (process.env.TARGET ? [process.env.TARGET] : []);
+  const targets: { client: pg.Client; where: string }[] = [];
+  try {
+    for (const url of targetUrls) targets.push({ client: await connect({ url, role: 'target' }), where: describeEndpoint(url) });
+    const found = await listSyncSlots(source, targets);
+    if (v.json) {
+      process.stdout.write(JSON.stringify(found, null, 2) + '\n');
+      return 0;
+    }
+    const rows = [['SLOT', 'ACTIVE', 'WAL STATUS', 'RETAINED WAL', 'OWNER'], ...found.map((s) => [
+      s.name, s.active ? 'yes' : 'no', s.walStatus ?? '-', formatBytes(s.retainedBytes ?? 0), s.owner ?? 'none of the targets given',
+    ])];
+    const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+    const out = [rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n')];
+    const orphans = found.filter((s) => s.owner === null);
+    if (orphans.length > 0) {
+      out.push(`${orphans.length} slot(s) have no state on ${targets.length === 0 ? 'any target (none given: pass every --target that syncs from this source)' : `the ${targets.length} target(s) given`} and hold WAL for nobody, unless a target not given owns them; to drop the unused ones, on the source:`);
+      for (const s of orphans) out.push(s.dropSql ?? `-- ${s.name} is in use right now: stop the run that holds it first`);
+    }
+    process.stdout.write(out.join('\n') + '\n');
+    return 0;
+  } finally {
+    await Promise.all(targets.map((t) => t.client.end()));
+    await source.end();
   }
-  if (slot.walStatus === 'unreserved') out.push('wal_status is unreserved: the source is about to remove WAL the slot needs; resume the sync now or raise max_slot_wal_keep_size');
-  if (slot.walStatus === 'lost') out.push('wal_status is lost: the slot cannot resume; run pg-live-sync drop and run again');
-  return out;
 }
 
 /** A size as PostgreSQL writes one (kB, MB: powers of 1024) or in IEC units (KiB, MiB). */
@@ -510,6 +551,8 @@ async function main(argv: string[]): Promise<number> {
         return await check(args);
       case 'sql':
         return await sql(args);
+      case 'slots':
+        return await slots(args);
       case 'sync-sequences':
         return await syncSequencesCommand(args);
       case 'serve-ipc':

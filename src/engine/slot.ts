@@ -63,12 +63,20 @@ export interface SlotInfo {
   confirmedFlush: Lsn | null;
   walStatus: string | null;
   retainedBytes: number | null;
+  /** WAL the source may still write before the slot is invalidated (safe_wal_size); null without max_slot_wal_keep_size. */
+  safeWalBytes: number | null;
+  /** max_slot_wal_keep_size in bytes; null when unlimited (-1). */
+  walKeepBytes: number | null;
+  /** The source's WAL position as read with the rest, for a write rate across two readings. */
+  sourceWalLsn: Lsn;
 }
 
 export async function slotInfo(client: pg.Client, slot: string): Promise<SlotInfo | null> {
   const r = await client.query(
     `SELECT active, database, confirmed_flush_lsn::text AS confirmed, wal_status,
-            pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained
+            pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained, safe_wal_size AS safe,
+            nullif(pg_size_bytes(current_setting('max_slot_wal_keep_size') || CASE WHEN current_setting('max_slot_wal_keep_size') ~ '^-?[0-9]+$' THEN 'MB' ELSE '' END), pg_size_bytes('-1MB')) AS keep,
+            pg_current_wal_lsn()::text AS wal
        FROM pg_replication_slots WHERE slot_name = $1`,
     [slot],
   );
@@ -80,7 +88,24 @@ export async function slotInfo(client: pg.Client, slot: string): Promise<SlotInf
     confirmedFlush: row.confirmed ? parseLsn(row.confirmed) : null,
     walStatus: row.wal_status,
     retainedBytes: row.retained === null ? null : Number(row.retained),
+    safeWalBytes: row.safe === null ? null : Number(row.safe),
+    walKeepBytes: row.keep === null ? null : Number(row.keep),
+    sourceWalLsn: parseLsn(row.wal),
   };
+}
+
+/** Bytes per second the source wrote between two readings of a slot, or null when unknown. */
+export function walWriteRate(before: { at: number; slot: SlotInfo } | null, after: { at: number; slot: SlotInfo }): number | null {
+  if (!before || after.at <= before.at || after.slot.sourceWalLsn < before.slot.sourceWalLsn) return null;
+  return Number(after.slot.sourceWalLsn - before.slot.sourceWalLsn) / ((after.at - before.at) / 1000);
+}
+
+/** Seconds until the slot is invalidated at this write rate: null when it cannot be (no limit) or the rate is unknown. */
+export function secondsToInvalidation(slot: SlotInfo, bytesPerSecond: number | null): number | null {
+  if (slot.safeWalBytes === null) return null;
+  if (slot.safeWalBytes <= 0) return 0;
+  if (bytesPerSecond === null || bytesPerSecond <= 0) return null;
+  return slot.safeWalBytes / bytesPerSecond;
 }
 
 export async function dropSlotIfExists(client: pg.Client, slot: string): Promise<boolean> {
