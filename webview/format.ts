@@ -2,7 +2,7 @@
 import { DASH, formatBytes, formatCount } from '../src/engine/units';
 import { STATE_WORDS, type PanelTable, type SyncActivity } from './protocol';
 
-export { DASH, formatBytes, formatCount } from '../src/engine/units';
+export { DASH, formatBytes, formatCount, formatDuration } from '../src/engine/units';
 
 /** 1234567 -> "1.23M", 12345 -> "12.3k", 950 -> "950", 1.25 -> "1.3". */
 export function formatCompact(n: number | null): string {
@@ -13,18 +13,6 @@ export function formatCompact(n: number | null): string {
   if (abs >= 1e4) return `${(n / 1e3).toFixed(abs >= 1e5 ? 0 : 1)}k`;
   if (abs >= 100 || Number.isInteger(n)) return String(Math.round(n));
   return n.toFixed(1);
-}
-
-/** 42 -> "42s", 200 -> "3m 20s", 7500 -> "2h 05m", 0.4 -> "0.4s". */
-export function formatDuration(seconds: number | null): string {
-  if (seconds === null || !Number.isFinite(seconds)) return DASH;
-  if (seconds < 0) seconds = 0;
-  if (seconds < 10 && !Number.isInteger(seconds)) return `${seconds.toFixed(1)}s`;
-  const s = Math.round(seconds);
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s`;
-  if (s < 86400) return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
-  return `${Math.floor(s / 86400)}d ${String(Math.floor((s % 86400) / 3600)).padStart(2, '0')}h`;
 }
 
 export function formatRate(perSecond: number | null, unit: string): string {

@@ -1,6 +1,7 @@
 // The progress panel's script (bundled to dist/webview.js). It builds the whole page from
 // script, posts `ready` once it listens, then renders the host's `state` and applies `update`s
 // incrementally. Every element a test reads has a stable id or data-* attribute.
+import { invalidationAtRisk } from '../src/engine/walHeadroom';
 import { LineChart } from './charts';
 import { h, setAttr, setText, toggleClass } from './dom';
 import { activityBadge, ACTIVITY_RUNNING, DASH, formatByteRate, formatBytes, formatClock, formatCompact, formatDuration, tableSummary, type RowStateWord } from './format';
@@ -56,6 +57,13 @@ const el = {
   noticeText: h('span', { id: 'notice-text', class: 'notice-text' }),
   loading: h('div', { id: 'loading', class: 'loading' }, h(TAG.progressRing), 'Waiting for the sync’s state…'),
 };
+
+/** "1.2 GiB of 4 GiB · 3h 05m left": retained WAL against max_slot_wal_keep_size, and the time left at the recent write rate. */
+function walText(hd: PanelHeader): string {
+  const of = hd.walKeepBytes === null ? '' : ` of ${formatBytes(hd.walKeepBytes)}`;
+  const left = hd.secondsToInvalidation === null ? '' : ` · ${formatDuration(hd.secondsToInvalidation)} left`;
+  return `${formatBytes(hd.retainedWalBytes)}${of}${left}`;
+}
 
 function stat(label: string, value: HTMLElement): HTMLElement {
   return h('div', { class: 'stat' }, h('span', { class: 'stat-label' }, label), value);
@@ -170,8 +178,11 @@ function renderHeader(hd: PanelHeader, counts: Record<RowStateWord, number>): vo
   setAttr(el.lagSeconds, 'data-lag-seconds', hd.lagSeconds);
   setText(el.cps, hd.changesPerSecond === null ? DASH : formatCompact(hd.changesPerSecond));
   setAttr(el.cps, 'data-changes-per-second', hd.changesPerSecond);
-  setText(el.wal, formatBytes(hd.retainedWalBytes));
+  setText(el.wal, walText(hd));
   setAttr(el.wal, 'data-retained-wal-bytes', hd.retainedWalBytes);
+  setAttr(el.wal, 'data-wal-keep-bytes', hd.walKeepBytes);
+  setAttr(el.wal, 'data-seconds-to-invalidation', hd.secondsToInvalidation);
+  toggleClass(el.wal, 'stat-warning', invalidationAtRisk(hd.safeWalBytes, hd.walKeepBytes, hd.secondsToInvalidation));
   setText(el.updated, formatClock(hd.updatedAt));
   setAttr(el.updated, 'data-updated-at', hd.updatedAt);
 

@@ -47,6 +47,12 @@ export interface PanelHeader {
   lagSeconds: number | null;
   changesPerSecond: number | null;
   retainedWalBytes: number | null;
+  /** max_slot_wal_keep_size in bytes; null when unlimited or unknown. */
+  walKeepBytes: number | null;
+  /** WAL the source may still write before it invalidates the slot (safe_wal_size); null without a limit. */
+  safeWalBytes: number | null;
+  /** At the source's recent write rate; null when unknown or when there is no limit. */
+  secondsToInvalidation: number | null;
   /** The sync's last error (stopped runs), with its fix. */
   lastError: string | null;
   /** When the host last read this state (epoch ms). */

@@ -10,7 +10,8 @@ import { connectorRoleSql, readServerFacts, replicaIdentitySql, tableIdentities,
 import { SyncEngine } from '../engine/engine';
 import { CheckError, errorMessage, SyncError } from '../engine/errors';
 import { formatLsn } from '../engine/lsn';
-import { secondsToInvalidation, slotInfo, validateSubscriptionName, walWriteRate } from '../engine/slot';
+import { slotInfo, validateSubscriptionName } from '../engine/slot';
+import { secondsToInvalidation, walWriteRate } from '../engine/walHeadroom';
 import { describeHeadroom, listSyncSlots, slotWarnings } from '../engine/guardrails';
 import { checkSource, checkTarget } from '../engine/precheck';
 import { dropSync, notFound, readSyncReport } from '../engine/report';

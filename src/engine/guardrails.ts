@@ -6,22 +6,12 @@
  */
 import type pg from 'pg';
 import { quoteLiteral } from './connection';
-import { secondsToInvalidation, slotNameFor, tableSyncSlotPattern, type SlotInfo } from './slot';
+import { slotNameFor, tableSyncSlotPattern, type SlotInfo } from './slot';
+import { invalidationAtRisk, secondsToInvalidation } from './walHeadroom';
 import { stateSchemaExists } from './state';
-import { formatBytes } from './units';
+import { formatBytes, formatDuration } from './units';
 
-/** Below this much time or headroom left, the slot is about to be invalidated: warn. */
-const WARN_SECONDS = 3600;
-const WARN_HEADROOM_FRACTION = 0.2;
-
-export function formatDuration(seconds: number): string {
-  if (seconds < 90) return `${Math.round(seconds)} s`;
-  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
-  if (seconds < 172_800) return `${(seconds / 3600).toFixed(1)} h`;
-  return `${Math.round(seconds / 86_400)} days`;
-}
-
-/** "retained WAL 1.2 GiB of max_slot_wal_keep_size 4 GiB: 2.8 GiB (about 3.1 h at 250 KiB/s) before ..." */
+/** "retained WAL 1.2 GiB of max_slot_wal_keep_size 4 GiB: 2.8 GiB more (about 3h 05m at 250 KiB/s) before ..." */
 export function describeHeadroom(slot: SlotInfo, bytesPerSecond: number | null): string {
   const retained = `retained WAL ${formatBytes(slot.retainedBytes ?? 0)}`;
   if (slot.walKeepBytes === null) return `${retained} (max_slot_wal_keep_size unlimited: the source keeps WAL for it until its disk fills)`;
@@ -44,8 +34,7 @@ export function slotWarnings(slot: SlotInfo | null, warnBytes: number, bytesPerS
     return out;
   }
   const seconds = secondsToInvalidation(slot, bytesPerSecond);
-  const nearLimit = slot.safeWalBytes !== null && slot.walKeepBytes !== null && slot.safeWalBytes < slot.walKeepBytes * WARN_HEADROOM_FRACTION;
-  if (slot.walStatus === 'unreserved' || nearLimit || (seconds !== null && seconds < WARN_SECONDS)) {
+  if (slot.walStatus === 'unreserved' || invalidationAtRisk(slot.safeWalBytes, slot.walKeepBytes, seconds)) {
     const left = seconds === null ? `${formatBytes(Math.max(0, slot.safeWalBytes ?? 0))} of WAL` : `about ${formatDuration(seconds)}`;
     out.push(`the source invalidates the slot in ${left} (wal_status ${slot.walStatus}, max_slot_wal_keep_size ${formatBytes(slot.walKeepBytes ?? 0)}): ${slot.active ? 'the sync is behind; speed it up or' : 'resume the sync now, or'} raise max_slot_wal_keep_size on the source`);
   }

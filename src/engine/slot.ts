@@ -94,20 +94,6 @@ export async function slotInfo(client: pg.Client, slot: string): Promise<SlotInf
   };
 }
 
-/** Bytes per second the source wrote between two readings of a slot, or null when unknown. */
-export function walWriteRate(before: { at: number; slot: SlotInfo } | null, after: { at: number; slot: SlotInfo }): number | null {
-  if (!before || after.at <= before.at || after.slot.sourceWalLsn < before.slot.sourceWalLsn) return null;
-  return Number(after.slot.sourceWalLsn - before.slot.sourceWalLsn) / ((after.at - before.at) / 1000);
-}
-
-/** Seconds until the slot is invalidated at this write rate: null when it cannot be (no limit) or the rate is unknown. */
-export function secondsToInvalidation(slot: SlotInfo, bytesPerSecond: number | null): number | null {
-  if (slot.safeWalBytes === null) return null;
-  if (slot.safeWalBytes <= 0) return 0;
-  if (bytesPerSecond === null || bytesPerSecond <= 0) return null;
-  return slot.safeWalBytes / bytesPerSecond;
-}
-
 export async function dropSlotIfExists(client: pg.Client, slot: string): Promise<boolean> {
   const info = await slotInfo(client, slot);
   if (!info) return false;

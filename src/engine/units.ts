@@ -1,6 +1,6 @@
 /**
- * The one way sizes and counts are written, by the CLI, the extension and the progress panel
- * (webview/format.ts re-exports these): IEC units for bytes, thousands separators for counts.
+ * The one way sizes, counts and durations are written, by the CLI, the extension and the progress panel
+ * (webview/format.ts re-exports these): IEC units for bytes, thousands separators for counts, 3m 20s for durations.
  * Plain functions with no imports, so the browser bundle can share them.
  */
 
@@ -29,4 +29,16 @@ export function formatCount(n: number | null): string {
   if (n === null || !Number.isFinite(n)) return DASH;
   const whole = String(Math.round(Math.abs(n))).replace(/\B(?=(\d{3})+$)/g, ',');
   return Math.round(n) < 0 ? `-${whole}` : whole;
+}
+
+/** 42 -> "42s", 200 -> "3m 20s", 7500 -> "2h 05m", 0.4 -> "0.4s". */
+export function formatDuration(seconds: number | null): string {
+  if (seconds === null || !Number.isFinite(seconds)) return DASH;
+  if (seconds < 0) seconds = 0;
+  if (seconds < 10 && !Number.isInteger(seconds)) return `${seconds.toFixed(1)}s`;
+  const s = Math.round(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+  return `${Math.floor(s / 86400)}d ${String(Math.floor((s % 86400) / 3600)).padStart(2, '0')}h`;
 }

@@ -12,7 +12,7 @@ import { EngineProcess } from './engineProcess';
 import { LoopDelayMonitor } from './loopDelay';
 import { MonitorClients } from './monitorClients';
 import type { PanelSnapshot, PanelSource } from './panelSource';
-import { readingFromReport, readingFromStatus, sanitizeSyncDefinition, SyncTracker, type SyncDefinition } from './syncModel';
+import { readingFromReport, readingFromStatus, sanitizeSyncDefinition, SyncTracker, type SlotReading, type SyncDefinition } from './syncModel';
 
 const SECTION = 'pgLiveSync';
 const KEY = 'syncs';
@@ -36,7 +36,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
   readonly onDidChange = this.changed.event;
   private readonly runs = new Map<string, LocalRun>();
   private readonly trackers = new Map<string, SyncTracker>();
-  private readonly retained = new Map<string, { at: number; bytes: number | null }>();
+  private readonly retained = new Map<string, SlotReading | { at: number; info: null }>();
   private readonly pollErrors = new Map<string, string>();
   private timer: NodeJS.Timeout | undefined;
   private polling = false;
@@ -301,7 +301,8 @@ export class SyncManager implements PanelSource, vscode.Disposable {
         {
           log: (level, message) => this.log[level](`sync ${def.name}: ${message}`),
           status: (status) => {
-            tracker.add(readingFromStatus(status, Date.now(), this.retained.get(def.name)?.bytes ?? null));
+            const slot = this.retained.get(def.name);
+            tracker.add(readingFromStatus(status, Date.now(), slot?.info ? slot as SlotReading : null));
             this.changed.fire(def.name);
           },
           exit: (error) => {
@@ -414,8 +415,8 @@ export class SyncManager implements PanelSource, vscode.Disposable {
       if (run) {
         const last = this.retained.get(def.name);
         if (last && Date.now() - last.at < SLOT_POLL_MS) return;
-        const bytes = await this.monitor.use(run.source, async (c) => (await slotInfo(c, slotNameFor(def.name)))?.retainedBytes ?? null);
-        this.retained.set(def.name, { at: Date.now(), bytes });
+        const info = await this.monitor.use(run.source, async (c) => slotInfo(c, slotNameFor(def.name)));
+        this.retained.set(def.name, { at: Date.now(), info });
         return;
       }
       const targetEp = await this.connections.endpoint(def.target);

@@ -7,6 +7,8 @@ import { tableKey } from '../engine/connection';
 import { formatBytes } from '../engine/units';
 import { formatLsn } from '../engine/lsn';
 import type { SyncReport } from '../engine/report';
+import type { SlotInfo } from '../engine/slot';
+import { secondsToInvalidation, walWriteRate } from '../engine/walHeadroom';
 import type { PanelHeader, PanelSample, PanelTable, SyncActivity, SyncMode } from '../../webview/protocol';
 import { STATE_WORDS } from '../../webview/protocol';
 import { activityBadge, countWords, rowStateWord } from '../../webview/format';
@@ -50,12 +52,18 @@ export interface Reading {
   lagSeconds: number | null;
   /** Cumulative, for a rate; null where a reading cannot know it (attached). */
   changesApplied: number | null;
-  retainedWalBytes: number | null;
+  /** The source's slot, when read, and when it was read (for the WAL write rate). */
+  slot: SlotReading | null;
   lastError: string | null;
   tables: Omit<PanelTable, 'copyRowsPerSecond' | 'etaSeconds'>[];
 }
 
-export function readingFromStatus(s: StatusJson, at: number, retainedWalBytes: number | null): Reading {
+export interface SlotReading {
+  at: number;
+  info: SlotInfo;
+}
+
+export function readingFromStatus(s: StatusJson, at: number, slot: SlotReading | null): Reading {
   const copying = s.tables.some((t) => !t.removed && (t.state === 'i' || t.state === 'd'));
   const activity: SyncActivity =
     s.phase === 'starting' ? 'starting' : s.phase === 'stopping' || s.phase === 'stopped' ? 'stopped' : copying || s.phase === 'copying' ? 'copying' : 'streaming';
@@ -66,7 +74,7 @@ export function readingFromStatus(s: StatusJson, at: number, retainedWalBytes: n
     lagBytes: s.lagBytes,
     lagSeconds: s.lagSeconds,
     changesApplied: s.changesApplied,
-    retainedWalBytes,
+    slot,
     lastError: null,
     tables: s.tables.map((t) => ({
       key: tableKey(t.schema, t.table), schema: t.schema, table: t.table, targetSchema: t.targetSchema, targetTable: t.targetTable,
@@ -89,7 +97,7 @@ export function readingFromReport(r: SyncReport, at: number, notRunning: 'paused
     lagBytes: r.lagBytes,
     lagSeconds: r.lagSeconds,
     changesApplied: null,
-    retainedWalBytes: r.slot?.retainedBytes ?? null,
+    slot: r.slot ? { at, info: r.slot } : null,
     lastError: r.subscription.lastError,
     tables: r.tables.map((t) => ({
       key: tableKey(t.schema, t.table), schema: t.schema, table: t.table, targetSchema: t.targetSchema, targetTable: t.targetTable,
@@ -108,11 +116,18 @@ export class SyncTracker {
   private readonly samples: PanelSample[] = [];
   private readonly recent: Reading[] = [];
   private last: Reading | null = null;
+  private lastSlot: SlotReading | null = null;
+  private walBytesPerSecond: number | null = null;
 
-  constructor(private readonly header: Omit<PanelHeader, 'activity' | 'appliedLsn' | 'lagBytes' | 'lagSeconds' | 'changesPerSecond' | 'retainedWalBytes' | 'lastError' | 'updatedAt'>) {}
+  constructor(private readonly header: Omit<PanelHeader, 'activity' | 'appliedLsn' | 'lagBytes' | 'lagSeconds' | 'changesPerSecond' | 'retainedWalBytes' | 'walKeepBytes' | 'safeWalBytes' | 'secondsToInvalidation' | 'lastError' | 'updatedAt'>) {}
 
   add(r: Reading): void {
     this.last = r;
+    // The slot is read less often than the status: a rate between two different slot readings.
+    if (r.slot && r.slot.at !== this.lastSlot?.at) {
+      if (this.lastSlot) this.walBytesPerSecond = walWriteRate(this.lastSlot.at < r.slot.at ? { at: this.lastSlot.at, slot: this.lastSlot.info } : null, { at: r.slot.at, slot: r.slot.info });
+      this.lastSlot = r.slot;
+    }
     this.recent.push(r);
     while (this.recent.length > 2 && this.recent[1].at <= r.at - RATE_WINDOW_MS) this.recent.shift();
     const base = this.recent[0];
@@ -154,7 +169,10 @@ export class SyncTracker {
         lagBytes: r.lagBytes,
         lagSeconds: r.lagSeconds,
         changesPerSecond: latest?.changesPerSecond ?? null,
-        retainedWalBytes: r.retainedWalBytes,
+        retainedWalBytes: r.slot?.info.retainedBytes ?? null,
+        walKeepBytes: r.slot?.info.walKeepBytes ?? null,
+        safeWalBytes: r.slot?.info.safeWalBytes ?? null,
+        secondsToInvalidation: r.slot ? secondsToInvalidation(r.slot.info, this.walBytesPerSecond) : null,
         lastError: r.lastError,
         updatedAt: r.at,
       },

@@ -170,6 +170,9 @@ function makeHeader(t: number, rand: () => number): PanelHeader {
     lagSeconds: Math.round(rand() * 300) / 10,
     changesPerSecond: Math.floor(rand() * 20000),
     retainedWalBytes: Math.floor(rand() * 2 * 1024 ** 3),
+    walKeepBytes: 4 * 1024 ** 3,
+    safeWalBytes: 2 * 1024 ** 3,
+    secondsToInvalidation: 7200,
     lastError: null,
     updatedAt: t,
   };

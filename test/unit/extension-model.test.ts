@@ -5,6 +5,7 @@ import pg from 'pg';
 import type { StatusJson } from '../../src/cli/ipc';
 import { parseLsn } from '../../src/engine/lsn';
 import type { SyncReport } from '../../src/engine/report';
+import type { SlotInfo } from '../../src/engine/slot';
 import type { TableProgress } from '../../src/engine/types';
 import {
   ConnectionInputError, ConnectionSecrets, connectionIdentity, connectionUrl, connectionUser, describeConnection, legacySecretKey, sanitizeConfig, secretKey, splitUri,
@@ -335,11 +336,29 @@ describe('sync model: readings', () => {
     assert.equal(readingFromStatus(status('copying', [statusTable('a')]), at, null).activity, 'copying');
     assert.equal(readingFromStatus(status('streaming', [statusTable('a'), statusTable('b', { state: 'd' })]), at, null).activity, 'copying');
     assert.equal(readingFromStatus(status('streaming', [statusTable('a'), statusTable('b', { state: 'i', removed: true })]), at, null).activity, 'streaming');
-    const r = readingFromStatus(status('streaming', [statusTable('a', { rowsCopied: 5 })], { changesApplied: 42 }), at, 4096);
+    const r = readingFromStatus(status('streaming', [statusTable('a', { rowsCopied: 5 })], { changesApplied: 42 }), at, { at, info: slot(0n, 4096) });
     assert.deepEqual(
-      { at: r.at, appliedLsn: r.appliedLsn, lagBytes: r.lagBytes, changes: r.changesApplied, wal: r.retainedWalBytes, key: r.tables[0].key, rows: r.tables[0].rowsCopied },
+      { at: r.at, appliedLsn: r.appliedLsn, lagBytes: r.lagBytes, changes: r.changesApplied, wal: r.slot?.info.retainedBytes, key: r.tables[0].key, rows: r.tables[0].rowsCopied },
       { at, appliedLsn: '0/16B3748', lagBytes: 10, changes: 42, wal: 4096, key: '"public"."a"', rows: 5 },
     );
+  });
+
+  it('SyncTracker: time left before the slot is invalidated, from the WAL written between two slot readings', () => {
+    const MiB = 1024 * 1024;
+    const t = new SyncTracker({ ...HEADER });
+    const limits = { safe: 100 * MiB, keep: 128 * MiB };
+    t.add({ ...reading(0, 0, []), slot: { at: 0, info: slot(1000n, 28 * MiB, limits) } });
+    assert.equal(t.snapshot()!.header.secondsToInvalidation, null, 'one reading has no rate');
+    // The status is read more often than the slot: the same slot reading again changes nothing.
+    t.add({ ...reading(5_000, 0, []), slot: { at: 0, info: slot(1000n, 28 * MiB, limits) } });
+    assert.equal(t.snapshot()!.header.secondsToInvalidation, null);
+    t.add({ ...reading(10_000, 0, []), slot: { at: 10_000, info: slot(1000n + BigInt(10 * MiB), 38 * MiB, { ...limits, safe: 90 * MiB }) } });
+    const h = t.snapshot()!.header;
+    assert.deepEqual([h.secondsToInvalidation, h.walKeepBytes, h.safeWalBytes, h.retainedWalBytes], [90, 128 * MiB, 90 * MiB, 38 * MiB]);
+    t.add({ ...reading(20_000, 0, []), slot: { at: 20_000, info: slot(1000n + BigInt(10 * MiB), 38 * MiB, { ...limits, safe: 90 * MiB }) } });
+    assert.equal(t.snapshot()!.header.secondsToInvalidation, null, 'no WAL written: no end in sight');
+    t.add({ ...reading(30_000, 0, []), slot: { at: 30_000, info: slot(2000n, 38 * MiB) } });
+    assert.equal(t.snapshot()!.header.secondsToInvalidation, null, 'max_slot_wal_keep_size unlimited');
   });
 
   it('readingFromReport: running copying/streaming, else error or the given not-running word; lag as the report measures it', () => {
@@ -369,7 +388,14 @@ describe('sync model: readings', () => {
 const HEADER = { name: 's', mode: 'local' as const, source: 'h:1/db', target: 'h:2/db', publications: ['pub'] };
 
 function reading(at: number, changesApplied: number | null, tables: Reading['tables']): Reading {
-  return { at, activity: 'copying', appliedLsn: null, lagBytes: 100, lagSeconds: 1, changesApplied, retainedWalBytes: null, lastError: null, tables };
+  return { at, activity: 'copying', appliedLsn: null, lagBytes: 100, lagSeconds: 1, changesApplied, slot: null, lastError: null, tables };
+}
+
+function slot(sourceWalLsn: bigint, retainedBytes: number, limits: { safe: number; keep: number } | null = null): SlotInfo {
+  return {
+    active: true, database: 'db', confirmedFlush: null, walStatus: 'reserved', retainedBytes,
+    safeWalBytes: limits?.safe ?? null, walKeepBytes: limits?.keep ?? null, sourceWalLsn,
+  };
 }
 
 function readingTable(table: string, over: Partial<Reading['tables'][number]> = {}): Reading['tables'][number] {
@@ -434,7 +460,10 @@ describe('sync model: SyncTracker', () => {
 
 function snapshot(activity: PanelSnapshot['header']['activity'], tables: PanelTable[], lagBytes: number | null = 0): PanelSnapshot {
   return {
-    header: { ...HEADER, activity, appliedLsn: null, lagBytes, lagSeconds: 0, changesPerSecond: null, retainedWalBytes: null, lastError: null, updatedAt: 0 },
+    header: {
+      ...HEADER, activity, appliedLsn: null, lagBytes, lagSeconds: 0, changesPerSecond: null, retainedWalBytes: null,
+      walKeepBytes: null, safeWalBytes: null, secondsToInvalidation: null, lastError: null, updatedAt: 0,
+    },
     tables,
     samples: [],
   };

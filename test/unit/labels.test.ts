@@ -18,7 +18,8 @@ const badge = (activity: SyncActivity, tables: PanelTable[]) => activityBadge(ac
 
 const HEADER: Omit<PanelHeader, 'activity'> = {
   name: 's', mode: 'local', source: 'a:5432/x', target: 'b:5432/x', publications: ['pub'], appliedLsn: null,
-  lagBytes: 0, lagSeconds: 0, changesPerSecond: null, retainedWalBytes: null, lastError: null, updatedAt: 0,
+  lagBytes: 0, lagSeconds: 0, changesPerSecond: null, retainedWalBytes: null, walKeepBytes: null, safeWalBytes: null,
+  secondsToInvalidation: null, lastError: null, updatedAt: 0,
 };
 
 describe('the tables summary', () => {
