@@ -16,6 +16,7 @@ import { describeHeadroom, listSyncSlots, slotWarnings } from '../engine/guardra
 import { checkSource, checkTarget } from '../engine/precheck';
 import { dropSync, notFound, readSyncReport } from '../engine/report';
 import { describeSequence, sequenceSql, syncSequencesOfSync } from '../engine/sequences';
+import { DDL_KINDS, type DdlKind } from '../engine/drift';
 import { ensureStateSchema, requestResync, resyncPending } from '../engine/state';
 import { parseTableMap, parseTableName } from '../engine/tablemap';
 import { statusToJson, type FromEngine, type ToEngine } from './ipc';
@@ -39,7 +40,7 @@ const COMMANDS: Record<string, CommandHelp> = {
   run: {
     synopsis: `pg-live-sync run    --source URL --target URL --publication NAME [--publication NAME]...
                     --subscription NAME [--table-map JSON]... [--table-sync-workers N]
-                    [--copy-data true|false]`,
+                    [--copy-data true|false] [--apply-ddl add-column]`,
     about: 'Checks everything, creates the slot, copies the tables, then streams changes until SIGINT or SIGTERM; run it again to resume.',
     flags: [
       SOURCE_FLAG, TARGET_FLAG, PUBLICATION_FLAG,
@@ -47,6 +48,7 @@ const COMMANDS: Record<string, CommandHelp> = {
       TABLE_MAP_FLAG,
       ['--table-sync-workers N', 'tables copied at once, 1 to 64 (default 4)'],
       ['--copy-data true|false', 'false: skip the initial copy, sync only later changes (default true)'],
+      ['--apply-ddl add-column', 'add a column added on the source to the target as it streams by (default: that table stops with the ALTER to run)'],
     ],
   },
   status: {
@@ -146,6 +148,7 @@ async function run(args: string[]): Promise<number> {
     'table-map': { type: 'string', multiple: true },
     'table-sync-workers': { type: 'string' },
     'copy-data': { type: 'string' },
+    'apply-ddl': { type: 'string', multiple: true },
   });
   const publications = (v.publication as string[] | undefined) ?? [];
   if (publications.length === 0) throw new UsageError('missing --publication');
@@ -156,6 +159,8 @@ async function run(args: string[]): Promise<number> {
   if (copyDataText !== 'true' && copyDataText !== 'false') throw new UsageError(`--copy-data takes true or false, not "${copyDataText}"`);
   const subscription = required(v.subscription as string | undefined, 'subscription');
   validateSubscriptionName(subscription);
+  const applyDdl = ((v['apply-ddl'] as string[] | undefined) ?? []).flatMap((x) => x.split(','));
+  for (const kind of applyDdl) if (!(DDL_KINDS as readonly string[]).includes(kind)) throw new UsageError(`--apply-ddl takes ${DDL_KINDS.join(', ')}, not "${kind}"`);
 
   const engine = new SyncEngine(
     {
@@ -166,6 +171,7 @@ async function run(args: string[]): Promise<number> {
       tableMaps: ((v['table-map'] as string[] | undefined) ?? []).map(parseTableMap),
       tableSyncWorkers: workers,
       copyData: copyDataText === 'true',
+      applyDdl: applyDdl as DdlKind[],
     },
     { log, onStatus: progressReporter() },
   );

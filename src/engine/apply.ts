@@ -71,6 +71,13 @@ export interface TableMode {
   fromLsn: Lsn;
 }
 
+/**
+ * A source table now has columns its target table lacks (a column added on the source): the
+ * engine either adds them on the target ('added'; the applier reads the target's columns again)
+ * or takes the table out of the stream to sync on its own once it can ('stopped').
+ */
+export type DriftHandler = (table: SyncedTable, missingColumns: string[]) => Promise<'added' | 'stopped'>;
+
 export class Applier {
   private readonly relations = new Map<number, Relation>();
   private readonly plans = new Map<number, RelationPlan | null>();
@@ -86,6 +93,7 @@ export class Applier {
     /** Transactions whose commit ends at or before this are already on the target. */
     private appliedLsn: Lsn,
     private readonly log: Logger,
+    private readonly onDrift: DriftHandler | null = null,
   ) {}
 
   /** Starts (or moves) applying a table; changes to the table set take effect at the next change. */
@@ -283,7 +291,7 @@ export class Applier {
     return mode && this.finalLsn >= mode.fromLsn ? plan : null;
   }
 
-  private async plan(relation: Relation): Promise<RelationPlan | null> {
+  private async plan(relation: Relation, driftHandled = false): Promise<RelationPlan | null> {
     const key = tableKey(relation.schema, relation.table);
     const table = this.tables.get(key)?.table;
     if (!table) return null;
@@ -293,7 +301,14 @@ export class Applier {
     if (!cols) throw new SyncError(`target table ${targetName} (for ${sourceName}) no longer exists, renamed or dropped on the target; restore it under that name and run again`, 'target_table');
     // Stored generated columns are the target's to compute: never written, never read back.
     const byName = new Map(cols.filter((c) => !c.generated).map((c) => [c.name, c]));
-    const missing = relation.columns.find((c) => !byName.has(c.name));
+    const absent = relation.columns.filter((c) => !byName.has(c.name));
+    if (absent.length > 0 && this.onDrift && !driftHandled) {
+      await this.flush();
+      if ((await this.onDrift(table, absent.map((c) => c.name))) === 'added') return this.plan(relation, true);
+      this.tables.delete(key);
+      return null;
+    }
+    const missing = absent[0];
     if (missing) {
       throw new SyncError(`source table ${sourceName} has column ${quoteIdent(missing.name)} that target table ${targetName} lacks (or computes as a generated column); add it on the target (ALTER TABLE ${targetName} ADD COLUMN ...) and run again`, 'target_column');
     }

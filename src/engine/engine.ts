@@ -7,7 +7,8 @@ import type pg from 'pg';
 import { Applier } from './apply';
 import { listPublishedTables, replicaIdentityFix, type PublishedTable } from './catalog';
 import { abandonGroup, checkpoint, checkpointDue } from './checkpoint';
-import { connect, describeEndpoint, qualified, tableKey, type Endpoint } from './connection';
+import { connect, describeEndpoint, qualified, quoteIdent, tableKey, type Endpoint } from './connection';
+import { addColumnSql, addedColumns, type AddedColumn } from './drift';
 import { copyTables, type CopyProgress } from './copy';
 import { CheckError, errorMessage, isTransient, retryMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, type Lsn } from './lsn';
@@ -335,7 +336,7 @@ export class SyncEngine {
     const running = new Set<Promise<void>>();
     let pollTimer: NodeJS.Timeout | undefined;
     let stream: ReplicationStream | null = null;
-    const applier = new Applier(target, startLsn, log);
+    const applier = new Applier(target, startLsn, log, (table, missing) => this.schemaDrift(catalog, target, stateClient, table, missing, true));
     /** Every source transaction committing before this has been seen by this stream. */
     let processed = startLsn;
     try {
@@ -361,7 +362,13 @@ export class SyncEngine {
           log('warn', `${key} left the publication: no longer synced; its target data stays`);
           continue;
         }
-        const table = syncedByKey.get(key);
+        let table = syncedByKey.get(key);
+        const drift = checked.driftOnly.get(key);
+        if ((row.state === 'r' || row.state === 's') && drift) {
+          // Columns added on the source while no run was streaming.
+          if ((await this.schemaDrift(catalog, target, stateClient, drift.table, drift.columns, false)) === 'stopped') continue;
+          table = (await checkTarget(stateClient, this.target, [pub], options.tableMaps)).synced[0];
+        }
         if ((row.state === 'r' || row.state === 's') && !table) {
           // A ready table that can no longer be written (renamed or altered on the target).
           throw new SyncError(checked.tableErrors.get(key) ?? `${key} cannot be synced any more`, 'target_table');
@@ -427,7 +434,7 @@ export class SyncEngine {
           if (free <= 0 || job.running || job.notBefore > Date.now()) continue;
           free--;
           job.running = true;
-          const p = this.runJob(ctx, stateClient, key, job).finally(() => running.delete(p));
+          const p = this.runJob(ctx, catalog, stateClient, key, job).finally(() => running.delete(p));
           running.add(p);
         }
       };
@@ -621,6 +628,55 @@ export class SyncEngine {
     this.recordedAt = Date.now();
   }
 
+  /**
+   * A column added on the source (drift.ts). With --apply-ddl add-column the target gets it in the
+   * open target transaction, so it commits with the first changes that carry it, existing rows
+   * filled as the source's are; a volatile DEFAULT's per-row values never reach the WAL, so such a
+   * table is also copied afresh. Otherwise the table alone stops with the ALTER to run, and syncs on
+   * its own (copied afresh) once the target has the column; the others stream on.
+   */
+  private async schemaDrift(
+    catalog: pg.Client, target: pg.Client, stateClient: pg.Client, table: SyncedTable, missing: string[], inTransaction: boolean,
+  ): Promise<'added' | 'stopped'> {
+    const key = tableKey(table.source.schema, table.source.table);
+    const targetName = qualified(table.target.schema, table.target.table);
+    const columns = await addedColumns(catalog, table.source, missing);
+    const sql = addColumnSql(table.target, columns);
+    const names = missing.map((c) => quoteIdent(c)).join(', ');
+    let why: string;
+    const added = this.options.applyDdl?.includes('add-column') && columns.length === missing.length
+      ? await this.addColumns(target, sql, inTransaction).then(() => null, (err: unknown) => errorMessage(err))
+      : undefined;
+    if (added === null) {
+      this.hooks.log('warn', `${key} has new column(s) ${names} on the source; added them to ${targetName}: ${sql.join(' ')}`);
+      if (!columns.some((c) => c.rewritten)) return 'added';
+      why = `${key}: the source filled its new column(s) ${names} row by row (a volatile DEFAULT), which the WAL does not carry; copying it afresh through its own slot while the other tables stream`;
+    } else {
+      why = driftStopped(table, columns, missing, added ?? null);
+    }
+    const pub = (await listPublishedTables(catalog, this.options.publications)).find((p) => tableKey(p.schema, p.table) === key);
+    this.jobs.delete(key);
+    await resetTableForResync(stateClient, this.options.subscription, table.source);
+    await setTableError(stateClient, this.options.subscription, table.source, why);
+    const tp = this.progress.get(key);
+    if (tp) Object.assign(tp, { state: 'i', lsn: null, rowsCopied: 0, bytesCopied: 0, lastError: why });
+    this.hooks.log('error', why);
+    if (pub) this.queueJob(pub);
+    return 'stopped';
+  }
+
+  /** Inside the open target transaction a savepoint keeps a failed ALTER from aborting it. */
+  private async addColumns(target: pg.Client, sql: string[], inTransaction: boolean): Promise<void> {
+    await target.query(inTransaction ? 'SAVEPOINT pg_live_sync_ddl' : 'BEGIN');
+    try {
+      for (const statement of sql) await target.query(statement);
+      await target.query(inTransaction ? 'RELEASE SAVEPOINT pg_live_sync_ddl' : 'COMMIT');
+    } catch (err) {
+      await target.query(inTransaction ? 'ROLLBACK TO SAVEPOINT pg_live_sync_ddl' : 'ROLLBACK');
+      throw err;
+    }
+  }
+
   /** Tables whose handover position the main stream has passed are ready: s -> r. */
   private async promote(client: pg.Client, lsn: Lsn): Promise<void> {
     const n = await promoteCaughtUpTables(client, this.options.subscription, lsn);
@@ -716,14 +772,24 @@ export class SyncEngine {
   }
 
   /** One attempt at a table's own sync; failures are recorded on the table and retried with backoff. */
-  private async runJob(ctx: TableSyncContext, stateClient: pg.Client, key: string, job: TableJob): Promise<void> {
+  private async runJob(ctx: TableSyncContext, catalog: pg.Client, stateClient: pg.Client, key: string, job: TableJob): Promise<void> {
     const { options } = this;
     const pub = job.published;
     try {
       if (pub.publishesUpdateOrDelete && !pub.hasUsableIdentity) {
         throw new SyncError(`table ${key} has no usable replica identity, so its UPDATEs and DELETEs cannot be replicated; on the source run: ${replicaIdentityFix(pub)}`, 'replica_identity');
       }
-      const check = await checkTarget(stateClient, this.target, [pub], options.tableMaps);
+      let check = await checkTarget(stateClient, this.target, [pub], options.tableMaps);
+      const drift = check.driftOnly.get(key);
+      if (drift) {
+        const columns = await addedColumns(catalog, drift.table.source, drift.columns);
+        if (!options.applyDdl?.includes('add-column') || columns.length < drift.columns.length) throw new SyncError(driftStopped(drift.table, columns, drift.columns, null), 'schema_drift');
+        // Copied afresh anyway: the columns need no fill.
+        const sql = addColumnSql(drift.table.target, columns.map((c) => ({ ...c, fill: null })));
+        await this.addColumns(stateClient, sql, false);
+        this.hooks.log('warn', `${key}: added its source's new column(s) to the target before copying it: ${sql.join(' ')}`);
+        check = await checkTarget(stateClient, this.target, [pub], options.tableMaps);
+      }
       const table = check.synced[0];
       if (!table) throw new SyncError(check.tableErrors.get(key) ?? `${key} cannot be synced`, 'table');
       const row = (await loadTableProgress(stateClient, options.subscription)).find((r) => tableKey(r.schema, r.table) === key);
@@ -763,6 +829,18 @@ export class SyncEngine {
       await setTableError(stateClient, options.subscription, { schema: pub.schema, table: pub.table }, error).catch(() => undefined);
     }
   }
+}
+
+/** A table stopped by columns added on the source: the ALTER to run (no fill: it is copied afresh). */
+function driftStopped(table: SyncedTable, columns: AddedColumn[], missing: string[], failure: string | null): string {
+  const key = tableKey(table.source.schema, table.source.table);
+  const targetName = qualified(table.target.schema, table.target.table);
+  const names = missing.map((c) => quoteIdent(c)).join(', ');
+  const sql = addColumnSql(table.target, columns.map((c) => ({ ...c, fill: null }))).join(' ');
+  const then = 'the table is then copied afresh by itself while the other tables stream';
+  return failure === null
+    ? `source table ${key} has new column(s) ${names} that target table ${targetName} lacks; run on the target: ${sql} (or run with --apply-ddl add-column); ${then}`
+    : `source table ${key} has new column(s) ${names}, and adding them to target table ${targetName} failed (${failure}); fix that and run on the target: ${sql}; ${then}`;
 }
 
 function resyncReason(t: { schema: string; table: string; target: TableName; requested: boolean }): string {

@@ -103,6 +103,11 @@ export interface TargetCheck {
   synced: SyncedTable[];
   /** Per source table, the first error that keeps it from syncing. */
   tableErrors: Map<string, string>;
+  /**
+   * Tables whose only errors are source columns the target table lacks (a column added on the
+   * source): schema drift, which stops only that table (see drift.ts). The columns, by name.
+   */
+  driftOnly: Map<string, { table: SyncedTable; columns: string[] }>;
 }
 
 export async function checkTarget(
@@ -115,6 +120,7 @@ export async function checkTarget(
   const where = describeEndpoint(endpoint.url);
   const findings: Finding[] = [];
   const tableErrors = new Map<string, string>();
+  const driftOnly = new Map<string, { table: SyncedTable; columns: string[] }>();
   const settings = (await client.query(`SELECT inet_server_port() AS server_port, current_user AS role`)).rows[0];
   try {
     await client.query('SET session_replication_role = replica');
@@ -130,9 +136,13 @@ export async function checkTarget(
   const seen = new Map<string, string>();
   for (const t of published) {
     const key = tableKey(t.schema, t.table);
-    const tableError = (message: string) => {
+    let otherErrors = 0;
+    const lacking: string[] = [];
+    const tableError = (message: string, lackingColumn?: string) => {
       findings.push({ severity: 'error', message, table: key });
       if (!tableErrors.has(key)) tableErrors.set(key, message);
+      if (lackingColumn === undefined) otherErrors++;
+      else lacking.push(lackingColumn);
     };
     const target = resolveTarget(maps, { schema: t.schema, table: t.table });
     const targetName = qualified(target.schema, target.table);
@@ -156,7 +166,7 @@ export async function checkTarget(
     const byName = new Map(cols.map((c) => [c.name, c]));
     for (const c of t.columns) {
       const tc = byName.get(c.name);
-      if (!tc) tableError(`target table ${targetName} has no column ${quoteIdent(c.name)} (source ${sourceName} has it); run on the target: ALTER TABLE ${targetName} ADD COLUMN ${quoteIdent(c.name)} ${c.type};`);
+      if (!tc) tableError(`target table ${targetName} has no column ${quoteIdent(c.name)} (source ${sourceName} has it); run on the target: ALTER TABLE ${targetName} ADD COLUMN ${quoteIdent(c.name)} ${c.type};`, c.name);
       else if (tc.generated) tableError(`column ${quoteIdent(c.name)} of ${targetName} is a generated column on the target, so it cannot take the source's values; make it a plain column on the target: ALTER TABLE ${targetName} ALTER COLUMN ${quoteIdent(c.name)} DROP EXPRESSION;`);
       else if (tc.alwaysIdentity) {
         findings.push({ severity: 'warning', message: `target column ${quoteIdent(c.name)} of ${targetName} is GENERATED ALWAYS AS IDENTITY: the sync writes the source's values into it (as OVERRIDING SYSTEM VALUE does) and its sequence does not advance; before writing to the target, run there: SELECT setval(pg_get_serial_sequence(${quoteLiteral(targetName)}, ${quoteLiteral(c.name)}), max(${quoteIdent(c.name)})) FROM ${targetName};` });
@@ -170,14 +180,20 @@ export async function checkTarget(
         tableError(`target column ${quoteIdent(tc.name)} of ${targetName} is NOT NULL without a default and gets no value from the source; give it a default or drop NOT NULL: ALTER TABLE ${targetName} ALTER COLUMN ${quoteIdent(tc.name)} DROP NOT NULL;`);
       }
     }
-    if (tableErrors.has(key)) continue;
+    if (tableErrors.has(key)) {
+      if (otherErrors === 0 && lacking.length > 0) {
+        const present = new Set(cols.map((c) => c.name));
+        driftOnly.set(key, { table: toSyncedTable({ ...t, columns: t.columns.filter((c) => present.has(c.name)) }, target, cols), columns: lacking });
+      }
+      continue;
+    }
     if (opts.freshStart) {
       const rows = await client.query(`SELECT EXISTS (SELECT 1 FROM ${targetName}) AS any`);
       if (rows.rows[0].any) findings.push({ severity: 'warning', message: `target table ${targetName} is not empty; the initial copy empties it first (its rows are replaced by the source's)` });
     }
     synced.push(toSyncedTable(t, target, cols));
   }
-  return { findings, synced, tableErrors };
+  return { findings, synced, tableErrors, driftOnly };
 }
 
 export function toSyncedTable(t: PublishedTable, target: { schema: string; table: string }, cols: { name: string; type: string }[]): SyncedTable {

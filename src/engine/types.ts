@@ -1,3 +1,4 @@
+import type { DdlKind } from './drift';
 import type { Lsn } from './lsn';
 
 /** What `run` is asked to do; the CLI and the extension both build one of these. */
@@ -9,6 +10,8 @@ export interface SyncOptions {
   tableMaps: TableMap[];
   tableSyncWorkers: number;
   copyData: boolean;
+  /** Source DDL to apply to the target as it streams by (drift.ts); default none. */
+  applyDdl?: DdlKind[];
   /** Where the user fixes each URL, for errors (the extension names its connections); default the CLI flags. */
   configuredIn?: { source: string; target: string };
 }
