@@ -362,6 +362,9 @@ async function check(args: string[]): Promise<number> {
   }
 }
 
+/** How long verify waits, per chunk, for a running sync to apply what the source had when read. */
+const VERIFY_CATCH_UP_SECONDS = 60;
+
 /** Each chunk that differs on a line of its own; exit 1 unless every table was compared and matches. */
 async function verify(args: string[]): Promise<number> {
   const v = parse(args, {
@@ -385,7 +388,7 @@ async function verify(args: string[]): Promise<number> {
     tables: ((v.table as string[] | undefined) ?? []).map(parseTableName),
     chunkRows,
     fix: v.fix === true,
-    catchUpTimeoutMs: 60_000,
+    catchUpTimeoutMs: VERIFY_CATCH_UP_SECONDS * 1000,
     log,
   });
   const unresolved = (c: ChunkReport) => !c.fixed?.matches;
@@ -420,7 +423,7 @@ function chunkLine(name: string, t: TableReport, c: ChunkReport): string {
   const counts = `source ${formatCount(c.source.rows)} rows, target ${formatCount(c.target.rows)} rows${c.source.rows === c.target.rows ? ', contents differ' : ''}`;
   if (c.fixed) return `${c.fixed.matches ? 'fixed' : 'mismatch'}: ${name} ${where}: ${counts}; ${formatCount(c.fixed.rows)} rows re-copied${c.fixed.matches ? '' : ', and it still differs'}`;
   if (c.verdict === 'changing') return `changing: ${name} ${where}: the source kept changing these rows while they were compared; run verify again when writes are quieter`;
-  if (c.verdict === 'behind') return `behind: ${name} ${where}: the target did not catch up to the source within 60 s, so these rows were not compared; check the sync's lag and run verify again`;
+  if (c.verdict === 'behind') return `behind: ${name} ${where}: the target did not catch up to the source within ${VERIFY_CATCH_UP_SECONDS} s, so these rows were not compared; check the sync's lag and run verify again`;
   return `mismatch: ${name} ${where}: ${counts}`;
 }
 

@@ -14,8 +14,9 @@
  * are computed by the servers, and memory holds only the list of range boundaries.
  *
  * Consistency while the sync runs. The target trails the source, so a chunk read on both sides at
- * about the same time may differ only because changes are on their way. A difference counts only
- * if it survives this: read the source chunk (one statement, so one snapshot) together with the
+ * about the same time may differ only because changes are on their way. A chunk equal at the first
+ * reading is taken as equal (a wrong target would have to hold exactly the source's rows). A
+ * difference counts only if it survives this: read the source chunk (one statement, so one snapshot) together with the
  * source's WAL insert position X, read after the snapshot, so every commit it sees ends before X;
  * wait until the target has applied everything up to X (its `applied_lsn`, or the slot's
  * confirmed position, which the sync moves only once all before it is committed on the target);
@@ -49,6 +50,7 @@ import { notFound, readSyncReport } from './report';
 import { slotInfo, validateSubscriptionName } from './slot';
 import { loadSubscription, tryLockSubscription, type SubscriptionRow } from './state';
 import { TABLE_STATE_WORDS, type Logger, type SyncedTable, type TableMap, type TableName } from './types';
+import { formatCount } from './units';
 
 export const DEFAULT_CHUNK_ROWS = 10_000;
 /** Comparisons of one range before giving up on a range the source keeps changing. */
@@ -390,7 +392,7 @@ class Verifier {
     }
     for (const c of problems) {
       c.fixed!.matches = same(await this.readSource(p, c.range), await this.readTarget(p, c.range));
-      this.opts.log('info', `re-copied chunk ${c.index} of ${tableKey(p.t.source.schema, p.t.source.table)}: ${c.fixed!.rows} row(s)${c.fixed!.matches ? '' : ', and it still differs'}`);
+      this.opts.log('info', `re-copied chunk ${formatCount(c.index)} of ${tableKey(p.t.source.schema, p.t.source.table)}: ${formatCount(c.fixed!.rows)} row(s)${c.fixed!.matches ? '' : ', and it still differs'}`);
     }
   }
 }

@@ -208,6 +208,30 @@ describe('verify', () => {
     assert.ok(await sameContents(pair, db, table, `"Zïel"."Tä""ble"`));
   });
 
+  it('a partitioned table published through its root, and a table with a row filter', async () => {
+    const schema = `CREATE TABLE m (id int, at int, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+      CREATE TABLE m1 PARTITION OF m FOR VALUES FROM (0) TO (500); CREATE TABLE m2 PARTITION OF m FOR VALUES FROM (500) TO (1000);
+      CREATE TABLE f (id int PRIMARY KEY, keep boolean, v text);`;
+    const s = await synced('parts', schema, `INSERT INTO m SELECT g, g % 1000, 'v' FROM generate_series(1, 3000) g;
+      INSERT INTO f SELECT g, g % 2 = 0, 'v' FROM generate_series(1, 3000) g;
+      CREATE PUBLICATION pub FOR TABLE m, f WHERE (keep) WITH (publish_via_partition_root = true);`);
+    const clean = await s.verify();
+    assert.equal(clean.code, 0, clean.stdout + clean.stderr);
+    assert.match(clean.stdout, /^ok: "public"\."f" -> "public"\."f": 2 chunk\(s\), 1,500 rows$/m);
+    assert.match(clean.stdout, /^ok: "public"\."m" -> "public"\."m": 4 chunk\(s\), 3,000 rows$/m);
+    assert.equal(await s.run.stop(), 0, s.run.output());
+    await pair.target.query(s.db, `UPDATE m SET v = 'x' WHERE id = 1700; DELETE FROM f WHERE id = 2000`);
+    const bad = await s.verify();
+    assert.deepEqual(lines(bad.stdout, 'mismatch'), [
+      'mismatch: "public"."f" -> "public"."f" chunk 1 of 2, ("id") <= 2000: source 1,000 rows, target 999 rows',
+      'mismatch: "public"."m" -> "public"."m" chunk 2 of 4, ("id", "at") > (1000, 0) and <= (2000, 0): source 1,000 rows, target 1,000 rows, contents differ',
+    ], bad.stdout);
+    const fixed = await s.verify('--fix');
+    assert.equal(fixed.code, 0, fixed.stdout + fixed.stderr);
+    assert.ok(await sameContents(pair, s.db, 'm'));
+    assert.ok(await sameContents(pair, s.db, '(SELECT * FROM f WHERE keep)', 'f'));
+  });
+
   it('usage: an unknown table, a bad --chunk-rows, a table name to quote', async () => {
     const { sourceUrl, targetUrl } = await freshDatabases(pair, 'usage');
     const base = ['verify', '--source', sourceUrl, '--target', targetUrl, '--subscription', 'usage'];
