@@ -133,3 +133,43 @@ export async function targetColumns(client: pg.Client, t: TableName): Promise<Ta
   }
   return r.rows;
 }
+
+/**
+ * The columns that order a table's rows for chunked comparison: its replica identity index, else
+ * its primary key (both NOT NULL, so every row falls in exactly one key range); [] without either.
+ */
+export async function keyColumns(client: pg.Client, relid: number): Promise<string[]> {
+  const r = await client.query(
+    `SELECT a.attname AS name
+       FROM (SELECT i.indrelid, i.indkey FROM pg_index i
+              WHERE i.indrelid = $1 AND (i.indisreplident OR i.indisprimary)
+              ORDER BY i.indisreplident DESC LIMIT 1) i
+       CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+      ORDER BY k.n`,
+    [relid],
+  );
+  return r.rows.map((row) => row.name as string);
+}
+
+/**
+ * Per column of a table, how its values sort: the collation's provider and locale (the
+ * database's for the default collation), null for a type without collation. Read the same way on
+ * both sides, so that unequal strings mean the two servers order the column differently.
+ */
+export async function columnCollations(client: pg.Client, t: TableName, columns: string[]): Promise<Map<string, string | null>> {
+  // to_jsonb keeps this working across versions that renamed the locale columns (15: *iculocale, 17: *locale).
+  const r = await client.query(
+    `SELECT a.attname AS name,
+            CASE WHEN a.attcollation = 0 THEN NULL
+                 WHEN co.collname = 'default' THEN concat_ws(':', d.j->>'datlocprovider', coalesce(d.j->>'datlocale', d.j->>'daticulocale', d.j->>'datcollate'))
+                 ELSE concat_ws(':', co.j->>'collprovider', coalesce(co.j->>'colllocale', co.j->>'colliculocale', co.j->>'collcollate')) END AS collation
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+       LEFT JOIN LATERAL (SELECT pc.collname, to_jsonb(pc.*) AS j FROM pg_collation pc WHERE pc.oid = a.attcollation) co ON true
+       CROSS JOIN LATERAL (SELECT to_jsonb(pd.*) AS j FROM pg_database pd WHERE pd.datname = current_database()) d
+      WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = ANY($3)`,
+    [t.schema, t.table, columns],
+  );
+  return new Map(r.rows.map((row) => [row.name as string, row.collation as string | null]));
+}

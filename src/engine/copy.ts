@@ -89,19 +89,13 @@ export async function copyTables(plan: CopyPlan): Promise<CopyFailure[]> {
 async function copyOneTable(plan: CopyPlan, source: pg.Client, target: pg.Client, t: SyncedTable): Promise<void> {
   const sourceName = qualified(t.source.schema, t.source.table);
   const targetName = qualified(t.target.schema, t.target.table);
-  const columns = t.columns.map((c) => quoteIdent(c.name)).join(', ');
-  const format = t.copyFormat === 'binary' ? 'FORMAT binary' : 'FORMAT text';
-  // COPY TO refuses a partitioned table; a SELECT on it reads every partition.
-  const selectSql = t.rowFilter || t.partitioned
-    ? `COPY (SELECT ${columns} FROM ${t.partitioned ? '' : 'ONLY '}${sourceName}${t.rowFilter ? ` WHERE ${t.rowFilter}` : ''}) TO STDOUT (${format})`
-    : `COPY ${sourceName} (${columns}) TO STDOUT (${format})`;
 
   await setTableState(target, plan.subscription, t.source, 'd', { rowsCopied: 0, bytesCopied: 0, lastError: null });
   const started = Date.now();
   await target.query('BEGIN');
   try {
     await emptyTables(target, [targetName], false);
-    const counter = t.copyFormat === 'binary' ? new BinaryRowCounter() : new TextRowCounter();
+    const counter = rowCounter(t);
     let lastReport = 0;
     const report = (done: boolean) => plan.onProgress({ table: t, rows: counter.rows, bytes: counter.bytes, done });
     counter.onChunk = () => {
@@ -111,9 +105,7 @@ async function copyOneTable(plan: CopyPlan, source: pg.Client, target: pg.Client
         report(false);
       }
     };
-    const reader = source.query(copyTo(selectSql));
-    const writer = target.query(copyFrom(`COPY ${targetName} (${columns}) FROM STDIN (${format})`));
-    await pipeline(reader, counter, writer, { signal: plan.signal });
+    await pipeRows(source, target, t, null, counter, plan.signal);
     await setTableState(target, plan.subscription, t.source, 'f', { lsn: plan.consistentLsn, rowsCopied: counter.rows, bytesCopied: counter.bytes });
     await recordTargetRelid(target, plan.subscription, t.source);
     await target.query('COMMIT');
@@ -127,8 +119,33 @@ async function copyOneTable(plan: CopyPlan, source: pg.Client, target: pg.Client
   }
 }
 
+export function rowCounter(t: SyncedTable): RowCounter {
+  return t.copyFormat === 'binary' ? new BinaryRowCounter() : new TextRowCounter();
+}
+
+/**
+ * Streams a table's published rows (only those matching `where`, a condition on the source
+ * table, when given) from source COPY TO into target COPY FROM, inside the caller's target
+ * transaction; `counter` sees every byte. `verify --fix` re-copies chunks through this too.
+ */
+export async function pipeRows(source: pg.Client, target: pg.Client, t: SyncedTable, where: string | null, counter: RowCounter = rowCounter(t), signal?: AbortSignal): Promise<RowCounter> {
+  const sourceName = qualified(t.source.schema, t.source.table);
+  const targetName = qualified(t.target.schema, t.target.table);
+  const columns = t.columns.map((c) => quoteIdent(c.name)).join(', ');
+  const format = t.copyFormat === 'binary' ? 'FORMAT binary' : 'FORMAT text';
+  const conditions = [t.rowFilter, where].filter((c): c is string => c !== null);
+  // COPY TO refuses a partitioned table; a SELECT on it reads every partition.
+  const selectSql = conditions.length > 0 || t.partitioned
+    ? `COPY (SELECT ${columns} FROM ${t.partitioned ? '' : 'ONLY '}${sourceName}${conditions.length > 0 ? ` WHERE ${conditions.map((c) => `(${c})`).join(' AND ')}` : ''}) TO STDOUT (${format})`
+    : `COPY ${sourceName} (${columns}) TO STDOUT (${format})`;
+  const reader = source.query(copyTo(selectSql));
+  const writer = target.query(copyFrom(`COPY ${targetName} (${columns}) FROM STDIN (${format})`));
+  await pipeline(reader, counter, writer, signal ? { signal } : {});
+  return counter;
+}
+
 /** Passes COPY data through unchanged while counting rows and bytes. */
-abstract class RowCounter extends Transform {
+export abstract class RowCounter extends Transform {
   rows = 0;
   bytes = 0;
   onChunk: () => void = () => undefined;
