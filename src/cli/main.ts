@@ -5,7 +5,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type pg from 'pg';
-import { connect, describeEndpoint, qualified, quoteIdent, tableKey } from '../engine/connection';
+import { connect, describeEndpoint, qualified, tableKey } from '../engine/connection';
 import { connectorRoleSql, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
 import { SyncEngine } from '../engine/engine';
 import { CheckError, errorMessage, SyncError } from '../engine/errors';
@@ -22,7 +22,7 @@ import { parseTableMap, parseTableName } from '../engine/tablemap';
 import { statusToJson, type FromEngine, type ToEngine } from './ipc';
 import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
 import { formatBytes, formatCount } from '../engine/units';
-import { DEFAULT_CHUNK_ROWS, verifySync, type ChunkReport, type KeyRange, type TableReport } from '../engine/verify';
+import { DEFAULT_CHUNK_ROWS, VERIFY_CATCH_UP_SECONDS, verifyLines, verifySync } from '../engine/verify';
 
 interface CommandHelp {
   /** The synopsis, continuation lines indented under the first. */
@@ -525,8 +525,6 @@ async function syncSequencesCommand(args: string[]): Promise<number> {
   }
 }
 
-/** How long verify waits, per chunk, for a running sync to apply what the source had when read. */
-const VERIFY_CATCH_UP_SECONDS = 60;
 
 /** Each chunk that differs on a line of its own; exit 1 unless every table was compared and matches. */
 async function verify(args: string[]): Promise<number> {
@@ -554,51 +552,13 @@ async function verify(args: string[]): Promise<number> {
     catchUpTimeoutMs: VERIFY_CATCH_UP_SECONDS * 1000,
     log,
   });
-  const unresolved = (c: ChunkReport) => !c.fixed?.matches;
-  const ok = report.tables.every((t) => t.skipped === null && t.problems.every((c) => !unresolved(c)));
+  const { lines, ok } = verifyLines(report, v.fix === true);
   if (v.json) {
     process.stdout.write(JSON.stringify({ ...report, ok }, null, 2) + '\n');
     return ok ? 0 : 1;
   }
-  const out: string[] = [];
-  if (report.behind) out.push(`warning: the sync is stopped and the source has changes the target has not applied yet: differences below may be only those; run the sync to catch up, then verify again`);
-  for (const t of report.tables) {
-    const name = `${tableKey(t.source.schema, t.source.table)} -> ${qualified(t.target.schema, t.target.table)}`;
-    if (t.skipped) {
-      out.push(`skipped: ${name}: ${t.skipped}`);
-      continue;
-    }
-    if (t.problems.length === 0) out.push(`ok: ${name}: ${formatCount(t.chunks)} chunk(s), ${formatCount(t.sourceRows)} rows`);
-    for (const c of t.problems) out.push(`${chunkLine(name, t, c)}`);
-  }
-  const compared = report.tables.filter((t) => t.skipped === null);
-  const bad = compared.flatMap((t) => t.problems.filter(unresolved));
-  const fixed = compared.flatMap((t) => t.problems.filter((c) => c.fixed?.matches));
-  const badTables = compared.filter((t) => t.problems.some(unresolved)).length;
-  const skipped = report.tables.length - compared.length;
-  out.push(`verify: ${report.tables.length} table(s)${skipped > 0 ? `, ${skipped} not compared` : ''}, ${bad.length} chunk(s) differing in ${badTables} table(s)${fixed.length > 0 ? `, ${fixed.length} re-copied and now matching` : ''}${bad.some((c) => c.verdict === 'mismatch') && !v.fix ? '; pg-live-sync verify --fix re-copies them (with the sync stopped)' : ''}`);
-  process.stdout.write(out.join('\n') + '\n');
+  process.stdout.write(lines.join('\n') + '\n');
   return ok ? 0 : 1;
-}
-
-function chunkLine(name: string, t: TableReport, c: ChunkReport): string {
-  const where = c.range ? `chunk ${formatCount(c.index)} of ${formatCount(t.chunks)}, ${rangeText(t.key, c.range)}` : 'whole table (no primary key or replica identity index)';
-  const counts = `source ${formatCount(c.source.rows)} rows, target ${formatCount(c.target.rows)} rows${c.source.rows === c.target.rows ? ', contents differ' : ''}`;
-  if (c.fixed) return `${c.fixed.matches ? 'fixed' : 'mismatch'}: ${name} ${where}: ${counts}; ${formatCount(c.fixed.rows)} rows re-copied${c.fixed.matches ? '' : ', and it still differs'}`;
-  if (c.verdict === 'changing') return `changing: ${name} ${where}: the source kept changing these rows while they were compared; run verify again when writes are quieter`;
-  if (c.verdict === 'behind') return `behind: ${name} ${where}: the target did not catch up to the source within ${VERIFY_CATCH_UP_SECONDS} s, so these rows were not compared; check the sync's lag and run verify again`;
-  return `mismatch: ${name} ${where}: ${counts}`;
-}
-
-/** `("id") > 100 and <= 200`: key values as SQL literals, numbers bare, one line whatever they hold. */
-function rangeText(key: string[], r: KeyRange): string {
-  const show = (v: string) => (/^-?\d+(\.\d+)?$/.test(v) ? v : `'${v.replace(/'/g, "''").replace(/[\x00-\x1f\x7f]/g, (ch) => `\\x${ch.charCodeAt(0).toString(16).padStart(2, '0')}`)}'`);
-  const tuple = (vs: string[]) => (vs.length === 1 ? show(vs[0]) : `(${vs.map(show).join(', ')})`);
-  const cols = `(${key.map(quoteIdent).join(', ')})`;
-  if (r.after && r.upTo) return `${cols} > ${tuple(r.after)} and <= ${tuple(r.upTo)}`;
-  if (r.after) return `${cols} > ${tuple(r.after)}`;
-  if (r.upTo) return `${cols} <= ${tuple(r.upTo)}`;
-  return 'every row';
 }
 
 /** Prints SQL to review and run: tuning, replica identities, a connector role. */

@@ -53,6 +53,8 @@ import { TABLE_STATE_WORDS, type Logger, type SyncedTable, type TableMap, type T
 import { formatCount } from './units';
 
 export const DEFAULT_CHUNK_ROWS = 10_000;
+/** How long verify waits, per chunk, for a running sync to apply what the source had when read. */
+export const VERIFY_CATCH_UP_SECONDS = 60;
 /** Comparisons of one range before giving up on a range the source keeps changing. */
 const MAX_ROUNDS = 6;
 /** Halvings of a chunk the source keeps changing: down to 1/64 of it. */
@@ -451,4 +453,51 @@ function same(a: ChunkSide, b: ChunkSide): boolean {
 
 function side(s: ChunkSide): ChunkSide {
   return { rows: s.rows, checksum: s.checksum };
+}
+
+/**
+ * The report as `verify` prints it (and the extension shows it): a line per table or differing
+ * range, then a summary; `ok` when every table was compared and matches (or was fixed).
+ */
+export function verifyLines(report: VerifyReport, fix: boolean): { lines: string[]; ok: boolean } {
+  const unresolved = (c: ChunkReport) => !c.fixed?.matches;
+  const out: string[] = [];
+  if (report.behind) out.push(`warning: the sync is stopped and the source has changes the target has not applied yet: differences below may be only those; run the sync to catch up, then verify again`);
+  for (const t of report.tables) {
+    const name = `${tableKey(t.source.schema, t.source.table)} -> ${qualified(t.target.schema, t.target.table)}`;
+    if (t.skipped) {
+      out.push(`skipped: ${name}: ${t.skipped}`);
+      continue;
+    }
+    if (t.problems.length === 0) out.push(`ok: ${name}: ${formatCount(t.chunks)} chunk(s), ${formatCount(t.sourceRows)} rows`);
+    for (const c of t.problems) out.push(chunkLine(name, t, c));
+  }
+  const compared = report.tables.filter((t) => t.skipped === null);
+  const bad = compared.flatMap((t) => t.problems.filter(unresolved));
+  const fixed = compared.flatMap((t) => t.problems.filter((c) => c.fixed?.matches));
+  const badTables = compared.filter((t) => t.problems.some(unresolved)).length;
+  const skipped = report.tables.length - compared.length;
+  out.push(`verify: ${report.tables.length} table(s)${skipped > 0 ? `, ${skipped} not compared` : ''}, ${bad.length} chunk(s) differing in ${badTables} table(s)${fixed.length > 0 ? `, ${fixed.length} re-copied and now matching` : ''}${bad.some((c) => c.verdict === 'mismatch') && !fix ? '; pg-live-sync verify --fix re-copies them (with the sync stopped)' : ''}`);
+  const ok = report.tables.every((t) => t.skipped === null && t.problems.every((c) => !unresolved(c)));
+  return { lines: out, ok };
+}
+
+function chunkLine(name: string, t: TableReport, c: ChunkReport): string {
+  const where = c.range ? `chunk ${formatCount(c.index)} of ${formatCount(t.chunks)}, ${rangeText(t.key, c.range)}` : 'whole table (no primary key or replica identity index)';
+  const counts = `source ${formatCount(c.source.rows)} rows, target ${formatCount(c.target.rows)} rows${c.source.rows === c.target.rows ? ', contents differ' : ''}`;
+  if (c.fixed) return `${c.fixed.matches ? 'fixed' : 'mismatch'}: ${name} ${where}: ${counts}; ${formatCount(c.fixed.rows)} rows re-copied${c.fixed.matches ? '' : ', and it still differs'}`;
+  if (c.verdict === 'changing') return `changing: ${name} ${where}: the source kept changing these rows while they were compared; run verify again when writes are quieter`;
+  if (c.verdict === 'behind') return `behind: ${name} ${where}: the target did not catch up to the source within ${VERIFY_CATCH_UP_SECONDS} s, so these rows were not compared; check the sync's lag and run verify again`;
+  return `mismatch: ${name} ${where}: ${counts}`;
+}
+
+/** `("id") > 100 and <= 200`: key values as SQL literals, numbers bare, one line whatever they hold. */
+function rangeText(key: string[], r: KeyRange): string {
+  const show = (v: string) => (/^-?\d+(\.\d+)?$/.test(v) ? v : `'${v.replace(/'/g, "''").replace(/[\x00-\x1f\x7f]/g, (ch) => `\\x${ch.charCodeAt(0).toString(16).padStart(2, '0')}`)}'`);
+  const tuple = (vs: string[]) => (vs.length === 1 ? show(vs[0]) : `(${vs.map(show).join(', ')})`);
+  const cols = `(${key.map(quoteIdent).join(', ')})`;
+  if (r.after && r.upTo) return `${cols} > ${tuple(r.after)} and <= ${tuple(r.upTo)}`;
+  if (r.after) return `${cols} > ${tuple(r.after)}`;
+  if (r.upTo) return `${cols} <= ${tuple(r.upTo)}`;
+  return 'every row';
 }
