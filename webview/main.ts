@@ -86,6 +86,7 @@ const actions = h(
   actionButton('resume', 'action-resume', 'Resume', true),
   actionButton('stop', 'action-stop', 'Stop'),
   actionButton('drop', 'action-drop', 'Drop…'),
+  actionButton('verify', 'action-verify', 'Verify'),
   actionButton('openLogs', 'action-logs', 'Open Logs'),
   actionButton('copyStatus', 'action-copy', 'Copy Status as JSON'),
 );

@@ -76,7 +76,7 @@ export type HostToPanel =
   /** A one-line outcome of an action (e.g. "status copied", or an error with its fix). */
   | { type: 'notice'; level: 'info' | 'error'; text: string };
 
-export type PanelAction = 'pause' | 'resume' | 'stop' | 'drop' | 'openLogs' | 'copyStatus';
+export type PanelAction = 'pause' | 'resume' | 'stop' | 'drop' | 'verify' | 'openLogs' | 'copyStatus';
 
 export type PanelToHost =
   /** Posted once the panel's script listens, so the first state is never lost. */
@@ -84,7 +84,7 @@ export type PanelToHost =
   | { type: 'action'; action: PanelAction }
   | { type: 'resyncTable'; key: string };
 
-const ACTIONS: readonly PanelAction[] = ['pause', 'resume', 'stop', 'drop', 'openLogs', 'copyStatus'];
+const ACTIONS: readonly PanelAction[] = ['pause', 'resume', 'stop', 'drop', 'verify', 'openLogs', 'copyStatus'];
 
 /** The host trusts nothing from the webview: anything not exactly a PanelToHost is dropped. */
 export function parsePanelMessage(raw: unknown): PanelToHost | null {

@@ -1,6 +1,7 @@
 import * as vscode from 'vscode';
 import { errorMessage } from '../engine/errors';
 import { ConnectionStore } from './connections';
+import { guidedCutover } from './cutover';
 import { ProgressPanel } from './panel';
 import { SqlCommands } from './sqlCommands';
 import { SyncStatusBar } from './statusBar';
@@ -86,6 +87,14 @@ export function activate(context: vscode.ExtensionContext): void {
     syncSequences: async (n?: SyncsNode) => {
       const name = await syncName(n, 'Sync Sequences', (d) => !d.attach || d.source !== undefined);
       if (name) await syncs.syncSequences(name);
+    },
+    verifySync: async (n?: SyncsNode) => {
+      const name = await syncName(n, 'Verify Sync', (d) => !d.attach || d.source !== undefined);
+      if (name) await syncs.verify(name);
+    },
+    guidedCutover: async (n?: SyncsNode) => {
+      const name = await syncName(n, 'Guided Cutover', (d) => !d.attach || d.source !== undefined);
+      if (name) await guidedCutover(syncs, name);
     },
     attachSync: async () => {
       const def = await askAttach(connections);

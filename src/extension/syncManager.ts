@@ -1,9 +1,12 @@
 import * as vscode from 'vscode';
+import type pg from 'pg';
 import { connect, type Endpoint } from '../engine/connection';
 import { errorMessage } from '../engine/errors';
 import { readSyncReport, dropSync } from '../engine/report';
 import { slotInfo, slotNameFor } from '../engine/slot';
+import { parseLsn, type Lsn } from '../engine/lsn';
 import { describeSequence, syncSequencesOfSync } from '../engine/sequences';
+import { DEFAULT_CHUNK_ROWS, VERIFY_CATCH_UP_SECONDS, verifyLines, verifySync } from '../engine/verify';
 import { resetTableForResync } from '../engine/state';
 import type { TableMap } from '../engine/types';
 import type { PanelAction } from '../../webview/protocol';
@@ -149,6 +152,9 @@ export class SyncManager implements PanelSource, vscode.Disposable {
       case 'openLogs':
         this.log.show(true);
         return;
+      case 'verify':
+        await this.verify(name);
+        return;
       case 'copyStatus':
         await vscode.env.clipboard.writeText(JSON.stringify(this.snapshot(name), null, 2));
         void vscode.window.showInformationMessage(`Copied the status of sync ${name} as JSON.`);
@@ -243,40 +249,78 @@ export class SyncManager implements PanelSource, vscode.Disposable {
    * Cutover: sets the target's sequences past the source's (see engine/sequences), after a modal
    * listing every change a dry run found; running it again changes nothing.
    */
-  async syncSequences(name: string): Promise<void> {
-    const def = this.definition(name);
-    if (!def) return;
-    if (!def.source) throw new Error(`sync ${name} was attached without a source connection; syncing sequences needs the source`);
-    const sourceEp = await this.connections.endpoint(def.source);
-    const targetEp = await this.connections.endpoint(def.target);
-    const each = async (dryRun: boolean) => {
-      const source = await connect(sourceEp);
-      try {
-        const target = await connect(targetEp);
-        try {
-          return await syncSequencesOfSync(source, target, name, dryRun);
-        } finally {
-          await target.end();
-        }
-      } finally {
-        await source.end();
-      }
-    };
-    const planned = await each(true);
+  async syncSequences(name: string): Promise<'set' | 'unchanged' | 'declined'> {
+    const def = this.withSource(name, 'syncing sequences');
+    const planned = await this.withBoth(def, (source, target) => syncSequencesOfSync(source, target, name, true));
     const changes = planned.filter((r) => r.skipped === null);
     if (changes.length === 0) {
       void vscode.window.showInformationMessage(`Sync ${name}: all ${planned.length} sequence(s) on ${def.target} are already past the source's; nothing to change.`);
-      return;
+      return 'unchanged';
     }
     const answer = await vscode.window.showWarningMessage(
       `Set ${changes.length} sequence(s) on ${def.target}?`,
       { modal: true, detail: `${changes.map((r) => describeSequence(r, true)).join('\n')}\n\nDo this once writes to the source have stopped: sequences only move forward.` },
       'Set Sequences',
     );
-    if (answer !== 'Set Sequences') return;
-    const done = await each(false);
+    if (answer !== 'Set Sequences') return 'declined';
+    const done = await this.withBoth(def, (source, target) => syncSequencesOfSync(source, target, name, false));
     for (const r of done) this.log.info(`sync ${name}: ${describeSequence(r, false)}`);
     void vscode.window.showInformationMessage(`Sync ${name}: ${done.filter((r) => r.skipped === null).length} sequence(s) set on ${def.target}.`);
+    return 'set';
+  }
+
+  /**
+   * Compares every ready table, source against target, in key ranges (engine/verify), while the
+   * sync streams or not; the report opens in an editor. True when everything matches.
+   */
+  async verify(name: string): Promise<boolean> {
+    const def = this.withSource(name, 'verifying');
+    const [source, target] = [await this.connections.endpoint(def.source!), await this.connections.endpoint(def.target)];
+    const report = await vscode.window.withProgress(
+      { location: vscode.ProgressLocation.Notification, title: `Verifying sync ${name}: comparing source and target in key ranges…` },
+      () => verifySync({
+        source, target, subscription: name, tables: [], chunkRows: DEFAULT_CHUNK_ROWS, fix: false,
+        catchUpTimeoutMs: VERIFY_CATCH_UP_SECONDS * 1000, log: (level, message) => this.log[level](`sync ${name}: verify: ${message}`),
+      }),
+    );
+    const { lines, ok } = verifyLines(report, false);
+    const doc = await vscode.workspace.openTextDocument({ language: 'log', content: `${lines.join('\n')}\n` });
+    await vscode.window.showTextDocument(doc, { preview: false });
+    const summary = lines[lines.length - 1];
+    if (ok) void vscode.window.showInformationMessage(`Sync ${name}: ${summary}`);
+    else void vscode.window.showWarningMessage(`Sync ${name}: ${summary}. pg-live-sync verify --fix re-copies differing ranges with the sync stopped.`);
+    return ok;
+  }
+
+  /** Whether the target has applied everything the source wrote before `lsn` (the slot confirms it). */
+  async appliedUpTo(name: string): Promise<{ caughtUp: (lsn: Lsn) => Promise<boolean>; sourceLsn: () => Promise<Lsn> }> {
+    const def = this.withSource(name, 'a cutover');
+    const source = await this.connections.endpoint(def.source!);
+    return {
+      sourceLsn: () => this.monitor.use(source, async (c) => parseLsn((await c.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l)),
+      caughtUp: (lsn) => this.monitor.use(source, async (c) => ((await slotInfo(c, slotNameFor(name)))?.confirmedFlush ?? 0n) >= lsn),
+    };
+  }
+
+  private withSource(name: string, doing: string): SyncDefinition & { source: string } {
+    const def = this.definition(name);
+    if (!def) throw new Error(`there is no sync ${name}`);
+    if (!def.source) throw new Error(`sync ${name} was attached without a source connection; ${doing} needs the source`);
+    return def as SyncDefinition & { source: string };
+  }
+
+  private async withBoth<T>(def: SyncDefinition & { source: string }, work: (source: pg.Client, target: pg.Client) => Promise<T>): Promise<T> {
+    const source = await connect(await this.connections.endpoint(def.source));
+    try {
+      const target = await connect(await this.connections.endpoint(def.target));
+      try {
+        return await work(source, target);
+      } finally {
+        await target.end();
+      }
+    } finally {
+      await source.end();
+    }
   }
 
   // ---- runs ----------------------------------------------------------------------------------

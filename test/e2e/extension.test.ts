@@ -294,6 +294,18 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     await saveReadmeScreenshot('panel-streaming');
   });
 
+  step('Guided Cutover while streaming: writes stopped, caught up, sequences, verify, then the sync kept', async () => {
+    await w().runCommand('Guided Cutover');
+    assert.match(await w().clickDialogButton('Writes Are Stopped'), new RegExp(`Cutover of sync ${SYNC} \\(1/5\\): stop writes`));
+    // The report of verify opens in an editor once every table has been compared.
+    await w().waitForEditorText(new RegExp(`verify: ${TABLES.length} table\\(s\\), 0 chunk\\(s\\) differing`), SLOW_TIMEOUT);
+    assert.match(await w().clickDialogButton('Keep Sync'), /\(5\/5\): ready/);
+    await w().waitForNotification(new RegExp(`Cutover of sync ${SYNC} stopped before the drop`));
+    const slots = await src().query('postgres', `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, [SLOT]);
+    assert.deepEqual(slots.rows, [{ active: true }], 'the sync goes on');
+    await w().runCommand('Show Sync Progress');
+  });
+
   step('pause and resume from the panel', async () => {
     const panel = panelFrame();
     await panel.locator('#action-pause').click();
