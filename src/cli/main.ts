@@ -12,7 +12,7 @@ import { CheckError, errorMessage, SyncError } from '../engine/errors';
 import { formatLsn } from '../engine/lsn';
 import { slotInfo, validateSubscriptionName } from '../engine/slot';
 import { secondsToInvalidation, walWriteRate } from '../engine/walHeadroom';
-import { describeHeadroom, listSyncSlots, slotWarnings } from '../engine/guardrails';
+import { describeHeadroom, listSyncSlots, slotsReport, slotWarnings } from '../engine/guardrails';
 import { checkSource, checkTarget } from '../engine/precheck';
 import { dropSync, notFound, readSyncReport } from '../engine/report';
 import { describeSequence, sequenceSql, syncSequencesOfSync } from '../engine/sequences';
@@ -21,7 +21,7 @@ import { ensureStateSchema, requestResync, resyncPending } from '../engine/state
 import { parseTableMap, parseTableName } from '../engine/tablemap';
 import { statusToJson, type FromEngine, type ToEngine } from './ipc';
 import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
-import { formatBytes, formatCount } from '../engine/units';
+import { formatBytes, formatColumns, formatCount } from '../engine/units';
 import { DEFAULT_CHUNK_ROWS, VERIFY_CATCH_UP_SECONDS, verifyLines, verifySync } from '../engine/verify';
 
 interface CommandHelp {
@@ -375,17 +375,8 @@ async function slots(args: string[]): Promise<number> {
       process.stdout.write(JSON.stringify(found, null, 2) + '\n');
       return 0;
     }
-    const rows = [['SLOT', 'ACTIVE', 'WAL STATUS', 'RETAINED WAL', 'OWNER'], ...found.map((s) => [
-      s.name, s.active ? 'yes' : 'no', s.walStatus ?? '-', formatBytes(s.retainedBytes ?? 0), s.owner ?? 'none of the targets given',
-    ])];
-    const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-    const out = [rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n')];
-    const orphans = found.filter((s) => s.owner === null);
-    if (orphans.length > 0) {
-      out.push(`${orphans.length} slot(s) have no state on ${targets.length === 0 ? 'any target (none given: pass every --target that syncs from this source)' : `the ${targets.length} target(s) given`} and hold WAL for nobody, unless a target not given owns them; to drop the unused ones, on the source:`);
-      for (const s of orphans) out.push(s.dropSql ?? `-- ${s.name} is in use right now: stop the run that holds it first`);
-    }
-    process.stdout.write(out.join('\n') + '\n');
+    const { listing, orphans } = slotsReport(found, targets.length === 0 ? 'any target (none given: pass every --target that syncs from this source)' : `the ${targets.length} target(s) given`);
+    process.stdout.write([...listing, ...orphans].join('\n') + '\n');
     return 0;
   } finally {
     await Promise.all(targets.map((t) => t.client.end()));
@@ -406,8 +397,7 @@ function tableRows(tables: TableProgress[]): string {
     const state = t.removed ? `${t.state} removed from publication` : `${t.state} ${TABLE_STATE_WORDS[t.state]}${t.lastError ? ' (error)' : ''}`;
     rows.push([tableKey(t.schema, t.table), qualified(t.targetSchema, t.targetTable), state, formatCount(t.rowsCopied), formatBytes(t.bytesCopied), t.lastError ?? '']);
   }
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n');
+  return formatColumns(rows).join('\n');
 }
 
 async function drop(args: string[]): Promise<number> {

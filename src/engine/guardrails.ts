@@ -9,7 +9,7 @@ import { quoteLiteral } from './connection';
 import { slotNameFor, tableSyncSlotPattern, type SlotInfo } from './slot';
 import { invalidationAtRisk, secondsToInvalidation } from './walHeadroom';
 import { stateSchemaExists } from './state';
-import { formatBytes, formatDuration } from './units';
+import { formatBytes, formatColumns, formatDuration } from './units';
 
 /** "retained WAL 1.2 GiB of max_slot_wal_keep_size 4 GiB: 2.8 GiB more (about 3h 05m at 250 KiB/s) before ..." */
 export function describeHeadroom(slot: SlotInfo, bytesPerSecond: number | null): string {
@@ -94,4 +94,23 @@ export async function listSyncSlots(source: pg.Client, targets: KnownTarget[]): 
       dropSql: owner === null && !row.active ? `SELECT pg_drop_replication_slot(${quoteLiteral(name)});` : null,
     };
   });
+}
+
+/**
+ * The listing of `slots`: one aligned line per slot, then for the slots no known target owns the
+ * statements that drop them (for review, never run here). `known` names the targets looked at.
+ */
+export function slotsReport(found: SyncSlot[], known: string): { listing: string[]; orphans: string[] } {
+  const listing = formatColumns([['SLOT', 'ACTIVE', 'WAL STATUS', 'RETAINED WAL', 'OWNER'], ...found.map((s) => [
+    s.name, s.active ? 'yes' : 'no', s.walStatus ?? '-', formatBytes(s.retainedBytes ?? 0), s.owner ?? 'none of the targets known',
+  ])]);
+  const unowned = found.filter((s) => s.owner === null);
+  if (unowned.length === 0) return { listing, orphans: [] };
+  return {
+    listing,
+    orphans: [
+      `-- ${unowned.length} slot(s) have no state on ${known} and hold WAL for nobody, unless a target not known here owns them; to drop the unused ones, on the source:`,
+      ...unowned.map((s) => s.dropSql ?? `-- ${s.name} is in use right now: stop the run that holds it first`),
+    ],
+  };
 }

@@ -88,6 +88,10 @@ export function activate(context: vscode.ExtensionContext): void {
       const name = await syncName(n, 'Sync Sequences', (d) => !d.attach || d.source !== undefined);
       if (name) await syncs.syncSequences(name);
     },
+    listSyncSlots: async (n?: ConnectionsNode) => {
+      const name = conn(n) ?? (await connections.pick('List Sync Slots'));
+      if (name) await syncs.listSlots(name);
+    },
     verifySync: async (n?: SyncsNode) => {
       const name = await syncName(n, 'Verify Sync', (d) => !d.attach || d.source !== undefined);
       if (name) await syncs.verify(name);

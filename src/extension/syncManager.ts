@@ -1,6 +1,7 @@
 import * as vscode from 'vscode';
 import type pg from 'pg';
-import { connect, type Endpoint } from '../engine/connection';
+import { connect, describeEndpoint, type Endpoint } from '../engine/connection';
+import { listSyncSlots, slotsReport } from '../engine/guardrails';
 import { errorMessage } from '../engine/errors';
 import { readSyncReport, dropSync } from '../engine/report';
 import { slotInfo, slotNameFor } from '../engine/slot';
@@ -290,6 +291,30 @@ export class SyncManager implements PanelSource, vscode.Disposable {
     if (ok) void vscode.window.showInformationMessage(`Sync ${name}: ${summary}`);
     else void vscode.window.showWarningMessage(`Sync ${name}: ${summary}. pg-live-sync verify --fix re-copies differing ranges with the sync stopped.`);
     return ok;
+  }
+
+  /**
+   * Every slot of ours on a source connection, with the sync (of this window's syncs' targets)
+   * that owns it; the drop statements for the others open as SQL to review and run.
+   */
+  async listSlots(connection: string): Promise<void> {
+    const targets = [...new Set(this.definitions().map((d) => d.target))];
+    const source = await connect(await this.connections.endpoint(connection));
+    const opened: { client: pg.Client; where: string }[] = [];
+    try {
+      for (const t of targets) {
+        const ep = await this.connections.endpoint(t);
+        opened.push({ client: await connect(ep), where: `${t} (${describeEndpoint(ep.url)})` });
+      }
+      const found = await listSyncSlots(source, opened);
+      const { listing, orphans } = slotsReport(found, targets.length === 0 ? 'any target (this window has no syncs)' : `the targets of this window's syncs (${targets.join(', ')})`);
+      const text = [`-- Replication slots of Postgres Live Sync on ${connection}`, ...listing.map((l) => `-- ${l}`), ...orphans].join('\n');
+      const doc = await vscode.workspace.openTextDocument({ language: 'sql', content: `${text}\n` });
+      await vscode.window.showTextDocument(doc, { preview: false });
+    } finally {
+      await Promise.all(opened.map((t) => t.client.end()));
+      await source.end();
+    }
   }
 
   /** Whether the target has applied everything the source wrote before `lsn` (the slot confirms it). */

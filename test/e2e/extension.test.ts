@@ -294,7 +294,7 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     await saveReadmeScreenshot('panel-streaming');
   });
 
-  step('Guided Cutover while streaming: writes stopped, caught up, sequences, verify, then the sync kept', async () => {
+  step('Guided Cutover while streaming: writes stopped, caught up, sequences, verify, then the sync kept; List Sync Slots', async () => {
     await w().runCommand('Guided Cutover');
     assert.match(await w().clickDialogButton('Writes Are Stopped'), new RegExp(`Cutover of sync ${SYNC} \\(1/5\\): stop writes`));
     // The report of verify opens in an editor once every table has been compared.
@@ -303,6 +303,10 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     await w().waitForNotification(new RegExp(`Cutover of sync ${SYNC} stopped before the drop`));
     const slots = await src().query('postgres', `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, [SLOT]);
     assert.deepEqual(slots.rows, [{ active: true }], 'the sync goes on');
+    // The slots on the source, with the sync that owns each.
+    await w().runCommand('List Sync Slots');
+    await w().pick('source', /List Sync Slots/);
+    await w().waitForEditorText(new RegExp(`-- ${SLOT} +yes .*subscription ${SYNC} on target`));
     await w().runCommand('Show Sync Progress');
   });
 

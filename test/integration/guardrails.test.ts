@@ -76,7 +76,7 @@ describe('slot guardrails', () => {
     const listed = await runCli(['slots', '--source', sourceUrl, '--target', targetUrl]);
     assert.equal(listed.code, 0, listed.stderr);
     assert.match(listed.stdout, /pg_live_sync_guard_owned +yes .*subscription guard_owned on 127\.0\.0\.1:\d+\//, listed.stdout);
-    assert.match(listed.stdout, /pg_live_sync_ghost +no .*none of the targets given/);
+    assert.match(listed.stdout, /pg_live_sync_ghost +no .*none of the targets known/);
     assert.doesNotMatch(listed.stdout, /someone_elses/, 'slots of other tools are not ours to list');
     const drops = listed.stdout.split('\n').filter((l) => l.startsWith('SELECT pg_drop_replication_slot'));
     assert.deepEqual(drops, [
