@@ -381,7 +381,8 @@ class Planner {
       for (const on of [` ON ONLY ${printed} USING `, ` ON ${printed} USING `]) {
         const at = def.indexOf(on);
         if (at === -1) continue;
-        this.plan.optional.push(`${def.slice(0, at)}${on.replace(printed, targetName)}${def.slice(at + on.length)};`);
+        // Not ONLY: pg_get_indexdef says it of a partitioned table's index, which would then cover no partition.
+        this.plan.optional.push(`${def.slice(0, at)} ON ${targetName} USING ${def.slice(at + on.length)};`);
         break;
       }
     }

@@ -45,6 +45,7 @@ const SOURCE_SCHEMA = `
   CREATE TABLE measurements (id bigint, at date NOT NULL, v double precision, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
   CREATE TABLE m_2024 PARTITION OF measurements FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
   CREATE TABLE m_rest PARTITION OF measurements DEFAULT;
+  CREATE INDEX measurements_v ON measurements (v);
   CREATE TABLE "Größe ✓" ("ID ✓" serial PRIMARY KEY, "Wert" text);
   CREATE TABLE renamed_src (id int PRIMARY KEY, v text, ref int REFERENCES "Größe ✓" ("ID ✓"));
   CREATE PUBLICATION pub FOR TABLE app.people, app.orders, measurements, "Größe ✓", renamed_src WITH (publish_via_partition_root = true);`;
@@ -80,8 +81,15 @@ describe('create-tables', () => {
       UPDATE app.people SET name = 'renamed' WHERE id = 3;
       INSERT INTO measurements VALUES (1000, '2030-01-01', 1);
       DELETE FROM app.orders WHERE id <= 5;`);
+    // A table joining the publication while the sync runs is created too, with a type it shares.
+    await pair.source.query(db, `
+      CREATE TABLE app.late (id int PRIMARY KEY, m app.mood NOT NULL);
+      INSERT INTO app.late SELECT g, 'ok' FROM generate_series(1, 7) g;
+      ALTER PUBLICATION pub ADD TABLE app.late;`);
+    await waitAllReady(pair.target, db, sub, 6, 90_000).catch((err) => assert.fail(`${err}\n${tail(run.output())}`));
+    await pair.source.query(db, `INSERT INTO app.late VALUES (8, 'sad')`);
     await waitCaughtUp(pair, db, sub, 60_000, run);
-    for (const [s, t] of TABLES) assert.ok(await sameContents(pair, db, s, t), `${s} -> ${t} differs\n${tail(run.output())}`);
+    for (const [s, t] of [...TABLES, ['app.late', 'app.late']]) assert.ok(await sameContents(pair, db, s, t), `${s} -> ${t} differs\n${tail(run.output())}`);
     const out = run.output();
     assert.equal(await run.stop(), 0, tail(out));
     assert.match(out, /created target table "analytics"\."renamed_dst" for "public"\."renamed_src"/);
@@ -130,6 +138,11 @@ describe('create-tables', () => {
     assert.match(dry.stdout, /^-- CREATE UNIQUE INDEX people_email ON "app"\."people" USING btree \(lower\(email\)\);$/m);
     assert.equal((await pair.target.query(db, `SELECT count(*)::int AS n FROM pg_namespace WHERE nspname IN ('app', 'analytics')`)).rows[0].n, 0, 'a dry run creates nothing');
     await pair.target.query(db, dry.stdout);
+    // The printed index of a partitioned table, run as printed, covers its partitions.
+    const index = /^-- (CREATE INDEX measurements_v .*)$/m.exec(dry.stdout)?.[1];
+    assert.ok(index, dry.stdout);
+    await pair.target.query(db, index);
+    assert.equal((await pair.target.query(db, `SELECT count(*)::int AS n FROM pg_indexes WHERE tablename IN ('m_2024', 'm_rest') AND indexdef LIKE '%USING btree (v)'`)).rows[0].n, 2);
     const check = await runCli(['check', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--table-map', MAP]);
     assert.equal(check.code, 0, check.stdout + check.stderr);
     const again = await runCli(args);
