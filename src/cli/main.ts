@@ -19,6 +19,8 @@ import { describeSequence, sequenceSql, syncSequencesOfSync } from '../engine/se
 import { DDL_KINDS, type DdlKind } from '../engine/drift';
 import { ensureStateSchema, requestResync, resyncPending } from '../engine/state';
 import { parseTableMap, parseTableName } from '../engine/tablemap';
+import { applyCreatePlan, createPlanSql, planCreateTables } from '../engine/schema';
+import { listPublishedTables, publicationsMissing } from '../engine/catalog';
 import { statusToJson, type FromEngine, type ToEngine } from './ipc';
 import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
 import { formatBytes, formatColumns, formatCount } from '../engine/units';
@@ -41,7 +43,7 @@ const COMMANDS: Record<string, CommandHelp> = {
   run: {
     synopsis: `pg-live-sync run    --source URL --target URL --publication NAME [--publication NAME]...
                     --subscription NAME [--table-map JSON]... [--table-sync-workers N]
-                    [--copy-data true|false] [--apply-ddl add-column]`,
+                    [--copy-data true|false] [--apply-ddl add-column] [--create-tables]`,
     about: 'Checks everything, creates the slot, copies the tables, then streams changes until SIGINT or SIGTERM; run it again to resume.',
     flags: [
       SOURCE_FLAG, TARGET_FLAG, PUBLICATION_FLAG,
@@ -50,6 +52,16 @@ const COMMANDS: Record<string, CommandHelp> = {
       ['--table-sync-workers N', 'tables copied at once, 1 to 64 (default 4)'],
       ['--copy-data true|false', 'false: skip the initial copy, sync only later changes (default true)'],
       ['--apply-ddl add-column', 'add a column added on the source to the target as it streams by (default: that table stops with the ALTER to run)'],
+      ['--create-tables', 'first create the target tables that are missing, as create-tables does (default: a missing table is an error)'],
+    ],
+  },
+  'create-tables': {
+    synopsis: `pg-live-sync create-tables --source URL --target URL --publication NAME [--publication NAME]...
+                    [--table-map JSON]... [--dry-run]`,
+    about: "Creates the published tables the target lacks, from the source's catalog: schemas, enum, domain and composite types, columns with NOT NULL, defaults, identity and generated columns, primary keys, partitions. Prints the other indexes and constraints as SQL to choose from; never creates an extension.",
+    flags: [
+      SOURCE_FLAG, TARGET_FLAG, PUBLICATION_FLAG, TABLE_MAP_FLAG,
+      ['--dry-run', 'print the DDL (a script for psql) instead of running it'],
     ],
   },
   status: {
@@ -163,6 +175,7 @@ async function run(args: string[]): Promise<number> {
     'table-sync-workers': { type: 'string' },
     'copy-data': { type: 'string' },
     'apply-ddl': { type: 'string', multiple: true },
+    'create-tables': { type: 'boolean' },
   });
   const publications = (v.publication as string[] | undefined) ?? [];
   if (publications.length === 0) throw new UsageError('missing --publication');
@@ -186,6 +199,7 @@ async function run(args: string[]): Promise<number> {
       tableSyncWorkers: workers,
       copyData: copyDataText === 'true',
       applyDdl: applyDdl as DdlKind[],
+      createTables: v['create-tables'] === true,
     },
     { log, onStatus: progressReporter() },
   );
@@ -493,6 +507,44 @@ async function check(args: string[]): Promise<number> {
   }
 }
 
+/** Creates the missing target tables (or prints the DDL), then the optional SQL on stdout. */
+async function createTables(args: string[]): Promise<number> {
+  const v = parse(args, {
+    source: { type: 'string' },
+    target: { type: 'string' },
+    publication: { type: 'string', multiple: true },
+    'table-map': { type: 'string', multiple: true },
+    'dry-run': { type: 'boolean' },
+  });
+  const publications = (v.publication as string[] | undefined) ?? [];
+  if (publications.length === 0) throw new UsageError('missing --publication');
+  const tableMaps = ((v['table-map'] as string[] | undefined) ?? []).map(parseTableMap);
+  const dryRun = v['dry-run'] === true;
+  const sourceEp = { url: required((v.source as string | undefined) ?? process.env.SOURCE, 'source', 'SOURCE'), role: 'source' as const };
+  const target = await connect({ url: required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET'), role: 'target' });
+  try {
+    const source = await connect(sourceEp);
+    const plan = await (async () => {
+      const missing = await publicationsMissing(source, publications);
+      if (missing.length > 0) throw new SyncError(`publication ${missing.map((p) => `"${p}"`).join(', ')} does not exist on the source ${describeEndpoint(sourceEp.url)}; fix --publication`, 'check');
+      return planCreateTables(source, target, await listPublishedTables(source, publications), tableMaps);
+    })().finally(() => source.end());
+    if (plan.errors.length > 0) throw new CheckError(plan.errors.map((f) => f.message));
+    if (dryRun) {
+      process.stdout.write(createPlanSql(plan));
+    } else {
+      await applyCreatePlan(target, plan);
+      for (const t of plan.tables) log('info', `created ${qualified(t.target.schema, t.target.table)} for ${tableKey(t.source.schema, t.source.table)}`);
+      for (const n of plan.notes) log('warn', n);
+      process.stdout.write(createPlanSql({ ...plan, tables: [], notes: [], statements: [] }));
+    }
+    log('info', `create-tables: ${plan.tables.length} table(s) ${dryRun ? 'to create' : 'created'}, ${plan.optional.length} other index(es) and constraint(s) not created${plan.optional.length > 0 ? ' (on stdout, commented out)' : ''}`);
+    return 0;
+  } finally {
+    await target.end();
+  }
+}
+
 /** One line per target sequence: what it was set to and why; exit 0. */
 async function syncSequencesCommand(args: string[]): Promise<number> {
   const v = parse(args, { subscription: { type: 'string' }, source: { type: 'string' }, target: { type: 'string' }, 'dry-run': { type: 'boolean' } });
@@ -604,6 +656,8 @@ async function main(argv: string[]): Promise<number> {
         return await slots(args);
       case 'sync-sequences':
         return await syncSequencesCommand(args);
+      case 'create-tables':
+        return await createTables(args);
       case 'serve-ipc':
         return await serveIpc();
       case undefined:

@@ -117,6 +117,13 @@ async function copyOneTable(plan: CopyPlan, source: pg.Client, target: pg.Client
     if (plan.signal.aborted) throw err;
     throw new SyncError(`copy of ${sourceName} into ${targetName} failed: ${errorMessage(err)}; fix the target table (types and constraints must accept the source rows) and run again`, 'copy');
   }
+  // A freshly filled table has no statistics until autovacuum gets to it, and the planner meanwhile
+  // guesses badly; a sample of it costs little next to the copy. The copy stands if this fails.
+  try {
+    await target.query(`ANALYZE ${targetName}`);
+  } catch (err) {
+    plan.log('warn', `ANALYZE ${targetName} after its copy failed: ${errorMessage(err)}; run it on the target yourself`);
+  }
 }
 
 export function rowCounter(t: SyncedTable): RowCounter {

@@ -13,6 +13,7 @@ import { copyTables, type CopyProgress } from './copy';
 import { CheckError, errorMessage, isTransient, retryMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, type Lsn } from './lsn';
 import { checkSource, checkTarget, type Finding } from './precheck';
+import { applyCreatePlan, planCreateTables } from './schema';
 import {
   createSlotWithSnapshot, dropSlotIfExists, dropTableSyncSlots, notOwnedSlots, slotInfo, slotNameFor, subscriptionSlots, tableSyncSlotName,
   validateSubscriptionName,
@@ -129,6 +130,10 @@ export class SyncEngine {
       target = await connect(this.target);
       const fresh = !(await stateSchemaExists(target)) || (await loadSubscription(target, options.subscription)) === null;
       const src = await checkSource(source, this.source, options.publications, options.subscription);
+      if (options.createTables) {
+        refuseOnErrors(src.findings, fresh);
+        await this.createMissingTables(src.published, { source, target });
+      }
       const tgt = await checkTarget(target, this.target, src.published, options.tableMaps, { source, freshStart: fresh });
       const findings = [...src.findings, ...tgt.findings];
       // On a fresh start every problem is bad input. Once running, a table's own problem puts
@@ -694,6 +699,30 @@ export class SyncEngine {
     }
   }
 
+  /**
+   * --create-tables: creates what the target lacks for these tables in one transaction, or
+   * refuses (nothing created) naming what the user must do first. Without clients it uses
+   * connections of its own, as the engine's are shared by tasks running meanwhile.
+   */
+  private async createMissingTables(published: PublishedTable[], clients?: { source: pg.Client; target: pg.Client }): Promise<void> {
+    const source = clients?.source ?? (await connect(this.source));
+    try {
+      const target = clients?.target ?? (await connect(this.target));
+      try {
+        const plan = await planCreateTables(source, target, published, this.options.tableMaps);
+        if (plan.errors.length > 0) throw new CheckError(plan.errors.map((f) => f.message));
+        await applyCreatePlan(target, plan);
+        for (const t of plan.tables) this.hooks.log('info', `created target table ${qualified(t.target.schema, t.target.table)} for ${tableKey(t.source.schema, t.source.table)} (--create-tables)`);
+        for (const n of plan.notes) this.hooks.log('warn', n);
+        for (const s of plan.optional) this.hooks.log('info', `not created, run it on the target if wanted: ${s}`);
+      } finally {
+        if (!clients) await target.end().catch(() => undefined);
+      }
+    } finally {
+      if (!clients) await source.end().catch(() => undefined);
+    }
+  }
+
   private queueJob(published: PublishedTable): void {
     const key = tableKey(published.schema, published.table);
     const job = this.jobs.get(key);
@@ -779,6 +808,7 @@ export class SyncEngine {
       if (pub.publishesUpdateOrDelete && !pub.hasUsableIdentity) {
         throw new SyncError(`table ${key} has no usable replica identity, so its UPDATEs and DELETEs cannot be replicated; on the source run: ${replicaIdentityFix(pub)}`, 'replica_identity');
       }
+      if (options.createTables) await this.createMissingTables([pub]);
       let check = await checkTarget(stateClient, this.target, [pub], options.tableMaps);
       const drift = check.driftOnly.get(key);
       if (drift) {

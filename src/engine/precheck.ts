@@ -160,7 +160,7 @@ export async function checkTarget(
     const cols = await targetColumns(client, target);
     if (!cols) {
       const quotedForShell = sourceName.replace(/'/g, "'\\''");
-      tableError(`target table ${targetName} (for source table ${sourceName}) does not exist on the target ${where}; create it first, for example: pg_dump --schema-only -t '${quotedForShell}' "$SOURCE" | psql "$TARGET"`);
+      tableError(`target table ${targetName} (for source table ${sourceName}) does not exist on the target ${where}; run with --create-tables to have it created from the source (or pg-live-sync create-tables), or create it first, for example: pg_dump --schema-only -t '${quotedForShell}' "$SOURCE" | psql "$TARGET"`);
       continue;
     }
     const byName = new Map(cols.map((c) => [c.name, c]));

@@ -10,6 +10,8 @@ export interface SyncOptions {
   tableMaps: TableMap[];
   tableSyncWorkers: number;
   copyData: boolean;
+  /** Create the target tables (and the types, schemas, sequences they need) the target lacks (schema.ts); default false. */
+  createTables?: boolean;
   /** Source DDL to apply to the target as it streams by (drift.ts); default none. */
   applyDdl?: DdlKind[];
   /** Where the user fixes each URL, for errors (the extension names its connections); default the CLI flags. */
