@@ -4,6 +4,7 @@
  */
 import type { StatusJson } from '../cli/ipc';
 import { tableKey } from '../engine/connection';
+import { DDL_KINDS, type DdlKind } from '../engine/drift';
 import { formatBytes } from '../engine/units';
 import { formatLsn } from '../engine/lsn';
 import type { SyncReport } from '../engine/report';
@@ -23,6 +24,10 @@ export interface SyncDefinition {
   tableMaps: unknown[];
   tableSyncWorkers: number;
   copyData: boolean;
+  /** Create the published tables the target lacks before copying (`run --create-tables`). */
+  createTables: boolean;
+  /** Source DDL applied to the target as it streams by (`run --apply-ddl`). */
+  applyDdl: DdlKind[];
   /** Run elsewhere (the CLI on a server); this window only reads the target's state. */
   attach: boolean;
 }
@@ -39,6 +44,8 @@ export function sanitizeSyncDefinition(raw: unknown): SyncDefinition | null {
     tableMaps: Array.isArray(r.tableMaps) ? r.tableMaps : [],
     tableSyncWorkers: typeof r.tableSyncWorkers === 'number' && Number.isInteger(r.tableSyncWorkers) ? r.tableSyncWorkers : 4,
     copyData: r.copyData !== false,
+    createTables: r.createTables === true,
+    applyDdl: Array.isArray(r.applyDdl) ? r.applyDdl.filter((k): k is DdlKind => (DDL_KINDS as readonly unknown[]).includes(k)) : [],
     attach: r.attach === true,
   };
 }

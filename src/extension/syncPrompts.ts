@@ -65,15 +65,16 @@ export async function askNewSync(connections: ConnectionStore, taken: string[], 
   if (workers === undefined) return undefined;
   const copy = await vscode.window.showQuickPick(
     [
-      { label: 'Copy existing rows, then stream changes', copyData: true },
-      { label: 'Stream changes only', copyData: false, detail: 'the target already holds the rows' },
+      { label: 'Copy existing rows, then stream changes', copyData: true, createTables: false },
+      { label: 'Create missing target tables, copy existing rows, then stream changes', copyData: true, createTables: true, detail: 'types, columns, keys and partitions from the source; other indexes are logged as SQL to choose' },
+      { label: 'Stream changes only', copyData: false, createTables: false, detail: 'the target already holds the rows' },
     ],
     { title: `${title} (7/7): initial copy`, ignoreFocusOut: true },
   );
   if (!copy) return undefined;
   return {
     name, source, target, publications: picked.map((p) => p.label), tableMaps: parseMaps(mapText),
-    tableSyncWorkers: Number(workers), copyData: copy.copyData, attach: false,
+    tableSyncWorkers: Number(workers), copyData: copy.copyData, createTables: copy.createTables, applyDdl: [], attach: false,
   };
 }
 
@@ -109,7 +110,7 @@ export async function askAttach(connections: ConnectionStore): Promise<SyncDefin
   if (!sourcePick) return undefined;
   return {
     name: sub.label, source: sourcePick.label === none ? '' : sourcePick.label, target,
-    publications: sub.publications, tableMaps: [], tableSyncWorkers: 4, copyData: true, attach: true,
+    publications: sub.publications, tableMaps: [], tableSyncWorkers: 4, copyData: true, createTables: false, applyDdl: [], attach: true,
   };
 }
 

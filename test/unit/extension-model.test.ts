@@ -503,12 +503,14 @@ describe('sync model: describeActivity and severity', () => {
 describe('sync model: sanitizeSyncDefinition', () => {
   it('fills defaults and drops what is not the right type', () => {
     assert.deepEqual(sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b' }), {
-      name: 's', source: 'a', target: 'b', publications: [], tableMaps: [], tableSyncWorkers: 4, copyData: true, attach: false,
+      name: 's', source: 'a', target: 'b', publications: [], tableMaps: [], tableSyncWorkers: 4, copyData: true, createTables: false, applyDdl: [], attach: false,
     });
     assert.deepEqual(
       sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b', publications: ['p', 3, 'q'], tableMaps: 'x', tableSyncWorkers: 2.5, copyData: 'no', attach: 'yes' }),
-      { name: 's', source: 'a', target: 'b', publications: ['p', 'q'], tableMaps: [], tableSyncWorkers: 4, copyData: true, attach: false },
+      { name: 's', source: 'a', target: 'b', publications: ['p', 'q'], tableMaps: [], tableSyncWorkers: 4, copyData: true, createTables: false, applyDdl: [], attach: false },
     );
+    const ddl = sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b', createTables: true, applyDdl: ['add-column', 'drop-table', 7] });
+    assert.deepEqual([ddl?.createTables, ddl?.applyDdl], [true, ['add-column']], 'only known DDL kinds are kept');
     const kept = sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b', tableMaps: [{ source: {}, target: {} }], tableSyncWorkers: 8, copyData: false, attach: true });
     assert.deepEqual([kept?.tableMaps.length, kept?.tableSyncWorkers, kept?.copyData, kept?.attach], [1, 8, false, true]);
   });
