@@ -107,6 +107,9 @@ const RETRYABLE: Record<string, string> = {
   '53100': 'disk full',
   '53200': 'out of memory',
   '53300': 'too many connections',
+  // The precheck refuses a slot another run uses; here it is a session still letting go of it
+  // (a walsender of a killed run, `status` peeking at a stopped sync's slot).
+  '55006': 'replication slot still in use by another session',
 };
 
 /** Connection trouble or a transient server condition, as opposed to a problem someone must fix. */
