@@ -143,10 +143,10 @@ async function nativeDrain(pair: Pair, w: Workload): Promise<number> {
   return s;
 }
 
-async function oursDrain(pair: Pair, w: Workload, env: Record<string, string>): Promise<number> {
+async function oursDrain(pair: Pair, w: Workload, nodeArgs: string[]): Promise<number> {
   const { db, sourceUrl, targetUrl } = await prepare(pair, 'dours', w);
   const args = ['run', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', 'dours', '--copy-data', 'false'];
-  let run: CliRun = startCli(args, env);
+  let run: CliRun = startCli(args, {}, nodeArgs);
   await waitAllReady(pair.target, db, 'dours', w.tables.length);
   let t0: bigint | null = null;
   if (w.live) {
@@ -155,7 +155,7 @@ async function oursDrain(pair: Pair, w: Workload, env: Record<string, string>): 
   } else {
     await run.stop();
     await write(pair, db, w);
-    run = startCli(args, env);
+    run = startCli(args, {}, nodeArgs);
     await waitFor('our slot active again', () => slotIsActive(pair, db, 'pg_live_sync_dours', true), 60_000, 5);
     t0 = process.hrtime.bigint();
   }
@@ -172,10 +172,10 @@ export interface DrainResult {
   ours: number;
 }
 
-export async function benchDrain(pair: Pair, kind: DrainCase, env: Record<string, string> = {}): Promise<DrainResult> {
+export async function benchDrain(pair: Pair, kind: DrainCase, nodeArgs: string[] = []): Promise<DrainResult> {
   const w = workload(kind);
   const native = await nativeDrain(pair, w);
-  const ours = await oursDrain(pair, w, env);
+  const ours = await oursDrain(pair, w, nodeArgs);
   return { kind, changes: w.changes, native, ours };
 }
 
@@ -195,9 +195,9 @@ if (require.main === module) {
   (async () => {
     const pair = await startPair();
     try {
-      // e.g. BENCH_CLI_NODE_OPTIONS='--cpu-prof --cpu-prof-dir=/tmp/prof' profiles our side.
-      const env: Record<string, string> = process.env.BENCH_CLI_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_CLI_NODE_OPTIONS } : {};
-      for (const k of kinds) process.stdout.write(drainLine(await benchDrain(pair, k, env)));
+      // e.g. BENCH_CLI_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' profiles our side.
+      const nodeArgs = process.env.BENCH_CLI_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+      for (const k of kinds) process.stdout.write(drainLine(await benchDrain(pair, k, nodeArgs)));
     } finally {
       pair.stop();
     }
