@@ -13,7 +13,7 @@
  * BENCH_DRAIN_ROWS (inserts, default 1,000,000), BENCH_MIX_TXNS (default 100,000) and
  * BENCH_BIG_ROWS (default 2,000,000); smaller ones make a quick iteration loop.
  */
-import { freshDatabases, sameContents, startCli, startPair, waitAllReady, waitFor, type CliRun, type Pair } from '../harness/sync';
+import { freshDatabases, pg, sameContents, startCli, startPair, waitAllReady, waitFor, type CliRun, type Pair } from '../harness/sync';
 
 export const DRAIN_ROWS = Number(process.env.BENCH_DRAIN_ROWS ?? 1_000_000);
 export const MIX_TXNS = Number(process.env.BENCH_MIX_TXNS ?? 100_000);
@@ -94,15 +94,22 @@ function workload(kind: DrainCase): Workload {
 const seconds = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e9;
 
 async function markerArrived(pair: Pair, db: string, w: Workload, what: string, t0: () => bigint | null): Promise<number> {
-  let end = 0;
-  await waitFor(what, async () => {
-    const start = t0();
-    if (start === null) return false;
-    const hit = (await pair.target.query(db, w.marker)).rows.length > 0;
-    if (hit) end = seconds(start);
-    return hit;
-  }, 1_800_000, 10);
-  return end;
+  // One connection for all the polls: a new one each time would cost both sides CPU (SCRAM, fork).
+  const client = new pg.Client({ connectionString: pair.target.url(db) });
+  await client.connect();
+  try {
+    let end = 0;
+    await waitFor(what, async () => {
+      const start = t0();
+      if (start === null) return false;
+      const hit = (await client.query(w.marker)).rows.length > 0;
+      if (hit) end = seconds(start);
+      return hit;
+    }, 1_800_000, 10);
+    return end;
+  } finally {
+    await client.end();
+  }
 }
 
 async function slotIsActive(pair: Pair, db: string, slot: string, active: boolean): Promise<boolean> {
