@@ -25,7 +25,7 @@
  * while the target executes it; results are awaited before COMMIT (or when one is needed), the
  * first failure is the one reported (what follows it fails only because the transaction is
  * aborted), and the group is rolled back as before. At most BATCH_BYTES of values are queued and
- * 2 x BATCH_BYTES in flight, whatever the size of a transaction.
+ * as much again in flight, whatever the size of a transaction.
  */
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
@@ -41,7 +41,7 @@ const BATCH_ROWS = 5000;
 const BATCH_BYTES = 8 * 1024 * 1024;
 /** Statements handed to the connection and not yet answered: enough to keep the target busy. */
 const MAX_IN_FLIGHT = 64;
-const MAX_IN_FLIGHT_BYTES = 2 * BATCH_BYTES;
+const MAX_IN_FLIGHT_BYTES = BATCH_BYTES;
 
 interface RelationPlan {
   relation: Relation;
@@ -280,11 +280,7 @@ export class Applier {
     for (const [table, queue] of this.queues) {
       if (table === except) continue;
       this.queues.delete(table);
-      for (const b of queue) {
-        this.queuedRows -= b.rows.length;
-        this.queuedBytes -= b.bytes;
-        await this.send(b);
-      }
+      await this.sendQueue(queue);
     }
   }
 
@@ -292,7 +288,12 @@ export class Applier {
     const queue = this.queues.get(plan.targetName);
     if (!queue) return;
     this.queues.delete(plan.targetName);
-    for (const b of queue) {
+    await this.sendQueue(queue);
+  }
+
+  private async sendQueue(queue: Batch[]): Promise<void> {
+    // Taken off the queue as sent, so a sent batch's rows are not held while later ones wait.
+    for (let b = queue.shift(); b; b = queue.shift()) {
       this.queuedRows -= b.rows.length;
       this.queuedBytes -= b.bytes;
       await this.send(b);
@@ -351,9 +352,11 @@ export class Applier {
     } else {
       sql = `DELETE FROM ${plan.targetName} AS t USING ${source} WHERE ${keyMatch}`;
     }
+    // The answer's handler keeps only counts: the rows are free once their statement is built.
+    const { op, bytes } = b;
     const n = b.rows.length;
-    await this.pipeline(plan, b.op, b.bytes, () => this.target.query(sql, params), (r) => {
-      if ((r.rowCount ?? 0) < n) this.missingRows(b.op, plan, n - (r.rowCount ?? 0));
+    await this.pipeline(plan, op, bytes, () => this.target.query(sql, params), (r) => {
+      if ((r.rowCount ?? 0) < n) this.missingRows(op, plan, n - (r.rowCount ?? 0));
     });
   }
 
@@ -374,10 +377,11 @@ export class Applier {
       lines[r] = line;
     }
     const data = lines.join('\n') + '\n';
+    const n = rows.length;
     await this.pipeline(plan, 'insert', bytes, () => new Promise<pg.QueryResult>((resolve, reject) => {
       const stream = this.target.query(copyFrom(`COPY ${plan.targetName} (${plan.columns.join(', ')}) FROM STDIN`));
       stream.on('error', reject);
-      stream.on('finish', () => resolve({ rowCount: rows.length } as pg.QueryResult));
+      stream.on('finish', () => resolve({ rowCount: n } as pg.QueryResult));
       stream.end(data);
     }), () => undefined);
   }
