@@ -4,6 +4,7 @@
  * Results are ratios: this machine is shared and noisy, absolute numbers mean little.
  */
 import { execSync } from 'node:child_process';
+import { benchDrain, drainLine, DRAIN_ROWS, type DrainCase } from './bench/drain';
 import { serverBinariesMissing } from './harness/cluster';
 import { freshDatabases, sameContents, startCli, startPair, waitAllReady, waitCaughtUp, waitFor, type Pair } from './harness/sync';
 
@@ -74,10 +75,15 @@ async function main(): Promise<void> {
   if (missing) throw new Error(missing);
   const pair = await startPair();
   try {
-    process.stdout.write(`rows: copy ${ROWS.toLocaleString('en')}, stream ${STREAM_ROWS.toLocaleString('en')} (lower ratio is better; 1.00 = as fast as the baseline)\n`);
-    line('initial copy (incl. slot, checks)', 'psql COPY|COPY', await benchCopy(pair), ROWS, 'rows');
-    line('stream, one big transaction', 'native sub', await benchStream(pair, 'one transaction'), STREAM_ROWS * 1.7, 'changes');
-    line('stream, 100-row transactions', 'native sub', await benchStream(pair, 'small transactions'), STREAM_ROWS, 'changes');
+    // `npm run bench -- drain` runs only the drain cases (test/bench/drain.ts has their sizes).
+    if (process.argv[2] !== 'drain') {
+      process.stdout.write(`rows: copy ${ROWS.toLocaleString('en')}, stream ${STREAM_ROWS.toLocaleString('en')} (lower ratio is better; 1.00 = as fast as the baseline)\n`);
+      line('initial copy (incl. slot, checks)', 'psql COPY|COPY', await benchCopy(pair), ROWS, 'rows');
+      line('stream, one big transaction', 'native sub', await benchStream(pair, 'one transaction'), STREAM_ROWS * 1.7, 'changes');
+      line('stream, 100-row transactions', 'native sub', await benchStream(pair, 'small transactions'), STREAM_ROWS, 'changes');
+    }
+    process.stdout.write(`drain: ${DRAIN_ROWS.toLocaleString('en')} rows backlog etc. (higher speed is better; 1.00x = as fast as native)\n`);
+    for (const kind of ['inserts', 'mix', 'big'] as DrainCase[]) process.stdout.write(drainLine(await benchDrain(pair, kind)));
   } finally {
     pair.stop();
   }

@@ -3,15 +3,33 @@
  * into target transactions (the checkpoint stage closes a group); a group never splits a source
  * transaction, so each source transaction is atomic on the target.
  *
- * Runs of the same operation on the same table are applied together, one round trip for up to
+ * Runs of the same operation on the same table are applied together, one statement for up to
  * BATCH_ROWS changes: inserts through COPY, updates and deletes as one set-based statement over
  * `unnest()` of text arrays, each value cast to its target column's type by the type's own input
- * function, as a parameter would be. Only one batch (at most BATCH_BYTES of values) is held in
- * memory, whatever the size of a transaction.
+ * function, as a parameter would be.
+ *
+ * Within a group, each target table keeps its own queue of batches, in its own order, so changes
+ * to other tables in between do not cut a table's runs short (a pgbench transaction touches four
+ * tables: applied in strict order that is four statements per transaction). This reorders changes
+ * only between different tables inside one target transaction, which commits whole with its
+ * applied_lsn: no other session can see the difference, and on the apply connection
+ * (session_replication_role = replica) neither foreign keys nor ordinary triggers run, which are
+ * the only ways one table's change can depend on another's. A table with triggers or rules that
+ * do run there (ENABLE ALWAYS / REPLICA) is applied in strict order with every other table.
+ * Within a table the order is kept, with two exceptions that give the same rows: a second update of
+ * a row in the same batch with the same columns replaces the first, and a delete joins an earlier
+ * delete batch when no batch after that touched its key (removing a row earlier cannot make an
+ * insert or update of other rows fail).
+ *
+ * Statements are pipelined: a batch is handed to the connection and the next one is prepared
+ * while the target executes it; results are awaited before COMMIT (or when one is needed), the
+ * first failure is the one reported (what follows it fails only because the transaction is
+ * aborted), and the group is rolled back as before. At most BATCH_BYTES of values are queued and
+ * as much again in flight, whatever the size of a transaction.
  */
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
-import { targetColumns } from './catalog';
+import { firesOnReplica, targetColumns } from './catalog';
 import { emptyTables, qualified, quoteIdent, tableKey } from './connection';
 import { errorMessage, isTransient, SyncError } from './errors';
 import type { Lsn } from './lsn';
@@ -19,8 +37,11 @@ import { UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './strea
 import type { Logger, SyncedTable } from './types';
 
 const BATCH_ROWS = 5000;
-/** A batch of wide rows flushes early: memory stays bounded whatever the values' size. */
+/** Queued batches are sent early when wide: memory stays bounded whatever the values' size. */
 const BATCH_BYTES = 8 * 1024 * 1024;
+/** Statements handed to the connection and not yet answered: enough to keep the target busy. */
+const MAX_IN_FLIGHT = 64;
+const MAX_IN_FLIGHT_BYTES = BATCH_BYTES;
 
 interface RelationPlan {
   relation: Relation;
@@ -38,6 +59,8 @@ interface RelationPlan {
   identityOutsideKey: boolean;
   /** Quoted target columns the source does not send (generated ones excluded): kept when a row is replaced. */
   targetOnly: string[];
+  /** Triggers or rules run on the apply connection: keep strict order with the other tables. */
+  ordered: boolean;
 }
 
 /** Consecutive changes that one statement can apply: same table, same operation, same shape. */
@@ -48,8 +71,11 @@ interface Batch {
   shape: string;
   rows: Tuple[];
   bytes: number;
-  /** For updates: keys in the batch; a second change to the same row starts a new batch. */
-  keys: Set<string>;
+  /**
+   * Key of each row -> its index in rows; kept for updates and deletes, and for inserts once a
+   * delete needs to know whether it may go before them (null until then).
+   */
+  keys: Map<string, number> | null;
 }
 
 /** The uncommitted work on the target: what a checkpoint will make durable. */
@@ -82,7 +108,16 @@ export class Applier {
   private readonly relations = new Map<number, Relation>();
   private readonly plans = new Map<number, RelationPlan | null>();
   private readonly tables = new Map<string, TableMode>();
-  private batch: Batch | null = null;
+  /** Per target table, its batches not yet sent, in order. */
+  private readonly queues = new Map<string, Batch[]>();
+  private queuedRows = 0;
+  private queuedBytes = 0;
+  /** A table with `ordered` has queued batches: every other table's change sends them first. */
+  private orderedQueued = false;
+  private readonly inFlight: { done: Promise<void>; bytes: number }[] = [];
+  private inFlightBytes = 0;
+  /** The first statement of the group that failed; the target transaction is aborted. */
+  private failure: unknown = null;
   private skipping = false;
   private inSource = false;
   private finalLsn: Lsn = 0n;
@@ -163,7 +198,7 @@ export class Applier {
         const shape = change.new.map((v) => (v === UNCHANGED_TOAST ? '0' : '1')).join('');
         // A key change (old key sent) or FULL identity needs the old values: one row at a time.
         if (plan.full || change.key || plan.keyIndexes.length === 0 || plan.identityOutsideKey) {
-          await this.flush();
+          await this.sendBefore(plan);
           return this.updateOne(plan, change.key ?? change.old ?? change.new, change.new);
         }
         return this.add('update', plan, shape, change.new, this.keyOf(plan, change.new));
@@ -174,10 +209,10 @@ export class Applier {
         const identity = change.key ?? change.old;
         if (!identity) throw new Error(`pgoutput sent a DELETE on ${plan.targetName} without an old key`);
         if (plan.full || plan.keyIndexes.length === 0) {
-          await this.flush();
+          await this.sendBefore(plan);
           return this.deleteOne(plan, identity);
         }
-        return this.add('delete', plan, '', identity, null);
+        return this.add('delete', plan, '', identity, this.keyOf(plan, identity));
       }
       case 'truncate': {
         await this.flush();
@@ -193,22 +228,122 @@ export class Applier {
   }
 
   private async add(op: Batch['op'], plan: RelationPlan, shape: string, row: Tuple, key: string | null): Promise<void> {
-    const b = this.batch;
-    if (b && (b.op !== op || b.plan !== plan || b.shape !== shape || (key !== null && b.keys.has(key)))) await this.flush();
-    this.batch ??= { op, plan, shape, rows: [], bytes: 0, keys: new Set() };
-    this.batch.rows.push(row);
-    for (const v of row) if (typeof v === 'string') this.batch.bytes += v.length;
-    if (key !== null) this.batch.keys.add(key);
-    if (this.batch.rows.length >= BATCH_ROWS || this.batch.bytes >= BATCH_BYTES) await this.flush();
+    if (plan.ordered || this.orderedQueued) {
+      await this.sendQueues(plan.targetName);
+      this.orderedQueued = plan.ordered;
+    }
+    let queue = this.queues.get(plan.targetName);
+    if (!queue) this.queues.set(plan.targetName, (queue = []));
+    const last = queue.length > 0 ? queue[queue.length - 1] : null;
+    let b: Batch | null = last && last.op === op && last.plan === plan && last.shape === shape ? last : null;
+    let bytes = 0;
+    for (const v of row) if (typeof v === 'string') bytes += v.length;
+    if (op === 'update' && b) {
+      const at = b.keys!.get(key!);
+      if (at !== undefined) {
+        if (!plan.ordered) {
+          // Same row, same columns set: the later values are what applying both would leave.
+          b.rows[at] = row;
+          return;
+        }
+        b = null;
+      }
+    } else if (op === 'delete' && !plan.ordered) {
+      b = this.deleteBatchFor(queue, plan, key!);
+    }
+    if (!b) queue.push((b = { op, plan, shape, rows: [], bytes: 0, keys: op === 'insert' ? null : new Map() }));
+    if (b.keys) b.keys.set(key ?? this.rowKey(plan, row), b.rows.length);
+    b.rows.push(row);
+    b.bytes += bytes;
+    this.queuedRows++;
+    this.queuedBytes += bytes;
+    if (this.queuedRows >= BATCH_ROWS || this.queuedBytes >= BATCH_BYTES) await this.sendQueues();
   }
 
-  /** Applies the pending batch; the checkpoint calls it before COMMIT. */
+  /**
+   * The batch a delete of `key` joins: the nearest earlier delete batch of the table with no batch
+   * after it touching the key, else a new one at the end.
+   */
+  private deleteBatchFor(queue: Batch[], plan: RelationPlan, key: string): Batch | null {
+    for (let i = queue.length - 1; i >= 0; i--) {
+      const b = queue[i];
+      if (b.plan !== plan) return null;
+      if (b.op === 'delete') return b.keys!.has(key) ? null : b;
+      if (!b.keys) b.keys = new Map(b.rows.map((r, n) => [this.rowKey(plan, r), n]));
+      if (b.keys.has(key)) return null;
+    }
+    return null;
+  }
+
+  /** What must reach the target before a statement of its own on `plan`'s table. */
+  private async sendBefore(plan: RelationPlan): Promise<void> {
+    if (plan.ordered || this.orderedQueued) {
+      await this.sendQueues();
+      this.orderedQueued = false;
+    } else await this.sendTable(plan);
+  }
+
+  /** Hands every queued batch (but those of `except`) to the connection, each table in its order. */
+  private async sendQueues(except?: string): Promise<void> {
+    for (const [table, queue] of this.queues) {
+      if (table === except) continue;
+      this.queues.delete(table);
+      await this.sendQueue(queue);
+    }
+  }
+
+  private async sendTable(plan: RelationPlan): Promise<void> {
+    const queue = this.queues.get(plan.targetName);
+    if (!queue) return;
+    this.queues.delete(plan.targetName);
+    await this.sendQueue(queue);
+  }
+
+  private async sendQueue(queue: Batch[]): Promise<void> {
+    // Taken off the queue as sent, so a sent batch's rows are not held while later ones wait.
+    for (let b = queue.shift(); b; b = queue.shift()) {
+      this.queuedRows -= b.rows.length;
+      this.queuedBytes -= b.bytes;
+      await this.send(b);
+    }
+  }
+
+  /** Applies everything queued and waits for the target's answers; the checkpoint calls it before COMMIT. */
   async flush(): Promise<void> {
-    const b = this.batch;
-    if (!b) return;
-    this.batch = null;
+    await this.sendQueues();
+    this.orderedQueued = false;
+    await this.settle();
+  }
+
+  /** Waits for every statement in flight; throws the group's first failure. */
+  private async settle(): Promise<void> {
+    while (this.inFlight.length > 0) await this.inFlight.shift()!.done;
+    this.inFlightBytes = 0;
+    if (this.failure) throw this.failure;
+  }
+
+  /**
+   * Hands a statement to the connection without waiting for it (pg runs its queue in order);
+   * `then` sees its result. Waits only while too much is in flight.
+   */
+  private async pipeline(plan: RelationPlan, op: string, bytes: number, run: () => Promise<pg.QueryResult>, then: (r: pg.QueryResult) => void): Promise<void> {
+    if (this.failure) throw this.failure;
+    const done = this.exec(plan, op, run).then(then, (err: unknown) => {
+      this.failure ??= err;
+    });
+    this.inFlight.push({ done, bytes });
+    this.inFlightBytes += bytes;
+    while (this.inFlight.length > MAX_IN_FLIGHT || (this.inFlightBytes > MAX_IN_FLIGHT_BYTES && this.inFlight.length > 1)) {
+      const oldest = this.inFlight.shift()!;
+      await oldest.done;
+      this.inFlightBytes -= oldest.bytes;
+      if (this.failure) throw this.failure;
+    }
+  }
+
+  private async send(b: Batch): Promise<void> {
     const { plan } = b;
-    if (b.op === 'insert') return this.copyRows(plan, b.rows);
+    if (b.op === 'insert') return this.copyRows(plan, b.rows, b.bytes);
     // Column i of the batch travels as one text[] parameter and is cast back per value.
     const used = b.op === 'update' ? [...b.shape].flatMap((s, i) => (s === '1' || plan.keyIndexes.includes(i) ? [i] : [])) : plan.keyIndexes;
     const params = used.map((i) => b.rows.map((r) => r[i] as string | null));
@@ -225,15 +360,19 @@ export class Applier {
     } else {
       sql = `DELETE FROM ${plan.targetName} AS t USING ${source} WHERE ${keyMatch}`;
     }
-    const r = await this.exec(plan, b.op, () => this.target.query(sql, params));
-    if ((r.rowCount ?? 0) < b.rows.length) this.missingRows(b.op, plan, b.rows.length - (r.rowCount ?? 0));
+    // The answer's handler keeps only counts: the rows are free once their statement is built.
+    const { op, bytes } = b;
+    const n = b.rows.length;
+    await this.pipeline(plan, op, bytes, () => this.target.query(sql, params), (r) => {
+      if ((r.rowCount ?? 0) < n) this.missingRows(op, plan, n - (r.rowCount ?? 0));
+    });
   }
 
   /**
    * Inserts go through COPY: pgoutput's values are already each type's text form, which is what
    * COPY's text format reads, once tabs, newlines and backslashes are escaped.
    */
-  private async copyRows(plan: RelationPlan, rows: Tuple[]): Promise<void> {
+  private async copyRows(plan: RelationPlan, rows: Tuple[], bytes: number): Promise<void> {
     const lines = new Array<string>(rows.length);
     for (let r = 0; r < rows.length; r++) {
       const row = rows[r];
@@ -246,12 +385,13 @@ export class Applier {
       lines[r] = line;
     }
     const data = lines.join('\n') + '\n';
-    await this.exec(plan, 'insert', () => new Promise<pg.QueryResult>((resolve, reject) => {
+    const n = rows.length;
+    await this.pipeline(plan, 'insert', bytes, () => new Promise<pg.QueryResult>((resolve, reject) => {
       const stream = this.target.query(copyFrom(`COPY ${plan.targetName} (${plan.columns.join(', ')}) FROM STDIN`));
       stream.on('error', reject);
-      stream.on('finish', () => resolve({ rowCount: rows.length } as pg.QueryResult));
+      stream.on('finish', () => resolve({ rowCount: n } as pg.QueryResult));
       stream.end(data);
-    }));
+    }), () => undefined);
   }
 
   /** The end of the last source commit the target holds. */
@@ -263,10 +403,23 @@ export class Applier {
   committed(lsn: Lsn | null): void {
     if (lsn !== null) this.appliedLsn = lsn;
     this.group = null;
+    // Rolled back: what was queued or in flight belonged to the discarded group.
+    this.queues.clear();
+    this.queuedRows = 0;
+    this.queuedBytes = 0;
+    this.orderedQueued = false;
+    this.inFlight.length = 0;
+    this.inFlightBytes = 0;
+    this.failure = null;
   }
 
   private keyOf(plan: RelationPlan, row: Tuple): string {
     return JSON.stringify(plan.keyIndexes.map((i) => this.keyValue(plan, row, i)));
+  }
+
+  /** keyOf for a row already applied as is (an insert): no checks. */
+  private rowKey(plan: RelationPlan, row: Tuple): string {
+    return JSON.stringify(plan.keyIndexes.map((i) => row[i]));
   }
 
   private keyValue(plan: RelationPlan, row: Tuple, i: number): string {
@@ -295,6 +448,8 @@ export class Applier {
     const key = tableKey(relation.schema, relation.table);
     const table = this.tables.get(key)?.table;
     if (!table) return null;
+    // The catalog reads queue behind the statements in flight: a failure there is theirs to report.
+    await this.settle();
     const sourceName = qualified(relation.schema, relation.table);
     const targetName = qualified(table.target.schema, table.target.table);
     const cols = await targetColumns(this.target, table.target);
@@ -313,6 +468,7 @@ export class Applier {
       throw new SyncError(`source table ${sourceName} has column ${quoteIdent(missing.name)} that target table ${targetName} lacks (or computes as a generated column); add it on the target (ALTER TABLE ${targetName} ADD COLUMN ...) and run again`, 'target_column');
     }
     const sent = new Set(relation.columns.map((c) => c.name));
+    const ordered = await firesOnReplica(this.target, table.target);
     const alwaysIdentity = relation.columns.map((c) => byName.get(c.name)!.alwaysIdentity);
     return {
       relation,
@@ -325,6 +481,7 @@ export class Applier {
       alwaysIdentity,
       identityOutsideKey: relation.columns.some((c, i) => alwaysIdentity[i] && !c.isKey),
       targetOnly: [...byName.values()].filter((c) => !sent.has(c.name)).map((c) => quoteIdent(c.name)),
+      ordered,
     };
   }
 
@@ -381,12 +538,15 @@ export class Applier {
       const sql = sets.length > 0
         ? `UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${matches}`
         : `SELECT 1 FROM ${plan.targetName} WHERE ${matches} LIMIT 1`;
+      // What to do next depends on the answer: wait for it (and for everything before it).
+      await this.settle();
       const r = await this.exec(plan, 'update', () => this.target.query(sql, params));
       if (r.rowCount === 0) await this.replaceRow(plan, identity, row);
       return;
     }
-    const r = await this.exec(plan, 'update', () => this.target.query(`UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${where}`, params));
-    if (r.rowCount === 0) this.missingRows('update', plan, 1);
+    await this.pipeline(plan, 'update', 0, () => this.target.query(`UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${where}`, params), (r) => {
+      if (r.rowCount === 0) this.missingRows('update', plan, 1);
+    });
   }
 
   /**
@@ -413,8 +573,9 @@ export class Applier {
   private async deleteOne(plan: RelationPlan, identity: Tuple): Promise<void> {
     const params: (string | null)[] = [];
     const where = this.whereClause(plan, identity, params);
-    const r = await this.exec(plan, 'delete', () => this.target.query(`DELETE FROM ${plan.targetName} WHERE ${where}`, params));
-    if (r.rowCount === 0) this.missingRows('delete', plan, 1);
+    await this.pipeline(plan, 'delete', 0, () => this.target.query(`DELETE FROM ${plan.targetName} WHERE ${where}`, params), (r) => {
+      if (r.rowCount === 0) this.missingRows('delete', plan, 1);
+    });
   }
 
   /**

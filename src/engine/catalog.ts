@@ -173,3 +173,19 @@ export async function columnCollations(client: pg.Client, t: TableName, columns:
   );
   return new Map(r.rows.map((row) => [row.name as string, row.collation as string | null]));
 }
+
+/**
+ * The table has triggers or rules that run under session_replication_role = replica (ENABLE
+ * ALWAYS or ENABLE REPLICA): its changes may read or write other tables, so apply keeps them in
+ * strict order with every other table's.
+ */
+export async function firesOnReplica(client: pg.Client, t: TableName): Promise<boolean> {
+  const r = await client.query(
+    `SELECT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgenabled IN ('A', 'R'))
+         OR EXISTS (SELECT 1 FROM pg_rewrite w WHERE w.ev_class = c.oid AND w.rulename <> '_RETURN' AND w.ev_enabled IN ('A', 'R')) AS fires
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = $1 AND c.relname = $2`,
+    [t.schema, t.table],
+  );
+  return r.rows[0]?.fires === true;
+}

@@ -463,8 +463,11 @@ export class SyncEngine {
       }, PUBLICATION_POLL_MS);
       startDueJobs();
 
-      const events = stream.events()[Symbol.asyncIterator]();
-      let next: Promise<IteratorResult<StreamEvent>> | null = null;
+      const batches = stream.eventBatches()[Symbol.asyncIterator]();
+      let next: Promise<IteratorResult<StreamEvent[]>> | null = null;
+      // Events already received: taken one by one without waiting, the loop's checks still between them.
+      let received: StreamEvent[] = [];
+      let at = 0;
       let lastEventAt = Date.now();
       const idleTimer = setInterval(() => {
         if (applier.inSourceTransaction) return;
@@ -488,23 +491,27 @@ export class SyncEngine {
             await this.settleIdle(target, applier, processed);
             continue;
           }
-          const pending = (next ??= events.next());
-          const got = await new Promise<IteratorResult<StreamEvent> | Wake>((resolve, reject) => {
-            this.interrupt = resolve;
-            pending.then(resolve, reject);
-          });
-          this.interrupt = null;
-          if (got === 'stop') break;
-          if (got === 'task') continue;
-          if (got === 'idle') {
-            await this.checkpoint(target, applier, stream);
-            await this.settleIdle(target, applier, processed);
-            if (this.recorded > stream.acknowledged) stream.acknowledge(this.recorded, true);
-            continue;
+          if (at === received.length) {
+            const pending = (next ??= batches.next());
+            const got = await new Promise<IteratorResult<StreamEvent[]> | Wake>((resolve, reject) => {
+              this.interrupt = resolve;
+              pending.then(resolve, reject);
+            });
+            this.interrupt = null;
+            if (got === 'stop') break;
+            if (got === 'task') continue;
+            if (got === 'idle') {
+              await this.checkpoint(target, applier, stream);
+              await this.settleIdle(target, applier, processed);
+              if (this.recorded > stream.acknowledged) stream.acknowledge(this.recorded, true);
+              continue;
+            }
+            next = null;
+            if (got.done) throw new SyncError('the source ended the replication stream', 'stream_ended');
+            received = got.value;
+            at = 0;
           }
-          next = null;
-          if (got.done) throw new SyncError('the source ended the replication stream', 'stream_ended');
-          const ev = got.value;
+          const ev = received[at++];
           if (ev.walEnd > this.serverWalEnd) this.serverWalEnd = ev.walEnd;
           if (ev.kind === 'keepalive') {
             if (applier.inSourceTransaction) {

@@ -46,8 +46,9 @@ export interface CliRun {
   kill9(): Promise<void>;
 }
 
-export function startCli(args: string[], env: Record<string, string> = {}): CliRun {
-  const proc = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+/** `nodeArgs`: flags for node itself (e.g. --cpu-prof, which NODE_OPTIONS refuses). */
+export function startCli(args: string[], env: Record<string, string> = {}, nodeArgs: string[] = []): CliRun {
+  const proc = spawn(process.execPath, [...nodeArgs, CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));

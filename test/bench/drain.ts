@@ -1,0 +1,215 @@
+/**
+ * Streaming drain cases of `npm run bench`, against native logical replication on the same WAL
+ * shape in the same run:
+ *  - inserts: a backlog of 100-row transactions, written while the consumer is stopped, then drained;
+ *  - mix: a backlog of pgbench-like transactions (updates by key on three tables, an insert and a
+ *    delete on a fourth), drained the same way;
+ *  - big: one large insert transaction, timed from its COMMIT to the last row on the target.
+ * Both sides are timed the same way: from the consumer's replication slot turning active (or the
+ * live change committing) until a marker row written by the last source transaction is on the
+ * target, which in commit order means everything before it is too.
+ *
+ * Alone: `npm run build && node --import tsx test/bench/drain.ts [inserts|mix|big]...`, sizes from
+ * BENCH_DRAIN_ROWS (inserts, default 1,000,000), BENCH_MIX_TXNS (default 100,000) and
+ * BENCH_BIG_ROWS (default 2,000,000); smaller ones make a quick iteration loop.
+ */
+import { freshDatabases, pg, sameContents, startCli, startPair, waitAllReady, waitFor, type CliRun, type Pair } from '../harness/sync';
+
+export const DRAIN_ROWS = Number(process.env.BENCH_DRAIN_ROWS ?? 1_000_000);
+export const MIX_TXNS = Number(process.env.BENCH_MIX_TXNS ?? 100_000);
+export const BIG_ROWS = Number(process.env.BENCH_BIG_ROWS ?? 2_000_000);
+
+export type DrainCase = 'inserts' | 'mix' | 'big';
+
+interface Workload {
+  schema: string;
+  /** Run on both sides before streaming starts (the same rows: the copy is not what is timed). */
+  seed: string;
+  tables: string[];
+  /** The source writes, statement by statement; the last transaction writes the marker. */
+  change: string[];
+  marker: string;
+  changes: number;
+  /** Written while the consumer runs (timed from COMMIT) rather than as a backlog. */
+  live: boolean;
+}
+
+const T = `CREATE TABLE t (id bigint PRIMARY KEY, customer int, amount numeric(12,2), status text, created_at timestamptz, note text)`;
+
+function workload(kind: DrainCase): Workload {
+  switch (kind) {
+    case 'inserts': {
+      const txns = Math.max(1, Math.round(DRAIN_ROWS / 100));
+      return {
+        schema: T,
+        seed: '',
+        tables: ['t'],
+        change: [`DO $$ BEGIN FOR i IN 0..${txns - 1} LOOP INSERT INTO t SELECT g, g % 10000, (g % 100000) / 100.0, 'new', now(), 'x' FROM generate_series(i * 100 + 1, i * 100 + 100) g; COMMIT; END LOOP; END $$;`,
+          `INSERT INTO t VALUES (-1, 0, 0, 'marker', now(), 'marker')`],
+        marker: `SELECT 1 FROM t WHERE id = -1`,
+        changes: txns * 100 + 1,
+        live: false,
+      };
+    }
+    case 'mix':
+      // pgbench's tpcb-like transaction, plus a delete so all three operations are in the mix.
+      return {
+        schema: `CREATE TABLE accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84));
+          CREATE TABLE tellers (tid int PRIMARY KEY, bid int, tbalance int, filler char(84));
+          CREATE TABLE branches (bid int PRIMARY KEY, bbalance int, filler char(88));
+          CREATE TABLE history (hid bigint PRIMARY KEY, tid int, bid int, aid int, delta int, mtime timestamp, filler char(22));`,
+        seed: `INSERT INTO accounts SELECT g, 1 + (g - 1) / 100000, 0, '' FROM generate_series(1, 100000) g;
+          INSERT INTO tellers SELECT g, 1, 0, '' FROM generate_series(1, 10) g;
+          INSERT INTO branches VALUES (1, 0, '');
+          INSERT INTO history SELECT -g, 1, 1, 1, 0, '2024-01-01', '' FROM generate_series(1, 100) g;`,
+        tables: ['accounts', 'tellers', 'branches', 'history'],
+        change: [`DO $$ DECLARE a int; d int; BEGIN FOR i IN 1..${MIX_TXNS} LOOP
+            a := 1 + (i * 7919) % 100000; d := (i % 10001) - 5000;
+            UPDATE accounts SET abalance = abalance + d WHERE aid = a;
+            UPDATE tellers SET tbalance = tbalance + d WHERE tid = 1 + i % 10;
+            UPDATE branches SET bbalance = bbalance + d WHERE bid = 1;
+            INSERT INTO history VALUES (i, 1 + i % 10, 1, a, d, now(), '');
+            DELETE FROM history WHERE hid = i - 100;
+            COMMIT;
+          END LOOP; END $$;`,
+          `INSERT INTO history VALUES (0, 0, 0, 0, 0, now(), 'marker')`],
+        marker: `SELECT 1 FROM history WHERE hid = 0`,
+        changes: MIX_TXNS * 5 + 1,
+        live: false,
+      };
+    case 'big':
+      return {
+        schema: T,
+        seed: '',
+        tables: ['t'],
+        change: [`INSERT INTO t SELECT g, g % 10000, (g % 100000) / 100.0, (ARRAY['new','paid','shipped'])[1 + g % 3], now(), repeat('x', 40) FROM generate_series(1, ${BIG_ROWS}) g;
+          INSERT INTO t VALUES (-1, 0, 0, 'marker', now(), 'marker')`],
+        marker: `SELECT 1 FROM t WHERE id = -1`,
+        changes: BIG_ROWS + 1,
+        live: true,
+      };
+  }
+}
+
+const seconds = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e9;
+
+async function markerArrived(pair: Pair, db: string, w: Workload, what: string, t0: () => bigint | null): Promise<number> {
+  // One connection for all the polls: a new one each time would cost both sides CPU (SCRAM, fork).
+  const client = new pg.Client({ connectionString: pair.target.url(db) });
+  await client.connect();
+  try {
+    let end = 0;
+    await waitFor(what, async () => {
+      const start = t0();
+      if (start === null) return false;
+      const hit = (await client.query(w.marker)).rows.length > 0;
+      if (hit) end = seconds(start);
+      return hit;
+    }, 1_800_000, 10);
+    return end;
+  } finally {
+    await client.end();
+  }
+}
+
+async function slotIsActive(pair: Pair, db: string, slot: string, active: boolean): Promise<boolean> {
+  return (await pair.source.query(db, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, [slot])).rows[0]?.active === active;
+}
+
+async function write(pair: Pair, db: string, w: Workload): Promise<void> {
+  for (const sql of w.change) await pair.source.query(db, sql);
+}
+
+async function prepare(pair: Pair, prefix: string, w: Workload) {
+  const d = await freshDatabases(pair, prefix, w.schema);
+  if (w.seed) await Promise.all([pair.source.query(d.db, w.seed), pair.target.query(d.db, w.seed)]);
+  await pair.source.query(d.db, `CREATE PUBLICATION pub FOR TABLE ${w.tables.join(', ')}`);
+  return d;
+}
+
+/** Seconds from the consumer starting (or the live change committing) to the marker on the target. */
+async function nativeDrain(pair: Pair, w: Workload): Promise<number> {
+  const { db, sourceUrl } = await prepare(pair, 'dnative', w);
+  await pair.target.query(db, `CREATE SUBSCRIPTION sub CONNECTION '${sourceUrl.replace('postgres://', 'postgresql://')}' PUBLICATION pub WITH (copy_data = false)`);
+  const slotActive = (active: boolean) => slotIsActive(pair, db, 'sub', active);
+  await waitFor('native subscription slot active', () => slotActive(true));
+  let t0: bigint | null = null;
+  if (w.live) {
+    await write(pair, db, w);
+    t0 = process.hrtime.bigint();
+  } else {
+    await pair.target.query(db, 'ALTER SUBSCRIPTION sub DISABLE');
+    await waitFor('native subscription slot inactive', () => slotActive(false));
+    await write(pair, db, w);
+    await pair.target.query(db, 'ALTER SUBSCRIPTION sub ENABLE');
+    await waitFor('native subscription slot active again', () => slotActive(true), 60_000, 5);
+    t0 = process.hrtime.bigint();
+  }
+  const s = await markerArrived(pair, db, w, 'native to apply the marker', () => t0);
+  await pair.target.query(db, 'DROP SUBSCRIPTION sub');
+  return s;
+}
+
+async function oursDrain(pair: Pair, w: Workload, nodeArgs: string[]): Promise<number> {
+  const { db, sourceUrl, targetUrl } = await prepare(pair, 'dours', w);
+  const args = ['run', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', 'dours', '--copy-data', 'false'];
+  let run: CliRun = startCli(args, {}, nodeArgs);
+  await waitAllReady(pair.target, db, 'dours', w.tables.length);
+  let t0: bigint | null = null;
+  if (w.live) {
+    await write(pair, db, w);
+    t0 = process.hrtime.bigint();
+  } else {
+    await run.stop();
+    await write(pair, db, w);
+    run = startCli(args, {}, nodeArgs);
+    await waitFor('our slot active again', () => slotIsActive(pair, db, 'pg_live_sync_dours', true), 60_000, 5);
+    t0 = process.hrtime.bigint();
+  }
+  const s = await markerArrived(pair, db, w, 'our CLI to apply the marker', () => t0);
+  for (const t of w.tables) if (!(await sameContents(pair, db, t))) throw new Error(`drain bench: ${t} differs`);
+  await run.stop();
+  return s;
+}
+
+export interface DrainResult {
+  kind: DrainCase;
+  changes: number;
+  native: number;
+  ours: number;
+}
+
+export async function benchDrain(pair: Pair, kind: DrainCase, nodeArgs: string[] = []): Promise<DrainResult> {
+  const w = workload(kind);
+  const native = await nativeDrain(pair, w);
+  const ours = await oursDrain(pair, w, nodeArgs);
+  return { kind, changes: w.changes, native, ours };
+}
+
+const LABEL: Record<DrainCase, string> = {
+  inserts: 'drain, 100-row transactions',
+  mix: 'drain, pgbench-like mix',
+  big: 'one big transaction, commit->applied',
+};
+
+export function drainLine(r: DrainResult): string {
+  const rate = (s: number) => Math.round(r.changes / s).toLocaleString('en');
+  return `${LABEL[r.kind].padEnd(38)} ours ${r.ours.toFixed(2).padStart(7)} s (${rate(r.ours)} changes/s)   native ${r.native.toFixed(2).padStart(7)} s (${rate(r.native)}/s)   speed ours/native ${(r.native / r.ours).toFixed(2)}x\n`;
+}
+
+if (require.main === module) {
+  const kinds = (process.argv.slice(2).length > 0 ? process.argv.slice(2) : ['inserts', 'mix', 'big']) as DrainCase[];
+  (async () => {
+    const pair = await startPair();
+    try {
+      // e.g. BENCH_CLI_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' profiles our side.
+      const nodeArgs = process.env.BENCH_CLI_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+      for (const k of kinds) process.stdout.write(drainLine(await benchDrain(pair, k, nodeArgs)));
+    } finally {
+      pair.stop();
+    }
+  })().catch((err) => {
+    process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  });
+}
