@@ -567,7 +567,6 @@ async function syncSequencesCommand(args: string[]): Promise<number> {
   }
 }
 
-
 /** Each chunk that differs on a line of its own; exit 1 unless every table was compared and matches. */
 async function verify(args: string[]): Promise<number> {
   const v = parse(args, {
