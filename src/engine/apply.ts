@@ -243,7 +243,11 @@ export class Applier {
       if (at !== undefined) {
         if (!plan.ordered) {
           // Same row, same columns set: the later values are what applying both would leave.
+          let replaced = 0;
+          for (const v of b.rows[at]) if (typeof v === 'string') replaced += v.length;
           b.rows[at] = row;
+          b.bytes += bytes - replaced;
+          this.queuedBytes += bytes - replaced;
           return;
         }
         b = null;
@@ -392,11 +396,6 @@ export class Applier {
       stream.on('finish', () => resolve({ rowCount: n } as pg.QueryResult));
       stream.end(data);
     }), () => undefined);
-  }
-
-  /** The end of the last source commit the target holds. */
-  get appliedPosition(): Lsn {
-    return this.appliedLsn;
   }
 
   /** The group is durable on the target (checkpoint committed it). */

@@ -25,7 +25,7 @@ export async function guidedCutover(syncs: SyncManager, name: string): Promise<v
   );
   if (writes !== 'Writes Are Stopped') return stopped('before it began');
 
-  const position = await syncs.appliedUpTo(name);
+  const position = await syncs.slotProgress(name);
   const at = await position.sourceLsn();
   const caughtUp = await vscode.window.withProgress(
     { location: vscode.ProgressLocation.Notification, title: title(2, `waiting for the target to apply everything up to ${formatLsn(at)}`), cancellable: true },

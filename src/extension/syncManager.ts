@@ -317,8 +317,8 @@ export class SyncManager implements PanelSource, vscode.Disposable {
     }
   }
 
-  /** Whether the target has applied everything the source wrote before `lsn` (the slot confirms it). */
-  async appliedUpTo(name: string): Promise<{ caughtUp: (lsn: Lsn) => Promise<boolean>; sourceLsn: () => Promise<Lsn> }> {
+  /** The source's WAL position now, and whether the slot confirms (the target applied) up to a position. */
+  async slotProgress(name: string): Promise<{ caughtUp: (lsn: Lsn) => Promise<boolean>; sourceLsn: () => Promise<Lsn> }> {
     const def = this.withSource(name, 'a cutover');
     const source = await this.connections.endpoint(def.source!);
     return {
