@@ -138,7 +138,9 @@ export function rowCounter(t: SyncedTable): RowCounter {
 export async function pipeRows(source: pg.Client, target: pg.Client, t: SyncedTable, where: string | null, counter: RowCounter = rowCounter(t), signal?: AbortSignal): Promise<RowCounter> {
   const sourceName = qualified(t.source.schema, t.source.table);
   const targetName = qualified(t.target.schema, t.target.table);
+  // Read by source name, written by the map's target name, in the same order.
   const columns = t.columns.map((c) => quoteIdent(c.name)).join(', ');
+  const targetColumns = t.columns.map((c) => quoteIdent(c.target)).join(', ');
   const format = t.copyFormat === 'binary' ? 'FORMAT binary' : 'FORMAT text';
   const conditions = [t.rowFilter, where].filter((c): c is string => c !== null);
   // COPY TO refuses a partitioned table; a SELECT on it reads every partition.
@@ -146,7 +148,7 @@ export async function pipeRows(source: pg.Client, target: pg.Client, t: SyncedTa
     ? `COPY (SELECT ${columns} FROM ${t.partitioned ? '' : 'ONLY '}${sourceName}${conditions.length > 0 ? ` WHERE ${conditions.map((c) => `(${c})`).join(' AND ')}` : ''}) TO STDOUT (${format})`
     : `COPY ${sourceName} (${columns}) TO STDOUT (${format})`;
   const reader = source.query(copyTo(selectSql));
-  const writer = target.query(copyFrom(`COPY ${targetName} (${columns}) FROM STDIN (${format})`));
+  const writer = target.query(copyFrom(`COPY ${targetName} (${targetColumns}) FROM STDIN (${format})`));
   await pipeline(reader, counter, writer, signal ? { signal } : {});
   return counter;
 }
