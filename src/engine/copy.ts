@@ -11,7 +11,7 @@ import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { connect, emptyTables, qualified, quoteIdent, type Endpoint } from './connection';
 import { errorMessage, SyncError } from './errors';
 import type { Lsn } from './lsn';
-import { recordTargetRelid, setTableState } from './state';
+import { recordColumnMap, recordTargetRelid, setTableState } from './state';
 import type { Logger, SyncedTable } from './types';
 import { formatBytes, formatCount } from './units';
 
@@ -108,6 +108,7 @@ async function copyOneTable(plan: CopyPlan, source: pg.Client, target: pg.Client
     await pipeRows(source, target, t, null, counter, plan.signal);
     await setTableState(target, plan.subscription, t.source, 'f', { lsn: plan.consistentLsn, rowsCopied: counter.rows, bytesCopied: counter.bytes });
     await recordTargetRelid(target, plan.subscription, t.source);
+    await recordColumnMap(target, plan.subscription, t);
     await target.query('COMMIT');
     report(true);
     const secs = Math.max(0.001, (Date.now() - started) / 1000);
