@@ -158,7 +158,13 @@ export async function checkTarget(
       if (ext && !targetExtensions.has(ext)) tableError(`column ${quoteIdent(c.name)} of ${sourceName} has type ${c.type} from extension "${ext}", which the target lacks; run on the target: CREATE EXTENSION ${quoteIdent(ext)};`);
     }
     const columnMap = resolveColumnMap(maps, { schema: t.schema, table: t.table });
-    const columns = mapColumns(t, columnMap, !!opts.freshStart, tableError);
+    let mapErrors = 0;
+    const columns = mapColumns(t, columnMap, !!opts.freshStart, (message) => {
+      mapErrors++;
+      tableError(message);
+    });
+    // The target's columns are checked against the map's names: a bad map comes first, alone.
+    if (mapErrors > 0) continue;
     const cols = await targetColumns(client, target);
     if (!cols) {
       const quotedForShell = sourceName.replace(/'/g, "'\\''");
