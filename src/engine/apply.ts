@@ -31,10 +31,10 @@ import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { firesOnReplica, targetColumns } from './catalog';
 import { emptyTables, qualified, quoteIdent, tableKey } from './connection';
-import { mappedColumn } from './tablemap';
 import { errorMessage, isTransient, SyncError } from './errors';
 import type { Lsn } from './lsn';
 import { UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './stream';
+import { mappedColumn } from './tablemap';
 import type { Logger, SyncedTable } from './types';
 
 const BATCH_ROWS = 5000;
@@ -474,7 +474,7 @@ export class Applier {
       this.tables.delete(key);
       return null;
     }
-    const missing = absent[0];
+    const missing = absent.find((c) => c.target !== c.name) ?? absent[0];
     if (missing && missing.target !== missing.name) {
       throw new SyncError(`target table ${targetName} has no column ${quoteIdent(missing.target)}, the target name --table-map "columns" gives source column ${quoteIdent(missing.name)} of ${sourceName}; add it on the target (ALTER TABLE ${targetName} ADD COLUMN ${quoteIdent(missing.target)} ...) or fix the map, and run again`, 'target_column');
     }
