@@ -158,6 +158,31 @@ describe('column map', () => {
     assert.equal(await run.stop(), 0, tail(run.output()));
   });
 
+  it('a partitioned root with a row filter, copied as text (an enum column), under renames and an exclusion', { timeout: 180_000 }, async () => {
+    const sub = 'cm_part';
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub, `CREATE TYPE mood AS ENUM ('sad', 'ok')`);
+    await pair.source.query(db, `
+      CREATE TABLE m (id int, at date NOT NULL, v text, s text, md mood, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+      CREATE TABLE m_2024 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+      CREATE TABLE m_rest PARTITION OF m DEFAULT;
+      INSERT INTO m SELECT g, DATE '2024-01-01' + g * 5, 'v' || g, 's' || g, 'ok' FROM generate_series(1, 120) g;
+      CREATE PUBLICATION pub FOR TABLE m WHERE (id % 2 = 0) WITH (publish_via_partition_root = true);`);
+    await pair.target.query(db, `CREATE TABLE m_t (ident int, at date, val text, s text, md mood, PRIMARY KEY (ident, at))`);
+    const m = map('m', { id: 'ident', v: 'val', s: null }, { schema: 'public', table: 'm_t' });
+    const run = cli(['run', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', sub, '--table-map', m]);
+    await waitAllReady(pair.target, db, sub, 1, 90_000).catch((err) => assert.fail(`${err}\n${tail(run.output())}`));
+    assert.match(run.output(), /copied "public"\."m" -> "public"\."m_t": 60 rows, .*text\)/);
+    await pair.source.query(db, `
+      INSERT INTO m SELECT g, DATE '2030-01-01' + g, 'new' || g, 'secret', 'sad' FROM generate_series(200, 210) g;
+      UPDATE m SET v = 'changed', s = 'changed secret' WHERE id IN (10, 11);
+      UPDATE m SET id = 1000 WHERE id = 12;
+      DELETE FROM m WHERE id IN (20, 21);`);
+    await waitCaughtUp(pair, db, sub, 60_000, run);
+    await sameRows(db, `SELECT id, at, v, md FROM m WHERE id % 2 = 0`, `SELECT ident, at, val, md FROM m_t`);
+    assert.equal((await pair.target.query(db, `SELECT count(*)::int AS n FROM m_t WHERE s IS NOT NULL`)).rows[0].n, 0, 'the excluded column was written');
+    assert.equal(await run.stop(), 0, tail(run.output()));
+  });
+
   it('refuses a map changed for a copied table with the fix; after a resync the table is copied afresh under the new map', { timeout: 180_000 }, async () => {
     const sub = 'cm_change';
     const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub);
