@@ -36,7 +36,7 @@ interface CommandHelp {
 const SOURCE_FLAG: [string, string] = ['--source URL', 'the source, a libpq URL (default: the SOURCE environment variable)'];
 const TARGET_FLAG: [string, string] = ['--target URL', 'the target, a libpq URL (default: the TARGET environment variable)'];
 const PUBLICATION_FLAG: [string, string] = ['--publication NAME', 'a publication on the source to sync; repeatable'];
-const TABLE_MAP_FLAG: [string, string] = ['--table-map JSON', 'a table or schema written under another name on the target; repeatable'];
+const TABLE_MAP_FLAG: [string, string] = ['--table-map JSON', 'a table or schema written under another name on the target, a table\'s columns renamed ("columns":{"a":"b"}) or left out ("columns":{"secret":null}); repeatable'];
 
 /** Each command's synopsis and flags: `--help` prints them all, `<command> --help` one. */
 const COMMANDS: Record<string, CommandHelp> = {

@@ -34,6 +34,7 @@ import { emptyTables, qualified, quoteIdent, tableKey } from './connection';
 import { errorMessage, isTransient, SyncError } from './errors';
 import type { Lsn } from './lsn';
 import { UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './stream';
+import { mappedColumn } from './tablemap';
 import type { Logger, SyncedTable } from './types';
 
 const BATCH_ROWS = 5000;
@@ -61,6 +62,11 @@ interface RelationPlan {
   targetOnly: string[];
   /** Triggers or rules run on the apply connection: keep strict order with the other tables. */
   ordered: boolean;
+  /**
+   * Positions of the relation's columns the target receives, when the table's column map leaves
+   * some out (null when it takes them all): every tuple is cut to these before anything else.
+   */
+  keep: number[] | null;
 }
 
 /** Consecutive changes that one statement can apply: same table, same operation, same shape. */
@@ -189,24 +195,25 @@ export class Applier {
     switch (change.tag) {
       case 'insert': {
         const plan = await this.planFor(change.relationOid);
-        if (plan) await this.add('insert', plan, '', change.new, null);
+        if (plan) await this.add('insert', plan, '', cut(plan, change.new), null);
         return;
       }
       case 'update': {
         const plan = await this.planFor(change.relationOid);
         if (!plan) return;
-        const shape = change.new.map((v) => (v === UNCHANGED_TOAST ? '0' : '1')).join('');
+        const row = cut(plan, change.new);
+        const shape = row.map((v) => (v === UNCHANGED_TOAST ? '0' : '1')).join('');
         // A key change (old key sent) or FULL identity needs the old values: one row at a time.
         if (plan.full || change.key || plan.keyIndexes.length === 0 || plan.identityOutsideKey) {
           await this.sendBefore(plan);
-          return this.updateOne(plan, change.key ?? change.old ?? change.new, change.new);
+          return this.updateOne(plan, cut(plan, change.key ?? change.old ?? change.new), row);
         }
-        return this.add('update', plan, shape, change.new, this.keyOf(plan, change.new));
+        return this.add('update', plan, shape, row, this.keyOf(plan, row));
       }
       case 'delete': {
         const plan = await this.planFor(change.relationOid);
         if (!plan) return;
-        const identity = change.key ?? change.old;
+        const identity = change.key ? cut(plan, change.key) : change.old ? cut(plan, change.old) : null;
         if (!identity) throw new Error(`pgoutput sent a DELETE on ${plan.targetName} without an old key`);
         if (plan.full || plan.keyIndexes.length === 0) {
           await this.sendBefore(plan);
@@ -455,32 +462,41 @@ export class Applier {
     if (!cols) throw new SyncError(`target table ${targetName} (for ${sourceName}) no longer exists, renamed or dropped on the target; restore it under that name and run again`, 'target_table');
     // Stored generated columns are the target's to compute: never written, never read back.
     const byName = new Map(cols.filter((c) => !c.generated).map((c) => [c.name, c]));
-    const absent = relation.columns.filter((c) => !byName.has(c.name));
-    if (absent.length > 0 && this.onDrift && !driftHandled) {
+    // The column map renames and leaves out; a column it does not name (one added since) keeps its name.
+    const kept = relation.columns.flatMap((c, i) => {
+      const target = mappedColumn(table.columnMap, c.name);
+      return target === null ? [] : [{ ...c, at: i, target }];
+    });
+    const absent = kept.filter((c) => !byName.has(c.target));
+    if (absent.length > 0 && this.onDrift && !driftHandled && absent.every((c) => c.target === c.name)) {
       await this.flush();
       if ((await this.onDrift(table, absent.map((c) => c.name))) === 'added') return this.plan(relation, true);
       this.tables.delete(key);
       return null;
     }
-    const missing = absent[0];
+    const missing = absent.find((c) => c.target !== c.name) ?? absent[0];
+    if (missing && missing.target !== missing.name) {
+      throw new SyncError(`target table ${targetName} has no column ${quoteIdent(missing.target)}, the target name --table-map "columns" gives source column ${quoteIdent(missing.name)} of ${sourceName}; add it on the target (ALTER TABLE ${targetName} ADD COLUMN ${quoteIdent(missing.target)} ...) or fix the map, and run again`, 'target_column');
+    }
     if (missing) {
       throw new SyncError(`source table ${sourceName} has column ${quoteIdent(missing.name)} that target table ${targetName} lacks (or computes as a generated column); add it on the target (ALTER TABLE ${targetName} ADD COLUMN ...) and run again`, 'target_column');
     }
-    const sent = new Set(relation.columns.map((c) => c.name));
+    const sent = new Set(kept.map((c) => c.target));
     const ordered = await firesOnReplica(this.target, table.target);
-    const alwaysIdentity = relation.columns.map((c) => byName.get(c.name)!.alwaysIdentity);
+    const alwaysIdentity = kept.map((c) => byName.get(c.target)!.alwaysIdentity);
     return {
       relation,
       key,
       targetName,
-      columns: relation.columns.map((c) => quoteIdent(c.name)),
-      types: relation.columns.map((c) => byName.get(c.name)!.type),
-      keyIndexes: relation.columns.flatMap((c, i) => (c.isKey ? [i] : [])),
+      columns: kept.map((c) => quoteIdent(c.target)),
+      types: kept.map((c) => byName.get(c.target)!.type),
+      keyIndexes: kept.flatMap((c, i) => (c.isKey ? [i] : [])),
       full: relation.replicaIdentity === 'full',
       alwaysIdentity,
-      identityOutsideKey: relation.columns.some((c, i) => alwaysIdentity[i] && !c.isKey),
+      identityOutsideKey: kept.some((c, i) => alwaysIdentity[i] && !c.isKey),
       targetOnly: [...byName.values()].filter((c) => !sent.has(c.name)).map((c) => quoteIdent(c.name)),
       ordered,
+      keep: kept.length === relation.columns.length ? null : kept.map((c) => c.at),
     };
   }
 
@@ -600,6 +616,11 @@ export class Applier {
     // As PostgreSQL's own subscriber does: the row is gone on the target; report and go on.
     this.log('warn', `${op} found no row for ${n} change(s) in ${plan.targetName}: the target was changed outside the sync`);
   }
+}
+
+/** A tuple as the target receives it: the columns the map leaves out are dropped. */
+function cut(plan: RelationPlan, row: Tuple): Tuple {
+  return plan.keep === null ? row : plan.keep.map((i) => row[i]);
 }
 
 const COPY_SPECIAL = /[\\\n\r\t]/;

@@ -12,6 +12,8 @@ export interface PublishedTable {
   rowFilter: string | null;
   /** pg_class.relreplident: d(efault), n(othing), f(ull), i(ndex). */
   replicaIdentity: string;
+  /** Columns of the replica identity's key (the primary key for `d`, the index for `i`); [] for `f` and `n`. */
+  identityColumns: string[];
   /** The identity names usable columns: a primary key for `d`, an existing index for `i`, or `f`. */
   hasUsableIdentity: boolean;
   /** A unique index that could serve as REPLICA IDENTITY USING INDEX, if any. */
@@ -49,6 +51,10 @@ export async function listPublishedTables(client: pg.Client, publications: strin
               WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
               WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
               WHEN 'f' THEN true ELSE false END AS usable_identity,
+            ARRAY(SELECT a.attname::text FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+                    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                   WHERE i.indrelid = c.oid AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))
+                   ORDER BY k.n) AS identity_columns,
             (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
               WHERE i.indrelid = c.oid AND i.indisunique AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL
                 AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull)
@@ -82,6 +88,7 @@ export async function listPublishedTables(client: pg.Client, publications: strin
       columns: cols.rows.map((c) => ({ name: c.name, type: c.type, typeOid: c.type_oid })),
       rowFilter: row.rowfilter,
       replicaIdentity: row.relreplident,
+      identityColumns: row.identity_columns,
       hasUsableIdentity: row.usable_identity,
       candidateIndex: row.candidate_index,
       publishesUpdateOrDelete: row.publishes_update_or_delete,

@@ -11,7 +11,7 @@ import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { connect, emptyTables, qualified, quoteIdent, type Endpoint } from './connection';
 import { errorMessage, SyncError } from './errors';
 import type { Lsn } from './lsn';
-import { recordTargetRelid, setTableState } from './state';
+import { recordColumnMap, recordTargetRelid, setTableState } from './state';
 import type { Logger, SyncedTable } from './types';
 import { formatBytes, formatCount } from './units';
 
@@ -108,6 +108,7 @@ async function copyOneTable(plan: CopyPlan, source: pg.Client, target: pg.Client
     await pipeRows(source, target, t, null, counter, plan.signal);
     await setTableState(target, plan.subscription, t.source, 'f', { lsn: plan.consistentLsn, rowsCopied: counter.rows, bytesCopied: counter.bytes });
     await recordTargetRelid(target, plan.subscription, t.source);
+    await recordColumnMap(target, plan.subscription, t);
     await target.query('COMMIT');
     report(true);
     const secs = Math.max(0.001, (Date.now() - started) / 1000);
@@ -138,7 +139,9 @@ export function rowCounter(t: SyncedTable): RowCounter {
 export async function pipeRows(source: pg.Client, target: pg.Client, t: SyncedTable, where: string | null, counter: RowCounter = rowCounter(t), signal?: AbortSignal): Promise<RowCounter> {
   const sourceName = qualified(t.source.schema, t.source.table);
   const targetName = qualified(t.target.schema, t.target.table);
+  // Read by source name, written by the map's target name, in the same order.
   const columns = t.columns.map((c) => quoteIdent(c.name)).join(', ');
+  const targetColumns = t.columns.map((c) => quoteIdent(c.target)).join(', ');
   const format = t.copyFormat === 'binary' ? 'FORMAT binary' : 'FORMAT text';
   const conditions = [t.rowFilter, where].filter((c): c is string => c !== null);
   // COPY TO refuses a partitioned table; a SELECT on it reads every partition.
@@ -146,7 +149,7 @@ export async function pipeRows(source: pg.Client, target: pg.Client, t: SyncedTa
     ? `COPY (SELECT ${columns} FROM ${t.partitioned ? '' : 'ONLY '}${sourceName}${conditions.length > 0 ? ` WHERE ${conditions.map((c) => `(${c})`).join(' AND ')}` : ''}) TO STDOUT (${format})`
     : `COPY ${sourceName} (${columns}) TO STDOUT (${format})`;
   const reader = source.query(copyTo(selectSql));
-  const writer = target.query(copyFrom(`COPY ${targetName} (${columns}) FROM STDIN (${format})`));
+  const writer = target.query(copyFrom(`COPY ${targetName} (${targetColumns}) FROM STDIN (${format})`));
   await pipeline(reader, counter, writer, signal ? { signal } : {});
   return counter;
 }

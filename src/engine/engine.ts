@@ -21,10 +21,11 @@ import {
 import {
   adoptSlotPosition, ensureStateSchema, loadSubscription, loadTableProgress, markTableRemoved, promoteCaughtUpTables, resetSubscription,
   setConsistentLsn, setSubscriptionError, setTableError, setTableState, stateSchemaExists, tryLockSubscription,
+  loadColumnMaps, sameColumnMap, setColumnMapBeforeCopy,
   resetTableForResync, tablesToResync, upsertTableError, upsertTableRow, writeAppliedLsn, writeCopyProgress, type SubscriptionRow,
 } from './state';
 import { ReplicationStream, type StreamEvent } from './stream';
-import { resolveTarget } from './tablemap';
+import { resolveColumnMap, resolveTarget } from './tablemap';
 import { syncTable, type TableSyncContext } from './tablesync';
 import type { Logger, SyncedTable, SyncOptions, SyncPhase, SyncStatus, TableName, TableProgress, TableState } from './types';
 
@@ -142,6 +143,7 @@ export class SyncEngine {
       for (const f of findings) hooks.log(f.severity === 'error' ? 'error' : 'warn', f.message);
       await ensureStateSchema(target);
       await this.lock(target);
+      if (!fresh) await this.refuseChangedColumnMaps(target);
       const started = await this.prepare(source, target, tgt.synced);
       await source.end();
       source = null;
@@ -156,6 +158,25 @@ export class SyncEngine {
       this.phase = 'stopped';
       hooks.onStatus?.(this.status());
       await Promise.all([source?.end().catch(() => undefined), target?.end().catch(() => undefined)]);
+    }
+  }
+
+  /**
+   * Rows already on the target were written under the column map they were copied with; streaming
+   * on under another would put values in other columns (or leave them stale). A table not copied
+   * yet, or with a resync asked for, takes the new map with its next copy.
+   */
+  private async refuseChangedColumnMaps(target: pg.Client): Promise<void> {
+    const { options } = this;
+    for (const r of await loadColumnMaps(target, options.subscription)) {
+      const now = resolveColumnMap(options.tableMaps, r);
+      if (sameColumnMap(now, r.columnMap)) continue;
+      if (!r.held) {
+        await setColumnMapBeforeCopy(target, options.subscription, r, now);
+        continue;
+      }
+      const key = tableKey(r.schema, r.table);
+      throw new SyncError(`the --table-map "columns" for ${key} (${JSON.stringify(now)}) differ from those its target rows were copied under (${JSON.stringify(r.columnMap)}); run with the same "columns" again, or copy the table afresh under the new ones: pg-live-sync resync --subscription ${options.subscription} --table '${key.replace(/'/g, "'\\''")}', then run with the new map`, 'usage');
     }
   }
 

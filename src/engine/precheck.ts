@@ -8,8 +8,8 @@ import { connect, describeEndpoint, endpointAddress, qualified, quoteIdent, quot
 import { listPublishedTables, publicationsMissing, replicaIdentityFix, targetColumns, type PublishedTable } from './catalog';
 import { errorMessage } from './errors';
 import { slotInfo, slotNameFor } from './slot';
-import { resolveTarget } from './tablemap';
-import type { SyncedTable, TableMap } from './types';
+import { mappedColumn, resolveColumnMap, resolveTarget } from './tablemap';
+import type { ColumnMap, SyncedColumn, SyncedTable, TableMap } from './types';
 
 const FIRST_USER_OID = 16384;
 
@@ -157,6 +157,14 @@ export async function checkTarget(
       const ext = typeExtensions.get(c.typeOid);
       if (ext && !targetExtensions.has(ext)) tableError(`column ${quoteIdent(c.name)} of ${sourceName} has type ${c.type} from extension "${ext}", which the target lacks; run on the target: CREATE EXTENSION ${quoteIdent(ext)};`);
     }
+    const columnMap = resolveColumnMap(maps, { schema: t.schema, table: t.table });
+    let mapErrors = 0;
+    const columns = mapColumns(t, columnMap, !!opts.freshStart, (message) => {
+      mapErrors++;
+      tableError(message);
+    });
+    // The target's columns are checked against the map's names: a bad map comes first, alone.
+    if (mapErrors > 0) continue;
     const cols = await targetColumns(client, target);
     if (!cols) {
       const quotedForShell = sourceName.replace(/'/g, "'\\''");
@@ -164,17 +172,21 @@ export async function checkTarget(
       continue;
     }
     const byName = new Map(cols.map((c) => [c.name, c]));
-    for (const c of t.columns) {
-      const tc = byName.get(c.name);
-      if (!tc) tableError(`target table ${targetName} has no column ${quoteIdent(c.name)} (source ${sourceName} has it); run on the target: ALTER TABLE ${targetName} ADD COLUMN ${quoteIdent(c.name)} ${c.type};`, c.name);
-      else if (tc.generated) tableError(`column ${quoteIdent(c.name)} of ${targetName} is a generated column on the target, so it cannot take the source's values; make it a plain column on the target: ALTER TABLE ${targetName} ALTER COLUMN ${quoteIdent(c.name)} DROP EXPRESSION;`);
+    for (const c of columns) {
+      const tc = byName.get(c.target);
+      const col = quoteIdent(c.target);
+      if (!tc && c.target !== c.name) {
+        // Not schema drift: the name comes from the map, so adding the source's column would not help.
+        tableError(`target table ${targetName} has no column ${col}, the target name --table-map "columns" gives source column ${quoteIdent(c.name)} of ${sourceName}; add it on the target (ALTER TABLE ${targetName} ADD COLUMN ${col} ${c.type};) or fix the name in the map`);
+      } else if (!tc) tableError(`target table ${targetName} has no column ${col} (source ${sourceName} has it); run on the target: ALTER TABLE ${targetName} ADD COLUMN ${col} ${c.type};`, c.name);
+      else if (tc.generated) tableError(`column ${col} of ${targetName} is a generated column on the target, so it cannot take the source's values; make it a plain column on the target: ALTER TABLE ${targetName} ALTER COLUMN ${col} DROP EXPRESSION;`);
       else if (tc.alwaysIdentity) {
-        findings.push({ severity: 'warning', message: `target column ${quoteIdent(c.name)} of ${targetName} is GENERATED ALWAYS AS IDENTITY: the sync writes the source's values into it (as OVERRIDING SYSTEM VALUE does) and its sequence does not advance; before writing to the target, run there: SELECT setval(pg_get_serial_sequence(${quoteLiteral(targetName)}, ${quoteLiteral(c.name)}), max(${quoteIdent(c.name)})) FROM ${targetName};` });
+        findings.push({ severity: 'warning', message: `target column ${col} of ${targetName} is GENERATED ALWAYS AS IDENTITY: the sync writes the source's values into it (as OVERRIDING SYSTEM VALUE does) and its sequence does not advance; before writing to the target, run there: SELECT setval(pg_get_serial_sequence(${quoteLiteral(targetName)}, ${quoteLiteral(c.target)}), max(${col})) FROM ${targetName};` });
       }
       if (!tc || tc.generated) continue;
-      if (tc.type !== c.type) findings.push({ severity: 'warning', message: `column ${quoteIdent(c.name)} is ${c.type} on the source but ${tc.type} on the target ${targetName}; values pass as text, so every source value must fit: ALTER TABLE ${targetName} ALTER COLUMN ${quoteIdent(c.name)} TYPE ${c.type};` });
+      if (tc.type !== c.type) findings.push({ severity: 'warning', message: `column ${col} is ${c.type} on the source but ${tc.type} on the target ${targetName}; values pass as text, so every source value must fit: ALTER TABLE ${targetName} ALTER COLUMN ${col} TYPE ${c.type};` });
     }
-    const published = new Set(t.columns.map((c) => c.name));
+    const published = new Set(columns.map((c) => c.target));
     for (const tc of cols) {
       if (!published.has(tc.name) && tc.notNull && !tc.hasDefault && !tc.generated) {
         tableError(`target column ${quoteIdent(tc.name)} of ${targetName} is NOT NULL without a default and gets no value from the source; give it a default or drop NOT NULL: ALTER TABLE ${targetName} ALTER COLUMN ${quoteIdent(tc.name)} DROP NOT NULL;`);
@@ -183,7 +195,7 @@ export async function checkTarget(
     if (tableErrors.has(key)) {
       if (otherErrors === 0 && lacking.length > 0) {
         const present = new Set(cols.map((c) => c.name));
-        driftOnly.set(key, { table: toSyncedTable({ ...t, columns: t.columns.filter((c) => present.has(c.name)) }, target, cols), columns: lacking });
+        driftOnly.set(key, { table: toSyncedTable(t, target, cols, columns.filter((c) => present.has(c.target)), columnMap), columns: lacking });
       }
       continue;
     }
@@ -191,21 +203,55 @@ export async function checkTarget(
       const rows = await client.query(`SELECT EXISTS (SELECT 1 FROM ${targetName}) AS any`);
       if (rows.rows[0].any) findings.push({ severity: 'warning', message: `target table ${targetName} is not empty; the initial copy empties it first (its rows are replaced by the source's)` });
     }
-    synced.push(toSyncedTable(t, target, cols));
+    synced.push(toSyncedTable(t, target, cols, columns, columnMap));
   }
   return { findings, synced, tableErrors, driftOnly };
 }
 
-export function toSyncedTable(t: PublishedTable, target: { schema: string; table: string }, cols: { name: string; type: string }[]): SyncedTable {
+/**
+ * The published columns under the table's column map: each with its target name, excluded ones
+ * left out. Bad entries are reported through `tableError`. A map entry excluding a column the
+ * source no longer has is an error only on a fresh start: once syncing, it is a column dropped
+ * on the source that the target never had.
+ */
+export function mapColumns(t: PublishedTable, map: ColumnMap, freshStart: boolean, tableError: (message: string) => void): SyncedColumn[] {
+  const sourceName = qualified(t.schema, t.table);
+  const published = new Set(t.columns.map((c) => c.name));
+  for (const [from, to] of Object.entries(map)) {
+    if (published.has(from) || (to === null && !freshStart)) continue;
+    tableError(`--table-map "columns" names ${quoteIdent(from)}, which is not a published column of source table ${sourceName} (names are exact: case and quotes matter); fix the name or remove it from the map`);
+  }
+  for (const k of t.identityColumns) {
+    if (map[k] === null && Object.hasOwn(map, k)) {
+      tableError(`--table-map "columns" leaves out ${quoteIdent(k)}, a column of the replica identity of ${sourceName} (its primary key or identity index), so the target could not find rows to update or delete; map it to a target name instead of null`);
+    }
+  }
+  const columns: SyncedColumn[] = [];
+  const byTarget = new Map<string, string>();
+  for (const c of t.columns) {
+    const target = mappedColumn(map, c.name);
+    if (target === null) continue;
+    const other = byTarget.get(target);
+    if (other !== undefined) {
+      tableError(`source columns ${quoteIdent(other)} and ${quoteIdent(c.name)} of ${sourceName} both land on target column ${quoteIdent(target)} through --table-map "columns"; give one of them another target name (or null to leave it out)`);
+    }
+    byTarget.set(target, c.name);
+    columns.push({ ...c, target });
+  }
+  return columns;
+}
+
+export function toSyncedTable(t: PublishedTable, target: { schema: string; table: string }, cols: { name: string; type: string }[], columns: SyncedColumn[], columnMap: ColumnMap): SyncedTable {
   const byName = new Map(cols.map((c) => [c.name, c.type]));
-  const sameTypes = t.columns.every((c) => byName.get(c.name) === c.type);
-  const builtin = t.columns.every((c) => c.typeOid < FIRST_USER_OID);
+  const sameTypes = columns.every((c) => byName.get(c.target) === c.type);
+  const builtin = columns.every((c) => c.typeOid < FIRST_USER_OID);
   return {
     relid: t.relid,
     source: { schema: t.schema, table: t.table },
     target,
     publications: t.publications,
-    columns: t.columns,
+    columns,
+    columnMap,
     rowFilter: t.rowFilter,
     // Binary COPY carries type OIDs inside arrays and records and needs identical types: only
     // built-in types on both sides qualify, the rest go through text.

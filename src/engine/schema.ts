@@ -11,9 +11,9 @@
 import type pg from 'pg';
 import { qualified, quoteIdent, quoteLiteral, tableKey } from './connection';
 import type { PublishedTable } from './catalog';
-import type { Finding } from './precheck';
+import { mapColumns, type Finding } from './precheck';
 import { note } from './sqlgen';
-import { resolveTarget } from './tablemap';
+import { resolveColumnMap, resolveTarget } from './tablemap';
 import type { TableMap, TableName } from './types';
 
 const FIRST_USER_OID = 16384;
@@ -116,7 +116,10 @@ class Planner {
   async build(missing: PublishedTable[]): Promise<void> {
     for (const t of missing) {
       const target = resolveTarget(this.maps, t);
-      await this.table(t.relid, { schema: t.schema, table: t.table }, target, new Set(t.columns.map((c) => c.name)), null);
+      // A bad column map is refused before anything is created.
+      const key = tableKey(t.schema, t.table);
+      const columns = mapColumns(t, resolveColumnMap(this.maps, t), true, (message) => this.plan.errors.push({ severity: 'error', message, table: key }));
+      await this.table(t.relid, { schema: t.schema, table: t.table }, target, new Map(columns.map((c) => [c.name, c.target])), null);
     }
     if (this.plan.errors.length > 0) return;
     const present = new Set((await this.target.query(`SELECT nspname FROM pg_namespace WHERE nspname = ANY($1)`, [[...this.schemas]])).rows.map((r) => r.nspname as string));
@@ -125,10 +128,11 @@ class Planner {
   }
 
   /**
-   * One table: `published` names the columns the sync writes (a column list may leave some out);
-   * `parent` makes it a partition of that (target) table, which gives it its columns.
+   * One table: `published` maps the columns the sync writes (a column list or the column map may
+   * leave some out) to their target names; `parent` makes it a partition of that (target) table,
+   * which gives it its columns.
    */
-  private async table(relid: number, source: TableName, target: TableName, published: Set<string> | null, parent: { name: string; bound: string } | null): Promise<void> {
+  private async table(relid: number, source: TableName, target: TableName, published: Map<string, string> | null, parent: { name: string; bound: string } | null): Promise<void> {
     const sourceName = qualified(source.schema, source.table);
     const targetName = qualified(target.schema, target.table);
     const rel = (await this.source.query(
@@ -142,10 +146,17 @@ class Planner {
     if (parent) {
       this.tableDdl.push(`CREATE TABLE ${targetName} PARTITION OF ${parent.name} ${parent.bound}${partitionBy};`);
     } else {
+      const renamed = [...published!].some(([from, to]) => from !== to);
+      if (renamed && partitionBy) {
+        this.plan.errors.push({ severity: 'error', table: tableKey(source.schema, source.table), message: `--create-tables cannot rewrite the partition key of ${sourceName} for the column names --table-map "columns" gives; create ${targetName} and its partitions on the target yourself, then run again` });
+        return;
+      }
       const lines = await this.columns(relid, sourceName, target, published!);
       if (lines === null) return;
       this.tableDdl.push(`CREATE TABLE ${targetName} (\n  ${lines.join(',\n  ')}\n)${partitionBy};`);
-      await this.optional(relid, targetName);
+      // The source's definitions name the source's columns; under renames they would name others.
+      if (renamed) this.plan.notes.push(`${targetName}: the source's other indexes and constraints are not printed: --table-map "columns" renames columns they name; write them for the target's column names`);
+      else await this.optional(relid, targetName);
     }
     if (rel.relkind !== 'p') return;
     const children = await this.source.query(
@@ -161,7 +172,7 @@ class Planner {
   }
 
   /** The column and primary key lines of CREATE TABLE, or null when a type is missing. */
-  private async columns(relid: number, sourceName: string, target: TableName, published: Set<string>): Promise<string[] | null> {
+  private async columns(relid: number, sourceName: string, target: TableName, published: Map<string, string>): Promise<string[] | null> {
     const targetName = qualified(target.schema, target.table);
     const cols = (await this.source.query<ColumnRow>(
       `SELECT a.attnum, a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.atttypid::int AS type_oid,
@@ -197,12 +208,15 @@ class Planner {
       [relid],
     )).rows;
     const included = new Set(cols.filter((c) => published.has(c.name)).map((c) => c.attnum));
+    const renamedAttnums = new Set(cols.filter((c) => published.has(c.name) && published.get(c.name) !== c.name).map((c) => c.attnum));
     // A generated column is computed on the target from the published columns it reads.
     for (const c of cols) {
       if (c.generated !== 's' || c.attrdef === null) continue;
       const reads = deps.filter((d) => d.attrdef === c.attrdef && d.oid === relid && d.subid > 0);
-      if (reads.every((d) => included.has(d.subid))) included.add(c.attnum);
-      else this.plan.notes.push(`${targetName}: generated column ${quoteIdent(c.name)} left out: it reads a column the publication does not publish`);
+      // Its expression is the source's text, which names the source's columns.
+      if (reads.some((d) => renamedAttnums.has(d.subid))) this.plan.notes.push(`${targetName}: generated column ${quoteIdent(c.name)} left out: it reads a column --table-map "columns" renames`);
+      else if (reads.every((d) => included.has(d.subid))) included.add(c.attnum);
+      else this.plan.notes.push(`${targetName}: generated column ${quoteIdent(c.name)} left out: it reads a column the publication (or the column map) leaves out`);
     }
     const lines: string[] = [];
     let typesOk = true;
@@ -213,7 +227,7 @@ class Planner {
     if (!typesOk) return null;
     for (const c of cols) {
       if (!included.has(c.attnum)) continue;
-      const col = quoteIdent(c.name);
+      const col = quoteIdent(published.get(c.name) ?? c.name);
       const parts = [col, c.type];
       if (c.coll_name !== null) parts.push(`COLLATE ${qualified(c.coll_schema!, c.coll_name)}`);
       const seq = sequences.get(c.attnum);
@@ -247,8 +261,11 @@ class Planner {
       [relid],
     )).rows[0];
     if (pk) {
-      if ((pk.cols as number[]).every((n) => included.has(n))) lines.push(pk.def);
-      else this.plan.notes.push(`${targetName}: created without the source's ${pk.def}: the publication leaves some of its columns out`);
+      const pkCols = pk.cols as number[];
+      const byAttnum = new Map(cols.map((c) => [c.attnum, c.name]));
+      if (!pkCols.every((n) => included.has(n))) this.plan.notes.push(`${targetName}: created without the source's ${pk.def}: the publication leaves some of its columns out`);
+      else if (pkCols.some((n) => renamedAttnums.has(n))) lines.push(`PRIMARY KEY (${pkCols.map((n) => quoteIdent(published.get(byAttnum.get(n)!)!)).join(', ')})`);
+      else lines.push(pk.def);
     }
     return lines;
   }

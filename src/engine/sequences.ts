@@ -7,12 +7,15 @@
 import type pg from 'pg';
 import { qualified, quoteIdent, quoteLiteral } from './connection';
 import { notFound } from './report';
-import { loadSubscription, loadTableProgress, stateSchemaExists } from './state';
-import type { TableName } from './types';
+import { loadColumnMaps, loadSubscription, loadTableProgress, stateSchemaExists } from './state';
+import { mappedColumn } from './tablemap';
+import type { ColumnMap, TableName } from './types';
 
 export interface SyncedPair {
   source: TableName;
   target: TableName;
+  /** The table's --table-map column map: a target column's sequence follows its source column's. */
+  columns?: ColumnMap;
 }
 
 export interface SequenceResult {
@@ -74,7 +77,11 @@ async function lastValue(client: pg.Client, sequence: string): Promise<string | 
 export async function syncSequences(source: pg.Client, target: pg.Client, tables: SyncedPair[], dryRun: boolean): Promise<SequenceResult[]> {
   const wanted = new Map<string, SequenceResult & { descending: boolean }>();
   for (const t of tables) {
-    const sourceSeqs = new Map((await columnSequences(source, t.source)).map((s) => [s.column, s]));
+    // Keyed by the target column each source column lands in.
+    const sourceSeqs = new Map((await columnSequences(source, t.source)).flatMap((s) => {
+      const column = mappedColumn(t.columns ?? {}, s.column);
+      return column === null ? [] : [[column, s] as const];
+    }));
     const targetName = qualified(t.target.schema, t.target.table);
     for (const seq of await columnSequences(target, t.target)) {
       const descending = seq.increment.startsWith('-');
@@ -104,8 +111,9 @@ export async function syncSequences(source: pg.Client, target: pg.Client, tables
 /** syncSequences over the tables a sync on this target syncs (its table map included). */
 export async function syncSequencesOfSync(source: pg.Client, target: pg.Client, subname: string, dryRun: boolean): Promise<SequenceResult[]> {
   if (!(await stateSchemaExists(target)) || !(await loadSubscription(target, subname))) throw notFound(subname);
+  const columnMaps = new Map((await loadColumnMaps(target, subname)).map((m) => [qualified(m.schema, m.table), m.columnMap]));
   const tables = (await loadTableProgress(target, subname)).filter((t) => !t.removed)
-    .map((t) => ({ source: { schema: t.schema, table: t.table }, target: { schema: t.targetSchema, table: t.targetTable } }));
+    .map((t) => ({ source: { schema: t.schema, table: t.table }, target: { schema: t.targetSchema, table: t.targetTable }, columns: columnMaps.get(qualified(t.schema, t.table)) }));
   return syncSequences(source, target, tables, dryRun);
 }
 

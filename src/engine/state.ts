@@ -5,7 +5,7 @@
 import type pg from 'pg';
 import type { Lsn } from './lsn';
 import { formatLsn, parseLsn } from './lsn';
-import type { SyncedTable, TableProgress, TableState } from './types';
+import type { ColumnMap, SyncedTable, TableProgress, TableState } from './types';
 
 export const STATE_SCHEMA = '_pg_live_sync';
 
@@ -49,6 +49,8 @@ COMMENT ON COLUMN _pg_live_sync.subscription_rel.target_relid IS 'OID of the tar
 ALTER TABLE _pg_live_sync.subscription_rel ADD COLUMN IF NOT EXISTS resync_requested_at timestamptz;
 COMMENT ON COLUMN _pg_live_sync.subscription_rel.resync_requested_at IS 'set by pg-live-sync resync: the run (the running one, or the next) copies the table afresh and clears it';
 ALTER TABLE _pg_live_sync.subscription ADD COLUMN IF NOT EXISTS acks_applied_only boolean NOT NULL DEFAULT false;
+ALTER TABLE _pg_live_sync.subscription_rel ADD COLUMN IF NOT EXISTS column_map jsonb;
+COMMENT ON COLUMN _pg_live_sync.subscription_rel.column_map IS '--table-map "columns" the target data was copied under (source column -> target column, null for left out); NULL for none';
 COMMENT ON COLUMN _pg_live_sync.subscription.acks_applied_only IS 'true once runs acknowledge to the slot no more than applied_lsn: a slot confirmed past applied_lsn was then moved by another sync';`;
 
 export interface SubscriptionRow {
@@ -129,9 +131,9 @@ export async function resetSubscription(
     for (const t of tables) {
       await client.query(
         `INSERT INTO _pg_live_sync.subscription_rel
-           (subname, pubname, schemaname, tablename, rrelid, state, approximate_rows, approximate_size, target_schema, target_table)
-         VALUES ($1, $2, $3, $4, $5, 'i', $6, $7, $8, $9)`,
-        [sub.subname, t.publications[0], t.source.schema, t.source.table, t.relid, t.approximateRows, t.approximateSize, t.target.schema, t.target.table],
+           (subname, pubname, schemaname, tablename, rrelid, state, approximate_rows, approximate_size, target_schema, target_table, column_map)
+         VALUES ($1, $2, $3, $4, $5, 'i', $6, $7, $8, $9, $10)`,
+        [sub.subname, t.publications[0], t.source.schema, t.source.table, t.relid, t.approximateRows, t.approximateSize, t.target.schema, t.target.table, columnMapJson(t.columnMap)],
       );
     }
     await client.query('COMMIT');
@@ -145,15 +147,58 @@ export async function resetSubscription(
 export async function upsertTableRow(client: pg.Client, subname: string, t: SyncedTable): Promise<void> {
   await client.query(
     `INSERT INTO _pg_live_sync.subscription_rel
-       (subname, pubname, schemaname, tablename, rrelid, state, approximate_rows, approximate_size, target_schema, target_table)
-     VALUES ($1, $2, $3, $4, $5, 'i', $6, $7, $8, $9)
+       (subname, pubname, schemaname, tablename, rrelid, state, approximate_rows, approximate_size, target_schema, target_table, column_map)
+     VALUES ($1, $2, $3, $4, $5, 'i', $6, $7, $8, $9, $10)
      ON CONFLICT (subname, schemaname, tablename) DO UPDATE
        SET pubname = EXCLUDED.pubname, rrelid = EXCLUDED.rrelid, state = 'i', lsn = NULL, rows_copied = 0, bytes_copied = 0,
            approximate_rows = EXCLUDED.approximate_rows, approximate_size = EXCLUDED.approximate_size,
-           target_schema = EXCLUDED.target_schema, target_table = EXCLUDED.target_table, target_relid = NULL,
+           target_schema = EXCLUDED.target_schema, target_table = EXCLUDED.target_table, target_relid = NULL, column_map = EXCLUDED.column_map,
            removed_at = NULL, last_error = NULL, resync_requested_at = NULL, updated_at = now()`,
-    [subname, t.publications[0], t.source.schema, t.source.table, t.relid, t.approximateRows, t.approximateSize, t.target.schema, t.target.table],
+    [subname, t.publications[0], t.source.schema, t.source.table, t.relid, t.approximateRows, t.approximateSize, t.target.schema, t.target.table, columnMapJson(t.columnMap)],
   );
+}
+
+function columnMapJson(map: ColumnMap): string | null {
+  return Object.keys(map).length === 0 ? null : JSON.stringify(map);
+}
+
+/**
+ * Inside the copy's transaction: the column map the copied rows were written under, and so what
+ * the stream and verify read the table through from then on.
+ */
+export async function recordColumnMap(client: pg.Client, subname: string, t: SyncedTable): Promise<void> {
+  await client.query(
+    `UPDATE _pg_live_sync.subscription_rel SET column_map = $4::jsonb WHERE subname = $1 AND schemaname = $2 AND tablename = $3`,
+    [subname, t.source.schema, t.source.table, columnMapJson(t.columnMap)],
+  );
+}
+
+/** A table not copied yet takes the map of the run that will copy it. */
+export async function setColumnMapBeforeCopy(client: pg.Client, subname: string, table: { schema: string; table: string }, map: ColumnMap): Promise<void> {
+  await client.query(
+    `UPDATE _pg_live_sync.subscription_rel SET column_map = $4::jsonb WHERE subname = $1 AND schemaname = $2 AND tablename = $3 AND state = 'i'`,
+    [subname, table.schema, table.table, columnMapJson(map)],
+  );
+}
+
+/**
+ * Each table's recorded column map ({} for none); `held` when target data depends on it (copied
+ * or being copied, and no resync asked for that would copy it afresh).
+ */
+export async function loadColumnMaps(client: pg.Client, subname: string): Promise<{ schema: string; table: string; columnMap: ColumnMap; held: boolean }[]> {
+  const r = await client.query(
+    `SELECT schemaname, tablename, column_map, state <> 'i' AND resync_requested_at IS NULL AND removed_at IS NULL AS held
+       FROM _pg_live_sync.subscription_rel WHERE subname = $1`,
+    [subname],
+  );
+  return r.rows.map((row) => ({ schema: row.schemaname, table: row.tablename, columnMap: (row.column_map ?? {}) as ColumnMap, held: row.held }));
+}
+
+/** The same map whatever the order of its entries. */
+export function sameColumnMap(a: ColumnMap, b: ColumnMap): boolean {
+  const ka = Object.keys(a).sort();
+  const kb = Object.keys(b).sort();
+  return ka.length === kb.length && ka.every((k, i) => k === kb[i] && Object.hasOwn(b, k) && a[k] === b[k]);
 }
 
 /** A table that cannot be synced yet: shown with its error, retried later. */

@@ -1,7 +1,7 @@
 import { SyncError } from './errors';
-import type { TableMap, TableName } from './types';
+import type { ColumnMap, TableMap, TableName } from './types';
 
-const USAGE = `use {"source":{"schema":"public","table":"metrics"},"target":{"schema":"public","table":"metrics_data"}} or {"source":{"schema":"public"},"target":{"schema":"analytics"}}`;
+const USAGE = `use {"source":{"schema":"public","table":"metrics"},"target":{"schema":"public","table":"metrics_data"}} or {"source":{"schema":"public"},"target":{"schema":"analytics"}}, and on a table map "columns":{"source_col":"target_col","secret_col":null} to rename a column on the target (a string) or leave it out (null)`;
 
 export function parseTableMap(json: string): TableMap {
   let v: unknown;
@@ -24,7 +24,43 @@ export function parseTableMap(json: string): TableMap {
   if (source.table === undefined && target.table !== undefined) {
     throw new SyncError(`--table-map maps a whole schema onto one table: ${json}; give "source.table" too, or drop "target.table"`, 'usage');
   }
-  return { source, target };
+  if (o.columns === undefined) return { source, target };
+  if (source.table === undefined) {
+    throw new SyncError(`--table-map has "columns" on a whole-schema map: ${json}; column mapping needs one table: give "source.table" (one --table-map per table)`, 'usage');
+  }
+  return { source, target, columns: parseColumnMap(o.columns, json) };
+}
+
+/** Names are taken exactly as written (no case folding): they are the catalog's names, as pg_attribute spells them. */
+function parseColumnMap(v: unknown, json: string): ColumnMap {
+  if (!v || typeof v !== 'object' || Array.isArray(v)) {
+    throw new SyncError(`--table-map "columns" must be an object of source column -> target column name or null: ${json}; ${USAGE}`, 'usage');
+  }
+  const columns: ColumnMap = {};
+  const bySource = new Map<string, string>();
+  for (const [from, to] of Object.entries(v as Record<string, unknown>)) {
+    if (from === '') throw new SyncError(`--table-map "columns" has an empty source column name: ${json}; give each column its exact name`, 'usage');
+    if (to !== null && (typeof to !== 'string' || to === '')) {
+      throw new SyncError(`--table-map "columns" maps "${from}" to ${JSON.stringify(to)}: ${json}; give the target column's name as a string, or null to leave the column out`, 'usage');
+    }
+    if (typeof to === 'string') {
+      const other = bySource.get(to);
+      if (other !== undefined) throw new SyncError(`--table-map "columns" maps both "${other}" and "${from}" onto target column "${to}": ${json}; give each its own target name`, 'usage');
+      bySource.set(to, from);
+    }
+    columns[from] = to;
+  }
+  return columns;
+}
+
+/** The column map of a source table: its own table map's, else none ({}). */
+export function resolveColumnMap(maps: TableMap[], source: TableName): ColumnMap {
+  return maps.find((m) => m.source.table !== undefined && m.source.schema === source.schema && m.source.table === source.table)?.columns ?? {};
+}
+
+/** Target name of a source column under a column map; null when the map leaves it out. */
+export function mappedColumn(map: ColumnMap, name: string): string | null {
+  return Object.hasOwn(map, name) ? map[name] : name;
 }
 
 /** A table's own map wins over its schema's map; unmapped tables keep their names. */

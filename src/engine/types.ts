@@ -22,7 +22,12 @@ export interface SyncOptions {
 export interface TableMap {
   source: { schema: string; table?: string };
   target: { schema: string; table?: string };
+  /** Only with `source.table`: source column -> target column, or null to leave it out of the target. */
+  columns?: ColumnMap;
 }
+
+/** Source column name -> target column name; null excludes the column (never copied, streamed or verified). */
+export type ColumnMap = Record<string, string | null>;
 
 export interface TableName {
   schema: string;
@@ -46,13 +51,21 @@ export interface SourceColumn {
   typeOid: number;
 }
 
+/** A source column as a synced table carries it: `target` is its name on the target (the map's, else its own). */
+export interface SyncedColumn extends SourceColumn {
+  target: string;
+}
+
 /** A published source table with everything later stages need to copy and apply it. */
 export interface SyncedTable {
   relid: number;
   source: TableName;
   target: TableName;
   publications: string[];
-  columns: SourceColumn[];
+  /** Published columns the target receives, excluded ones left out. */
+  columns: SyncedColumn[];
+  /** The table's `--table-map` column map ({} without one): its excluded columns are dropped from streamed rows. */
+  columnMap: ColumnMap;
   /** Publication row filters, OR-ed; null when any publication takes every row. */
   rowFilter: string | null;
   /** Binary COPY only where every column is a built-in type with the same type on the target. */

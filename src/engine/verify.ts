@@ -48,7 +48,7 @@ import { formatLsn, maxLsn, parseLsn, type Lsn } from './lsn';
 import { checkTarget } from './precheck';
 import { notFound, readSyncReport } from './report';
 import { slotInfo, validateSubscriptionName } from './slot';
-import { loadSubscription, tryLockSubscription, type SubscriptionRow } from './state';
+import { loadColumnMaps, loadSubscription, tryLockSubscription, type SubscriptionRow } from './state';
 import { TABLE_STATE_WORDS, type Logger, type SyncedTable, type TableMap, type TableName } from './types';
 import { formatCount } from './units';
 
@@ -128,6 +128,8 @@ export interface VerifyReport {
 
 interface KeyColumn {
   name: string;
+  /** Its name on the target, through the table's column map. */
+  target: string;
   sourceType: string;
   targetType: string;
   /** Sorted differently on the two servers: compared under COLLATE "C". */
@@ -187,7 +189,9 @@ class Verifier {
       }
     }
     const published = new Map((await listPublishedTables(source, this.sub.publications)).map((p) => [tableKey(p.schema, p.table), p]));
-    const maps: TableMap[] = rows.map((r) => ({ source: { schema: r.schema, table: r.table }, target: { schema: r.targetSchema, table: r.targetTable } }));
+    // The names the rows were copied under, whatever maps a run is given now.
+    const columnMaps = new Map((await loadColumnMaps(target, opts.subscription)).map((m) => [tableKey(m.schema, m.table), m.columnMap]));
+    const maps: TableMap[] = rows.map((r) => ({ source: { schema: r.schema, table: r.table }, target: { schema: r.targetSchema, table: r.targetTable }, columns: columnMaps.get(tableKey(r.schema, r.table)) ?? {} }));
     const ready = rows.flatMap((r) => (r.state === 'r' && !r.removed && published.has(tableKey(r.schema, r.table)) ? [published.get(tableKey(r.schema, r.table))!] : []));
     const checked = await checkTarget(target, opts.target, ready, maps);
     const synced = new Map(checked.synced.map((t) => [tableKey(t.source.schema, t.source.table), t]));
@@ -213,18 +217,20 @@ class Verifier {
 
   private async plan(t: SyncedTable): Promise<TablePlan> {
     const names = await keyColumns(this.source, t.relid);
-    // A key column left out of the publication's column list cannot bound ranges on the target.
-    if (names.length === 0 || !names.every((n) => t.columns.some((c) => c.name === n))) return { t, key: [] };
+    // A key column left out of the publication's column list (or by the column map) cannot bound ranges on the target.
+    const columns = names.map((n) => t.columns.find((c) => c.name === n));
+    if (names.length === 0 || !columns.every((c) => c !== undefined)) return { t, key: [] };
+    const targetNames = columns.map((c) => c!.target);
     const [targetCols, sourceColl, targetColl] = await Promise.all([
       targetColumns(this.target, t.target),
       columnCollations(this.source, t.source, names),
-      columnCollations(this.target, t.target, names),
+      columnCollations(this.target, t.target, targetNames),
     ]);
     const targetType = new Map((targetCols ?? []).map((c) => [c.name, c.type]));
-    const key = names.map((name) => {
-      const s = sourceColl.get(name) ?? null;
-      const d = targetColl.get(name) ?? null;
-      return { name, sourceType: t.columns.find((c) => c.name === name)!.type, targetType: targetType.get(name)!, collate: s !== null && d !== null && s !== d };
+    const key = columns.map((c) => {
+      const s = sourceColl.get(c!.name) ?? null;
+      const d = targetColl.get(c!.target) ?? null;
+      return { name: c!.name, target: c!.target, sourceType: c!.type, targetType: targetType.get(c!.target)!, collate: s !== null && d !== null && s !== d };
     });
     return { t, key };
   }
@@ -257,7 +263,7 @@ class Verifier {
     params.push(offset);
     const r: pg.QueryArrayResult<string[]> = await this.source.query({
       text: `SELECT ${p.key.map((k, i) => `${quoteIdent(k.name)}::text AS k${i}`).join(', ')}
-               FROM ${sourceFrom(p.t)}${where} ORDER BY ${keyExpressions(p.key).join(', ')} OFFSET $${params.length} LIMIT 1`,
+               FROM ${sourceFrom(p.t)}${where} ORDER BY ${keyExpressions(p.key, 'source').join(', ')} OFFSET $${params.length} LIMIT 1`,
       values: params,
       rowMode: 'array',
     });
@@ -309,7 +315,7 @@ class Verifier {
     const where = conditions(p.t.rowFilter, range && rangeCondition(p.key, range, 'source', parameter(params)));
     // The insert position is read after the statement's snapshot: every commit it sees ends before it.
     const r = await this.source.query(
-      `SELECT ${aggregates(p.t)},
+      `SELECT ${aggregates(p.t, 'source')},
               coalesce(sum(hashtextextended(concat_ws(':', tableoid, ctid, xmin), 0)), 0)::text AS versions,
               pg_current_wal_insert_lsn()::text AS lsn
          FROM ${sourceFrom(p.t)}${where}`,
@@ -322,7 +328,7 @@ class Verifier {
   private async readTarget(p: TablePlan, range: KeyRange | null): Promise<ChunkSide> {
     const params: unknown[] = [];
     const where = conditions(null, range && rangeCondition(p.key, range, 'target', parameter(params)));
-    const r = await this.target.query(`SELECT ${aggregates(p.t)} FROM ${qualified(p.t.target.schema, p.t.target.table)}${where}`, params);
+    const r = await this.target.query(`SELECT ${aggregates(p.t, 'target')} FROM ${qualified(p.t.target.schema, p.t.target.table)}${where}`, params);
     return { rows: Number(r.rows[0].rows), checksum: r.rows[0].checksum };
   }
 
@@ -415,19 +421,22 @@ function sourceFrom(t: SyncedTable): string {
   return `${t.partitioned ? '' : 'ONLY '}${qualified(t.source.schema, t.source.table)}`;
 }
 
-/** Count and order-independent checksum of the published columns, in the source's column order. */
-function aggregates(t: SyncedTable): string {
-  const row = `ROW(${t.columns.map((c) => quoteIdent(c.name)).join(', ')})::text`;
+/**
+ * Count and order-independent checksum of the published columns, in the source's column order:
+ * by source name on the source, by the column map's target name on the target, excluded ones not at all.
+ */
+function aggregates(t: SyncedTable, onSide: 'source' | 'target'): string {
+  const row = `ROW(${t.columns.map((c) => quoteIdent(onSide === 'source' ? c.name : c.target)).join(', ')})::text`;
   return `count(*)::text AS rows, coalesce(sum(hashtextextended(${row}, 0)), 0)::text AS checksum`;
 }
 
-function keyExpressions(key: KeyColumn[]): string[] {
-  return key.map((k) => `${quoteIdent(k.name)}${k.collate ? ' COLLATE "C"' : ''}`);
+function keyExpressions(key: KeyColumn[], onSide: 'source' | 'target'): string[] {
+  return key.map((k) => `${quoteIdent(onSide === 'source' ? k.name : k.target)}${k.collate ? ' COLLATE "C"' : ''}`);
 }
 
 /** `(k1, k2) > (v1, v2) AND (k1, k2) <= (w1, w2)`, each value rendered by `value` and cast to the side's column type. */
 function rangeCondition(key: KeyColumn[], range: KeyRange, onSide: 'source' | 'target', value: (v: string) => string): string | null {
-  const cols = `(${keyExpressions(key).join(', ')})`;
+  const cols = `(${keyExpressions(key, onSide).join(', ')})`;
   const values = (vs: string[]) => `(${vs.map((v, i) => `${value(v)}::${onSide === 'source' ? key[i].sourceType : key[i].targetType}${key[i].collate ? ' COLLATE "C"' : ''}`).join(', ')})`;
   const parts: string[] = [];
   if (range.after) parts.push(`${cols} > ${values(range.after)}`);

@@ -9,14 +9,13 @@ import { parseLsn, type Lsn } from '../engine/lsn';
 import { describeSequence, syncSequencesOfSync } from '../engine/sequences';
 import { DEFAULT_CHUNK_ROWS, VERIFY_CATCH_UP_SECONDS, verifyLines, verifySync } from '../engine/verify';
 import { resetTableForResync } from '../engine/state';
-import type { TableMap } from '../engine/types';
 import type { PanelAction } from '../../webview/protocol';
 import type { ConnectionStore } from './connections';
 import { EngineProcess } from './engineProcess';
 import { LoopDelayMonitor } from './loopDelay';
 import { MonitorClients } from './monitorClients';
 import type { PanelSnapshot, PanelSource } from './panelSource';
-import { readingFromReport, readingFromStatus, sanitizeSyncDefinition, SyncTracker, type SlotReading, type SyncDefinition } from './syncModel';
+import { readingFromReport, readingFromStatus, sanitizeSyncDefinition, syncTableMaps, SyncTracker, type SlotReading, type SyncDefinition } from './syncModel';
 
 const SECTION = 'pgLiveSync';
 const KEY = 'syncs';
@@ -364,7 +363,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
         cli,
         {
           source: source.url, target: target.url, publications: def.publications, subscription: def.name,
-          tableMaps: def.tableMaps as TableMap[], tableSyncWorkers: def.tableSyncWorkers, copyData: def.copyData,
+          tableMaps: syncTableMaps(def), tableSyncWorkers: def.tableSyncWorkers, copyData: def.copyData,
           createTables: def.createTables, applyDdl: def.applyDdl,
           configuredIn: { source: source.configuredIn!, target: target.configuredIn! },
         },

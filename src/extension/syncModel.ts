@@ -7,6 +7,8 @@ import { tableKey } from '../engine/connection';
 import { DDL_KINDS, type DdlKind } from '../engine/drift';
 import { formatBytes } from '../engine/units';
 import { formatLsn } from '../engine/lsn';
+import { parseTableMap } from '../engine/tablemap';
+import type { TableMap } from '../engine/types';
 import type { SyncReport } from '../engine/report';
 import type { SlotInfo } from '../engine/slot';
 import { secondsToInvalidation, walWriteRate } from '../engine/walHeadroom';
@@ -48,6 +50,14 @@ export function sanitizeSyncDefinition(raw: unknown): SyncDefinition | null {
     applyDdl: Array.isArray(r.applyDdl) ? r.applyDdl.filter((k): k is DdlKind => (DDL_KINDS as readonly unknown[]).includes(k)) : [],
     attach: r.attach === true,
   };
+}
+
+/**
+ * The setting's table maps as the engine takes them, each read as `--table-map` reads it: a map
+ * edited by hand in settings.json (a "columns" map included) is checked, not passed on blindly.
+ */
+export function syncTableMaps(def: SyncDefinition): TableMap[] {
+  return def.tableMaps.map((m) => parseTableMap(JSON.stringify(m)));
 }
 
 /** What one reading says; the tracker below adds rates and history. */

@@ -47,7 +47,7 @@ export async function askNewSync(connections: ConnectionStore, taken: string[], 
   if (name === undefined) return undefined;
   const mapText = await vscode.window.showInputBox({
     title: `${title} (5/7): table map (optional)`, ignoreFocusOut: true,
-    prompt: 'JSON maps, one per line or an array, e.g. {"source":{"schema":"public"},"target":{"schema":"mirror"}}; empty: same names',
+    prompt: 'JSON maps, one per line or an array, e.g. {"source":{"schema":"public"},"target":{"schema":"mirror"}}; a table map may add "columns":{"old":"new","secret":null}; empty: same names',
     validateInput: (v) => {
       try {
         parseMaps(v);

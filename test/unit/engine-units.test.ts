@@ -7,7 +7,7 @@ import { BinaryRowCounter, TextRowCounter } from '../../src/engine/copy';
 import { SyncError } from '../../src/engine/errors';
 import { formatLsn, parseLsn } from '../../src/engine/lsn';
 import { validateSubscriptionName } from '../../src/engine/slot';
-import { parseTableMap, parseTableName, resolveTarget } from '../../src/engine/tablemap';
+import { mappedColumn, parseTableMap, parseTableName, resolveColumnMap, resolveTarget } from '../../src/engine/tablemap';
 
 describe('LSN', () => {
   it('parses both spellings the replication library uses and compares as 64-bit numbers', () => {
@@ -31,6 +31,29 @@ describe('table map', () => {
   it('rejects malformed maps with a usage error that shows the accepted forms', () => {
     for (const bad of ['{', '{"source":{"schema":"a"}}', '{"source":{"schema":"a"},"target":{"schema":"b","table":"t"}}', '{"source":{"schema":""},"target":{"schema":"b"}}']) {
       assert.throws(() => parseTableMap(bad), (e: unknown) => e instanceof SyncError && e.code === 'usage' && /--table-map/.test(e.message), bad);
+    }
+  });
+  it('reads a column map on a table map: a string renames, null leaves out, names exactly as written', () => {
+    const m = parseTableMap('{"source":{"schema":"public","table":"users"},"target":{"schema":"public"},"columns":{"Email":"email_address","pw":null,"Ünï Ç":"u"}}');
+    assert.deepEqual(m.columns, { Email: 'email_address', pw: null, 'Ünï Ç': 'u' });
+    assert.deepEqual(resolveColumnMap([schema, m], { schema: 'public', table: 'users' }), m.columns);
+    assert.deepEqual(resolveColumnMap([schema, m], { schema: 'public', table: 'orders' }), {});
+    assert.equal(mappedColumn(m.columns!, 'Email'), 'email_address');
+    assert.equal(mappedColumn(m.columns!, 'email'), 'email', 'no case folding: an unmapped name keeps its own');
+    assert.equal(mappedColumn(m.columns!, 'pw'), null);
+    assert.equal(mappedColumn(m.columns!, 'toString'), 'toString', 'only the map\'s own keys count');
+    assert.equal(parseTableMap('{"source":{"schema":"a","table":"t"},"target":{"schema":"b"}}').columns, undefined, 'the old form is unchanged');
+  });
+  it('refuses a bad column map with one usage line that says what to do', () => {
+    const cases: [string, RegExp][] = [
+      ['{"source":{"schema":"a"},"target":{"schema":"b"},"columns":{"x":"y"}}', /whole-schema map.*give "source.table"/],
+      ['{"source":{"schema":"a","table":"t"},"target":{"schema":"b"},"columns":["x"]}', /must be an object/],
+      ['{"source":{"schema":"a","table":"t"},"target":{"schema":"b"},"columns":{"x":1}}', /give the target column's name as a string, or null/],
+      ['{"source":{"schema":"a","table":"t"},"target":{"schema":"b"},"columns":{"x":""}}', /give the target column's name/],
+      ['{"source":{"schema":"a","table":"t"},"target":{"schema":"b"},"columns":{"x":"z","y":"z"}}', /both "x" and "y" onto target column "z".*own target name/],
+    ];
+    for (const [bad, why] of cases) {
+      assert.throws(() => parseTableMap(bad), (e: unknown) => e instanceof SyncError && e.code === 'usage' && why.test(e.message) && !e.message.includes('\n'), bad);
     }
   });
 });

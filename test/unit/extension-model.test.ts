@@ -15,7 +15,7 @@ import type { PanelSnapshot } from '../../src/extension/panelSource';
 import { commentText, note } from '../../src/engine/sqlgen';
 import { runConfirmation, splitStatements, statementSummary } from '../../src/extension/sqlSplit';
 import {
-  describeActivity, readingFromReport, readingFromStatus, sanitizeSyncDefinition, severity, SyncTracker, type Reading,
+  describeActivity, readingFromReport, readingFromStatus, sanitizeSyncDefinition, severity, syncTableMaps, SyncTracker, type Reading,
 } from '../../src/extension/syncModel';
 import type { PanelTable } from '../../webview/protocol';
 
@@ -519,5 +519,16 @@ describe('sync model: sanitizeSyncDefinition', () => {
     for (const bad of [null, 'x', {}, { name: 's', source: 'a' }, { name: 's', target: 'b' }, { source: 'a', target: 'b' }, { name: 1, source: 'a', target: 'b' }]) {
       assert.equal(sanitizeSyncDefinition(bad), null, JSON.stringify(bad));
     }
+  });
+
+  it('keeps a table map\'s "columns" through the setting to the engine, and refuses a bad one', () => {
+    const map = { source: { schema: 'public', table: 'users' }, target: { schema: 'app' }, columns: { Email: 'email_address', pw: null } };
+    // The setting is stored as JSON: what comes back from settings.json is a parsed copy.
+    const def = sanitizeSyncDefinition(JSON.parse(JSON.stringify({ name: 's', source: 'a', target: 'b', tableMaps: [map] })))!;
+    const maps = syncTableMaps(def);
+    assert.deepEqual(maps, [map]);
+    assert.deepEqual(JSON.parse(JSON.stringify({ type: 'start', options: { tableMaps: maps } })).options.tableMaps, [map], 'the start message to the CLI carries it');
+    const bad = sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b', tableMaps: [{ source: { schema: 'public' }, target: { schema: 'app' }, columns: { a: 'b' } }] })!;
+    assert.throws(() => syncTableMaps(bad), /whole-schema map/);
   });
 });
