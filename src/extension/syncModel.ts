@@ -87,6 +87,7 @@ export function readingFromStatus(s: StatusJson, at: number, slot: SlotReading |
       key: tableKey(t.schema, t.table), schema: t.schema, table: t.table, targetSchema: t.targetSchema, targetTable: t.targetTable,
       state: t.state, removed: t.removed, rowsCopied: t.rowsCopied, bytesCopied: t.bytesCopied,
       approximateRows: t.approximateRows, approximateSize: t.approximateSize, lastError: t.lastError,
+      chunksDone: t.chunks?.done ?? null, chunksTotal: t.chunks?.total ?? null,
     })),
   };
 }
@@ -110,6 +111,7 @@ export function readingFromReport(r: SyncReport, at: number, notRunning: 'paused
       key: tableKey(t.schema, t.table), schema: t.schema, table: t.table, targetSchema: t.targetSchema, targetTable: t.targetTable,
       state: t.state, removed: t.removed, rowsCopied: t.rowsCopied, bytesCopied: t.bytesCopied,
       approximateRows: t.approximateRows, approximateSize: t.approximateSize, lastError: t.lastError,
+      chunksDone: t.chunks?.done ?? null, chunksTotal: t.chunks?.total ?? null,
     })),
   };
 }

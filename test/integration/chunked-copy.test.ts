@@ -26,7 +26,7 @@ const processAlive = (pid: number) => {
 
 async function chunkCounts(db: string, sub: string, table: string): Promise<{ done: number; total: number }> {
   const r = await pair.target.query(db, `SELECT count(*) FILTER (WHERE done_at IS NOT NULL)::int AS done, count(*)::int AS total FROM _pg_live_sync.copy_chunk WHERE subname = $1 AND tablename = $2`, [sub, table]);
-  return r.rows[0];
+  return r.rows[0] as { done: number; total: number };
 }
 
 async function holders(db: string): Promise<number> {
@@ -179,7 +179,9 @@ describe('chunked copy', () => {
     } finally {
       await load.stop();
     }
-    await waitCaughtUp(pair, db, sub, 60_000, second);
+    await waitCaughtUp(pair, db, sub, 30_000, second).catch((err) => {
+      throw new Error(`${err}\n${tail(second.output(), 8000)}`);
+    });
     assert.match(second.output(), /can no longer be imported/);
     assert.ok(await sameContents(pair, db, 'big'), tail(second.output()));
     assert.equal(await holders(db), 0);
