@@ -144,7 +144,11 @@ describe('chunked copy', () => {
     } finally {
       await load.stop();
     }
-    await waitCaughtUp(pair, db, sub, 60_000, second);
+    await waitCaughtUp(pair, db, sub, 30_000, second).catch(async (err) => {
+      const slots = await pair.source.query(db, `SELECT slot_name, active, confirmed_flush_lsn::text, pg_current_wal_lsn()::text FROM pg_replication_slots`);
+      const acts = await pair.source.query(db, `SELECT application_name, state, backend_xid::text, backend_xmin::text, left(query, 80) q FROM pg_stat_activity WHERE datname = current_database()`);
+      throw new Error(`${err}\n${JSON.stringify(slots.rows)}\n${JSON.stringify(acts.rows)}\n${tail(second.output(), 8000)}`);
+    });
     assert.match(second.output(), /resuming the chunked copy of "public"\."big": \d+ of \d+ chunks were done/);
     assert.ok(await sameContents(pair, db, 'big'), tail(second.output()));
     const after = await pair.target.query(db, `SELECT chunk, xmin::text AS x, done_at FROM _pg_live_sync.copy_chunk WHERE chunk = ANY($1::int[]) ORDER BY chunk`, [before.rows.map((r) => r.chunk)]);
@@ -179,8 +183,9 @@ describe('chunked copy', () => {
     } finally {
       await load.stop();
     }
-    await waitCaughtUp(pair, db, sub, 30_000, second).catch((err) => {
-      throw new Error(`${err}\n${tail(second.output(), 8000)}`);
+    await waitCaughtUp(pair, db, sub, 30_000, second).catch(async (err) => {
+      const slots = await pair.source.query(db, `SELECT slot_name, active, confirmed_flush_lsn::text, pg_current_wal_lsn()::text FROM pg_replication_slots`);
+      throw new Error(`${err}\n${JSON.stringify(slots.rows)}\n${tail(second.output(), 8000)}`);
     });
     assert.match(second.output(), /can no longer be imported/);
     assert.ok(await sameContents(pair, db, 'big'), tail(second.output()));
