@@ -47,6 +47,13 @@ const BIG_TARGET_LOG = `CREATE TABLE ins_log (id int);
   ALTER TABLE big ENABLE ALWAYS TRIGGER log_ins;`;
 const BIG_ROWS = 20_000;
 
+async function diagnose(err: unknown, db: string, run: { output(): string }): Promise<never> {
+  const slots = await pair.source.query(db, `SELECT slot_name, active, confirmed_flush_lsn::text, pg_current_wal_lsn()::text FROM pg_replication_slots`);
+  const acts = await pair.source.query(db, `SELECT application_name, state, wait_event_type, wait_event, backend_xmin::text, left(query, 80) q FROM pg_stat_activity WHERE datname = current_database()`);
+  const tacts = await pair.target.query(db, `SELECT application_name, state, wait_event_type, wait_event, backend_xid::text, left(query, 300) q FROM pg_stat_activity WHERE datname = current_database()`);
+  throw new Error(`${String(err)}\n${JSON.stringify(slots.rows)}\n${JSON.stringify(acts.rows)}\n${JSON.stringify(tacts.rows)}\n${tail(run.output(), 8000)}`);
+}
+
 describe('chunked copy', () => {
   it('ctid ranges are read with a TID Range Scan', async () => {
     const { db } = await freshDatabases(pair, 'tidscan', BIG);
@@ -144,11 +151,7 @@ describe('chunked copy', () => {
     } finally {
       await load.stop();
     }
-    await waitCaughtUp(pair, db, sub, 30_000, second).catch(async (err) => {
-      const slots = await pair.source.query(db, `SELECT slot_name, active, confirmed_flush_lsn::text, pg_current_wal_lsn()::text FROM pg_replication_slots`);
-      const acts = await pair.source.query(db, `SELECT application_name, state, backend_xid::text, backend_xmin::text, left(query, 80) q FROM pg_stat_activity WHERE datname = current_database()`);
-      throw new Error(`${err}\n${JSON.stringify(slots.rows)}\n${JSON.stringify(acts.rows)}\n${tail(second.output(), 8000)}`);
-    });
+    await waitCaughtUp(pair, db, sub, 30_000, second).catch(async (err) => diagnose(err, db, second));
     assert.match(second.output(), /resuming the chunked copy of "public"\."big": \d+ of \d+ chunks were done/);
     assert.ok(await sameContents(pair, db, 'big'), tail(second.output()));
     const after = await pair.target.query(db, `SELECT chunk, xmin::text AS x, done_at FROM _pg_live_sync.copy_chunk WHERE chunk = ANY($1::int[]) ORDER BY chunk`, [before.rows.map((r) => r.chunk)]);
@@ -183,13 +186,46 @@ describe('chunked copy', () => {
     } finally {
       await load.stop();
     }
-    await waitCaughtUp(pair, db, sub, 30_000, second).catch(async (err) => {
-      const slots = await pair.source.query(db, `SELECT slot_name, active, confirmed_flush_lsn::text, pg_current_wal_lsn()::text FROM pg_replication_slots`);
-      throw new Error(`${err}\n${JSON.stringify(slots.rows)}\n${tail(second.output(), 8000)}`);
-    });
+    await waitCaughtUp(pair, db, sub, 30_000, second).catch(async (err) => diagnose(err, db, second));
     assert.match(second.output(), /can no longer be imported/);
     assert.ok(await sameContents(pair, db, 'big'), tail(second.output()));
     assert.equal(await holders(db), 0);
+    assert.equal(await second.stop(), 0, second.output());
+  });
+
+  it('a table that joins later, killed mid-copy through its own slot: the restart resumes its chunks there, exactly', async () => {
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'joinresume', `${BIG} CREATE TABLE small (id int PRIMARY KEY);`);
+    await pair.target.query(db, BIG_TARGET_LOG);
+    await pair.source.query(db, `INSERT INTO small VALUES (1); INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, ${BIG_ROWS}) g; CREATE PUBLICATION pub FOR TABLE small;`);
+    const sub = 'joinresume';
+    const args = ['run', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', sub, '--copy-chunk-size', CHUNK];
+    const first = startRun(args);
+    await waitAllReady(pair.target, db, sub, 1);
+    await pair.source.query(db, `ALTER PUBLICATION pub ADD TABLE big`);
+    await whileAlive(first, 'some chunks of the joined table done', async () => (await chunkCounts(db, sub, 'big').catch(() => ({ done: 0 }))).done >= 5, 60_000, 5);
+    const load = commitLoop(sourceUrl, (i) => `INSERT INTO big VALUES (${1_000_000 + i}, 'new'); UPDATE big SET pad = 'upd' WHERE id = ${1 + (i * 31) % BIG_ROWS}; DELETE FROM big WHERE id = ${1 + (i * 47) % BIG_ROWS};`);
+    await load.more(3);
+    await first.kill9();
+    const before = await pair.target.query(db, `SELECT chunk, xmin::text AS x, done_at FROM _pg_live_sync.copy_chunk WHERE done_at IS NOT NULL ORDER BY chunk`);
+    const total = (await chunkCounts(db, sub, 'big')).total;
+    assert.ok(before.rows.length > 0 && before.rows.length < total, `killed mid-copy: ${before.rows.length} of ${total} chunks done`);
+
+    const second = startRun(args);
+    try {
+      await load.more(3);
+      await waitAllReady(pair.target, db, sub, 2);
+    } finally {
+      await load.stop();
+    }
+    await waitCaughtUp(pair, db, sub, 30_000, second).catch(async (err) => diagnose(err, db, second));
+    assert.match(second.output(), /resuming the interrupted copy of public\.big in its snapshot/);
+    assert.ok(await sameContents(pair, db, 'big'), tail(second.output()));
+    const after = await pair.target.query(db, `SELECT chunk, xmin::text AS x, done_at FROM _pg_live_sync.copy_chunk WHERE chunk = ANY($1::int[]) ORDER BY chunk`, [before.rows.map((r) => r.chunk)]);
+    assert.deepEqual(after.rows, before.rows, 'finished chunks were not copied again');
+    const inserted = (await pair.target.query(db, `SELECT count(*)::int AS n FROM ins_log`)).rows[0].n;
+    const streamed = (await pair.source.query(db, `SELECT count(*)::int AS n FROM big WHERE id > 1000000`)).rows[0].n;
+    assert.equal(inserted, BIG_ROWS + streamed, 'no row copied twice');
+    await waitFor('the holders gone', async () => (await holders(db)) === 0);
     assert.equal(await second.stop(), 0, second.output());
   });
 
