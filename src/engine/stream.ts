@@ -142,8 +142,6 @@ const PG_EPOCH_MICROS = 946_684_800_000_000n;
 /** The readable's buffer, in frames: how many events one run can hold. */
 const BATCH_FRAMES = 256;
 const MAX_STATUS_INTERVAL_MS = 5_000;
-/** While waiting for frames, how often the readable's buffer is looked at without a 'readable' event. */
-const READ_RECHECK_MS = 50;
 
 /**
  * While apply waits on the target the socket is not read, so keepalives are not seen; the timer's
@@ -243,16 +241,7 @@ export class ReplicationStream {
         }
         if (failed) throw failed;
         if (ended || duplex.readableEnded || duplex.destroyed) return;
-        // 'readable' alone is not enough: with the buffer over its high-water mark when the event
-        // fires, frames were seen sitting in it (and the socket paused) while this waited, until
-        // the server's next keepalive, up to wal_sender_timeout / 2 later. Look again soon anyway.
-        await new Promise<void>((resolve) => {
-          const recheck = setTimeout(poke, READ_RECHECK_MS);
-          wake = () => {
-            clearTimeout(recheck);
-            resolve();
-          };
-        });
+        await new Promise<void>((resolve) => (wake = resolve));
       }
     } finally {
       duplex.off('readable', poke);
