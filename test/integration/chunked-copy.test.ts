@@ -96,7 +96,7 @@ describe('chunked copy', () => {
     } finally {
       await load.stop();
     }
-    await waitCaughtUp(pair, db, sub, 60_000, run);
+    await waitCaughtUp(pair, db, sub, 120_000, run);
     for (const t of ['keyed', 'nokey', '"Zähler ""q"""']) assert.ok(await sameContents(pair, db, t), `${t} matches\n${tail(run.output())}`);
     const [a, b] = await Promise.all([
       tableFingerprint(pair.source, db, '(SELECT * FROM filtered WHERE id % 2 = 0)'),
@@ -147,11 +147,11 @@ describe('chunked copy', () => {
     const second = startRun(args);
     try {
       await load.more(3);
-      await waitAllReady(pair.target, db, sub, 1);
     } finally {
       await load.stop();
     }
-    await waitCaughtUp(pair, db, sub, 30_000, second).catch(async (err) => diagnose(err, db, second));
+    await waitAllReady(pair.target, db, sub, 1, 180_000);
+    await waitCaughtUp(pair, db, sub, 120_000, second).catch(async (err) => diagnose(err, db, second));
     assert.match(second.output(), /resuming the chunked copy of "public"\."big": \d+ of \d+ chunks were done/);
     assert.ok(await sameContents(pair, db, 'big'), tail(second.output()));
     const after = await pair.target.query(db, `SELECT chunk, xmin::text AS x, done_at FROM _pg_live_sync.copy_chunk WHERE chunk = ANY($1::int[]) ORDER BY chunk`, [before.rows.map((r) => r.chunk)]);
@@ -181,12 +181,12 @@ describe('chunked copy', () => {
 
     const second = startRun(args);
     try {
-      await waitAllReady(pair.target, db, sub, 1);
       await load.more(3);
     } finally {
       await load.stop();
     }
-    await waitCaughtUp(pair, db, sub, 30_000, second).catch(async (err) => diagnose(err, db, second));
+    await waitAllReady(pair.target, db, sub, 1, 180_000);
+    await waitCaughtUp(pair, db, sub, 120_000, second).catch(async (err) => diagnose(err, db, second));
     assert.match(second.output(), /can no longer be imported/);
     assert.ok(await sameContents(pair, db, 'big'), tail(second.output()));
     assert.equal(await holders(db), 0);
@@ -213,11 +213,11 @@ describe('chunked copy', () => {
     const second = startRun(args);
     try {
       await load.more(3);
-      await waitAllReady(pair.target, db, sub, 2);
     } finally {
       await load.stop();
     }
-    await waitCaughtUp(pair, db, sub, 30_000, second).catch(async (err) => diagnose(err, db, second));
+    await waitAllReady(pair.target, db, sub, 2, 180_000);
+    await waitCaughtUp(pair, db, sub, 120_000, second).catch(async (err) => diagnose(err, db, second));
     assert.match(second.output(), /resuming the interrupted copy of public\.big in its snapshot/);
     assert.ok(await sameContents(pair, db, 'big'), tail(second.output()));
     const after = await pair.target.query(db, `SELECT chunk, xmin::text AS x, done_at FROM _pg_live_sync.copy_chunk WHERE chunk = ANY($1::int[]) ORDER BY chunk`, [before.rows.map((r) => r.chunk)]);
