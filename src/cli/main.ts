@@ -25,7 +25,7 @@ import { applyCreatePlan, createPlanSql, planCreateTables } from '../engine/sche
 import { listPublishedTables, publicationsMissing } from '../engine/catalog';
 import { statusToJson, type FromEngine, type ToEngine } from './ipc';
 import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
-import { formatBytes, formatColumns, formatCount } from '../engine/units';
+import { formatBytes, formatColumns, formatCount, parseSize } from '../engine/units';
 import { DEFAULT_CHUNK_ROWS, VERIFY_CATCH_UP_SECONDS, verifyLines, verifySync } from '../engine/verify';
 
 interface CommandHelp {
@@ -405,9 +405,9 @@ async function slots(args: string[]): Promise<number> {
 
 /** A size as PostgreSQL writes one (kB, MB: powers of 1024) or in IEC units (KiB, MiB). */
 function parseBytes(text: string, flag = 'warn-retained-wal', examples = '512MiB or 2GiB'): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(?:(B)|([KMGT])i?B)?$/i.exec(text.trim());
-  if (!m) throw new UsageError(`--${flag} takes a size such as ${examples}, not "${text}"`);
-  return Math.floor(Number(m[1]) * 1024 ** (m[3] ? 'KMGT'.indexOf(m[3].toUpperCase()) + 1 : 0));
+  const bytes = parseSize(text);
+  if (bytes === null) throw new UsageError(`--${flag} takes a size such as ${examples}, not "${text}"`);
+  return bytes;
 }
 
 function tableRows(tables: TableProgress[]): string {

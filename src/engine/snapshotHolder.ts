@@ -50,7 +50,11 @@ function cliScript(): string {
  * resolves once it holds its own export. Throws with the holder's reason when it cannot import it.
  */
 export async function holdSnapshot(source: Endpoint, snapshot: string, graceMs = HOLDER_GRACE_MS): Promise<HeldSnapshot> {
-  const child = spawn(process.execPath, [cliScript(), 'hold-snapshot'], { detached: true, stdio: ['pipe', 'pipe', 'ignore'] });
+  // libpq's PG* variables stay (a password may come from PGPASSWORD); the URLs the CLI may have read from the environment do not.
+  const env = { ...process.env };
+  delete env.SOURCE;
+  delete env.TARGET;
+  const child = spawn(process.execPath, [cliScript(), 'hold-snapshot'], { detached: true, stdio: ['pipe', 'pipe', 'ignore'], env });
   const stdin = child.stdin!;
   const stdout = child.stdout!;
   stdin.on('error', () => undefined);
@@ -111,10 +115,8 @@ export async function runSnapshotHolder(input: Readable, output: Writable): Prom
   let wake: () => void = () => undefined;
   input.on('data', (d: string) => {
     buffered += d;
-    if (/\nrelease\n/.test(buffered.slice(buffered.indexOf('\n')))) {
-      released = true;
-      wake();
-    }
+    // The first line is the orders; a later `release` line ends the holder.
+    if (buffered.split('\n').slice(1).includes('release')) released = true;
     wake();
   });
   input.on('end', () => {

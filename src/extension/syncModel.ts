@@ -5,7 +5,7 @@
 import type { StatusJson } from '../cli/ipc';
 import { tableKey } from '../engine/connection';
 import { DDL_KINDS, type DdlKind } from '../engine/drift';
-import { formatBytes } from '../engine/units';
+import { formatBytes, parseSize } from '../engine/units';
 import { formatLsn } from '../engine/lsn';
 import type { SyncReport } from '../engine/report';
 import type { SlotInfo } from '../engine/slot';
@@ -30,12 +30,15 @@ export interface SyncDefinition {
   applyDdl: DdlKind[];
   /** Run elsewhere (the CLI on a server); this window only reads the target's state. */
   attach: boolean;
+  /** `copyChunkSize` in bytes (`run --copy-chunk-size`); absent: the engine's default. */
+  copyChunkBytes?: number;
 }
 
 export function sanitizeSyncDefinition(raw: unknown): SyncDefinition | null {
   if (typeof raw !== 'object' || raw === null) return null;
   const r = raw as Record<string, unknown>;
   if (typeof r.name !== 'string' || typeof r.source !== 'string' || typeof r.target !== 'string') return null;
+  const chunkBytes = typeof r.copyChunkSize === 'string' ? parseSize(r.copyChunkSize) : typeof r.copyChunkSize === 'number' && r.copyChunkSize >= 0 ? Math.floor(r.copyChunkSize) : null;
   return {
     name: r.name,
     source: r.source,
@@ -47,6 +50,7 @@ export function sanitizeSyncDefinition(raw: unknown): SyncDefinition | null {
     createTables: r.createTables === true,
     applyDdl: Array.isArray(r.applyDdl) ? r.applyDdl.filter((k): k is DdlKind => (DDL_KINDS as readonly unknown[]).includes(k)) : [],
     attach: r.attach === true,
+    ...(chunkBytes !== null ? { copyChunkBytes: chunkBytes } : {}),
   };
 }
 
