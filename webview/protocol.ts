@@ -32,6 +32,9 @@ export interface PanelTable {
   etaSeconds: number | null;
   /** The table's last error, with its fix, as the engine wrote it. */
   lastError: string | null;
+  /** A table copied in page ranges (--copy-chunk-size): chunks committed / planned; null otherwise. */
+  chunksDone?: number | null;
+  chunksTotal?: number | null;
 }
 
 export interface PanelHeader {

@@ -340,9 +340,11 @@ export class TableGrid {
       const percent = Math.floor(fraction * 1000) / 10;
       const width = `${percent}%`;
       if (row.barFill.style.width !== width) row.barFill.style.width = width;
-      setText(row.pct, `${percent.toFixed(percent >= 100 ? 0 : 1)}%`);
+      setText(row.pct, `${percent.toFixed(percent >= 100 ? 0 : 1)}%${chunkText(t)}`);
     }
     setAttr(row.cells.progress, 'data-fraction', fraction === null ? null : fraction.toFixed(4));
+    setAttr(row.cells.progress, 'data-chunks', t.chunksTotal ? `${t.chunksDone ?? 0}/${t.chunksTotal}` : null);
+    setAttr(row.cells.progress, 'title', t.chunksTotal ? `copied in page ranges: ${t.chunksDone ?? 0} of ${t.chunksTotal} chunks done` : null);
 
     setText(row.cells.rows, formatRows(t));
     setAttr(row.cells.rows, 'data-rows-copied', t.rowsCopied);
@@ -367,6 +369,11 @@ export class TableGrid {
     toggleClass(row.el, 'row-removed', t.removed);
     this.applyFilter(row);
   }
+}
+
+/** " · 3/8 chunks" while a chunked table copies; nothing for a table copied whole or once copied. */
+function chunkText(t: PanelTable): string {
+  return t.chunksTotal && (t.state === 'd' || t.state === 'i') ? ` · ${t.chunksDone ?? 0}/${t.chunksTotal} chunks` : '';
 }
 
 function sameTable(a: PanelTable, b: PanelTable): boolean {

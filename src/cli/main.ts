@@ -18,12 +18,14 @@ import { dropSync, notFound, readSyncReport } from '../engine/report';
 import { describeSequence, sequenceSql, syncSequencesOfSync } from '../engine/sequences';
 import { DDL_KINDS, type DdlKind } from '../engine/drift';
 import { ensureStateSchema, requestResync, resyncPending } from '../engine/state';
+import { COPY_CHUNK_BYTES } from '../engine/copy';
+import { runSnapshotHolder } from '../engine/snapshotHolder';
 import { parseTableMap, parseTableName } from '../engine/tablemap';
 import { applyCreatePlan, createPlanSql, planCreateTables } from '../engine/schema';
 import { listPublishedTables, publicationsMissing } from '../engine/catalog';
 import { statusToJson, type FromEngine, type ToEngine } from './ipc';
 import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
-import { formatBytes, formatColumns, formatCount } from '../engine/units';
+import { formatBytes, formatColumns, formatCount, parseSize } from '../engine/units';
 import { DEFAULT_CHUNK_ROWS, VERIFY_CATCH_UP_SECONDS, verifyLines, verifySync } from '../engine/verify';
 
 interface CommandHelp {
@@ -43,13 +45,14 @@ const COMMANDS: Record<string, CommandHelp> = {
   run: {
     synopsis: `pg-live-sync run    --source URL --target URL --publication NAME [--publication NAME]...
                     --subscription NAME [--table-map JSON]... [--table-sync-workers N]
-                    [--copy-data true|false] [--apply-ddl add-column] [--create-tables]`,
+                    [--copy-data true|false] [--copy-chunk-size SIZE] [--apply-ddl add-column] [--create-tables]`,
     about: 'Checks everything, creates the slot, copies the tables, then streams changes until SIGINT or SIGTERM; run it again to resume.',
     flags: [
       SOURCE_FLAG, TARGET_FLAG, PUBLICATION_FLAG,
       ['--subscription NAME', "the sync's name (its slot is pg_live_sync_<NAME>)"],
       TABLE_MAP_FLAG,
       ['--table-sync-workers N', 'tables copied at once, 1 to 64 (default 4)'],
+      ['--copy-chunk-size SIZE', 'tables larger than this are copied in page ranges by all workers at once, resumable chunk by chunk, e.g. 64MiB; 0 never splits (default 256MiB)'],
       ['--copy-data true|false', 'false: skip the initial copy, sync only later changes (default true)'],
       ['--apply-ddl add-column', 'add a column added on the source to the target as it streams by (default: that table stops with the ALTER to run)'],
       ['--create-tables', 'first create the target tables that are missing, as create-tables does (default: a missing table is an error)'],
@@ -173,6 +176,7 @@ async function run(args: string[]): Promise<number> {
     subscription: { type: 'string' },
     'table-map': { type: 'string', multiple: true },
     'table-sync-workers': { type: 'string' },
+    'copy-chunk-size': { type: 'string' },
     'copy-data': { type: 'string' },
     'apply-ddl': { type: 'string', multiple: true },
     'create-tables': { type: 'boolean' },
@@ -198,6 +202,7 @@ async function run(args: string[]): Promise<number> {
       tableMaps: ((v['table-map'] as string[] | undefined) ?? []).map(parseTableMap),
       tableSyncWorkers: workers,
       copyData: copyDataText === 'true',
+      copyChunkBytes: parseBytes((v['copy-chunk-size'] as string | undefined) ?? `${COPY_CHUNK_BYTES}B`, 'copy-chunk-size', '256MiB or 0'),
       applyDdl: applyDdl as DdlKind[],
       createTables: v['create-tables'] === true,
     },
@@ -399,17 +404,18 @@ async function slots(args: string[]): Promise<number> {
 }
 
 /** A size as PostgreSQL writes one (kB, MB: powers of 1024) or in IEC units (KiB, MiB). */
-function parseBytes(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(?:(B)|([KMGT])i?B)?$/i.exec(text.trim());
-  if (!m) throw new UsageError(`--warn-retained-wal takes a size such as 512MiB or 2GiB, not "${text}"`);
-  return Number(m[1]) * 1024 ** (m[3] ? 'KMGT'.indexOf(m[3].toUpperCase()) + 1 : 0);
+function parseBytes(text: string, flag = 'warn-retained-wal', examples = '512MiB or 2GiB'): number {
+  const bytes = parseSize(text);
+  if (bytes === null) throw new UsageError(`--${flag} takes a size such as ${examples}, not "${text}"`);
+  return bytes;
 }
 
 function tableRows(tables: TableProgress[]): string {
-  const rows = [['TABLE', 'TARGET', 'STATE', 'ROWS COPIED', 'BYTES COPIED', 'LAST ERROR']];
+  const rows = [['TABLE', 'TARGET', 'STATE', 'ROWS COPIED', 'BYTES COPIED', 'CHUNKS', 'LAST ERROR']];
   for (const t of tables) {
     const state = t.removed ? `${t.state} removed from publication` : `${t.state} ${TABLE_STATE_WORDS[t.state]}${t.lastError ? ' (error)' : ''}`;
-    rows.push([tableKey(t.schema, t.table), qualified(t.targetSchema, t.targetTable), state, formatCount(t.rowsCopied), formatBytes(t.bytesCopied), t.lastError ?? '']);
+    const chunks = t.chunks ? `${formatCount(t.chunks.done)} / ${formatCount(t.chunks.total)}` : '';
+    rows.push([tableKey(t.schema, t.table), qualified(t.targetSchema, t.targetTable), state, formatCount(t.rowsCopied), formatBytes(t.bytesCopied), chunks, t.lastError ?? '']);
   }
   return formatColumns(rows).join('\n');
 }
@@ -659,6 +665,9 @@ async function main(argv: string[]): Promise<number> {
         return await createTables(args);
       case 'serve-ipc':
         return await serveIpc();
+      case 'hold-snapshot':
+        // Internal: started detached by a run's chunked copy (snapshotHolder.ts), not by people.
+        return await runSnapshotHolder(process.stdin, process.stdout);
       case undefined:
       case 'help':
       case '--help':

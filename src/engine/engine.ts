@@ -9,7 +9,8 @@ import { listPublishedTables, replicaIdentityFix, type PublishedTable } from './
 import { abandonGroup, checkpoint, checkpointDue } from './checkpoint';
 import { connect, describeEndpoint, qualified, quoteIdent, tableKey, type Endpoint } from './connection';
 import { addColumnSql, addedColumns, type AddedColumn } from './drift';
-import { copyTables, type CopyProgress } from './copy';
+import { COPY_CHUNK_BYTES, copyTables, type CopyProgress } from './copy';
+import { endHolders, holdSnapshot, HOLDER_GRACE_MS, type HeldSnapshot } from './snapshotHolder';
 import { CheckError, errorMessage, isTransient, retryMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, type Lsn } from './lsn';
 import { checkSource, checkTarget, type Finding } from './precheck';
@@ -19,7 +20,7 @@ import {
   validateSubscriptionName,
 } from './slot';
 import {
-  adoptSlotPosition, ensureStateSchema, loadSubscription, loadTableProgress, markTableRemoved, promoteCaughtUpTables, resetSubscription,
+  adoptSlotPosition, deleteHeldSnapshot, ensureStateSchema, loadHeldSnapshots, recordHeldSnapshot, loadSubscription, loadTableProgress, markTableRemoved, promoteCaughtUpTables, resetSubscription,
   setConsistentLsn, setSubscriptionError, setTableError, setTableState, stateSchemaExists, tryLockSubscription,
   loadColumnMaps, sameColumnMap, setColumnMapBeforeCopy,
   resetTableForResync, tablesToResync, upsertTableError, upsertTableRow, writeAppliedLsn, writeCopyProgress, type SubscriptionRow,
@@ -195,7 +196,7 @@ export class SyncEngine {
     const { options } = this;
     const log = this.hooks.log;
     const sub = await loadSubscription(target, options.subscription);
-    if (sub?.consistentLsn != null) return true;
+    if (sub?.consistentLsn != null) return sub.appliedLsn === null && options.copyData ? this.resumeFirstCopy(source, target, sub, tables) : true;
 
     if (sub === null) {
       // Slot names are cluster-wide but this state is per target: without a row here, they are not ours.
@@ -224,34 +225,91 @@ export class SyncEngine {
         await this.copied(target, created.consistentLsn);
         return true;
       }
-      this.phase = 'copying';
+      return await this.firstCopy(target, created.snapshot, created.consistentLsn, tables, null, closeExporter);
+    } catch (err) {
+      if (this.abort.signal.aborted) return false;
+      throw err;
+    } finally {
+      await closeExporter();
+    }
+  }
+
+  /** Copies `tables` in the main slot's snapshot, then records the copy's position as applied. */
+  private async firstCopy(target: pg.Client, snapshot: string, consistentLsn: Lsn, tables: SyncedTable[], holder: HeldSnapshot | null, onSnapshotImported: () => Promise<void>): Promise<boolean> {
+    const { options } = this;
+    this.phase = 'copying';
+    try {
       // A table whose copy fails is left in `i` with its error; it syncs on its own later.
       await this.withCopyProgress(target, () =>
         copyTables({
           source: this.source,
           target: this.target,
           subscription: options.subscription,
-          snapshot: created.snapshot,
-          consistentLsn: created.consistentLsn,
+          slot: this.slot,
+          snapshot,
+          consistentLsn,
           tables,
           workers: options.tableSyncWorkers,
-          log,
+          chunkBytes: options.copyChunkBytes ?? COPY_CHUNK_BYTES,
+          holder,
+          log: this.hooks.log,
           signal: this.abort.signal,
-          onSnapshotImported: closeExporter,
+          onSnapshotImported,
           onProgress: (p) => this.onCopyProgress(p),
         }),
       );
-      await this.copied(target, created.consistentLsn);
+      await this.copied(target, consistentLsn);
       return true;
     } catch (err) {
       if (this.abort.signal.aborted) {
-        log('info', 'stopped during the initial copy; the next run keeps the finished tables and copies the rest');
+        this.hooks.log('info', 'stopped during the initial copy; the next run keeps the finished tables (and chunks) and copies the rest');
         return false;
       }
       throw err;
-    } finally {
-      await closeExporter();
     }
+  }
+
+  /**
+   * A first copy cut short (the slot exists, nothing streamed yet: applied_lsn unset). If its
+   * snapshot is still held (copy_snapshot), the tables it did not finish are copied in that very
+   * snapshot, chunked ones from their first unfinished chunk, and all of them join the main stream
+   * at the slot's consistent point as if never interrupted. Otherwise they sync on their own later
+   * (follow), copied afresh. Returns false when stopped.
+   */
+  private async resumeFirstCopy(source: pg.Client, target: pg.Client, sub: SubscriptionRow, tables: SyncedTable[]): Promise<boolean> {
+    const log = this.hooks.log;
+    const subname = this.options.subscription;
+    const held = (await loadHeldSnapshots(target, subname, this.slot))[0];
+    if (!held) return true;
+    const forget = async (why: string | null) => {
+      if (why) log('warn', `${why}; the tables the interrupted first copy did not finish are copied afresh, each through its own slot`);
+      await endHolders(source, [held.holderPid]).catch(() => undefined);
+      await deleteHeldSnapshot(target, subname, this.slot);
+      return true;
+    };
+    const rows = new Map((await loadTableProgress(target, subname)).map((r) => [tableKey(r.schema, r.table), r]));
+    const unfinished = tables.filter((t) => {
+      const row = rows.get(tableKey(t.source.schema, t.source.table));
+      return row !== undefined && !row.removed && (row.state === 'i' || row.state === 'd');
+    });
+    if (unfinished.length === 0) return forget(null);
+    const slot = await slotInfo(source, this.slot);
+    // Exact only while the slot still starts at the snapshot's point: then every change after it is still to come.
+    if (!slot || held.consistentLsn !== sub.consistentLsn || (slot.confirmedFlush ?? 0n) > held.consistentLsn) {
+      return forget(`the snapshot of the interrupted first copy no longer matches replication slot "${this.slot}"`);
+    }
+    let holder: HeldSnapshot;
+    try {
+      holder = await holdSnapshot(this.source, held.snapshot);
+    } catch (err) {
+      return forget(`the snapshot of the interrupted first copy can no longer be imported (${errorMessage(err)}): its holder process is gone (the source restarted, it was killed, or no run came within ${HOLDER_GRACE_MS / 60_000} minutes)`);
+    }
+    await recordHeldSnapshot(target, subname, { slotName: this.slot, consistentLsn: held.consistentLsn, snapshot: holder.snapshot, holderPid: holder.backendPid, holderOsPid: holder.osPid });
+    // Adopted: this run's holder keeps the snapshot from now on.
+    await endHolders(source, [held.holderPid]).catch(() => undefined);
+    for (const row of rows.values()) this.progress.set(tableKey(row.schema, row.table), row);
+    log('info', `resuming the interrupted first copy in its snapshot at ${formatLsn(held.consistentLsn)}: ${unfinished.length} table(s) left`);
+    return this.firstCopy(target, holder.snapshot, held.consistentLsn, unfinished, holder, async () => undefined);
   }
 
   /** The copy holds the source as of the slot's consistent point: that is the applied position now. */
@@ -269,6 +327,8 @@ export class SyncEngine {
       tp.rowsCopied = p.rows;
       tp.bytesCopied = p.bytes;
       tp.state = p.done ? 'f' : 'd';
+      if (p.chunks) tp.chunks = p.chunks;
+      else delete tp.chunks;
       if (!p.done) tp.lastError = null;
     }
     if (p.done) this.inFlight.delete(k);
@@ -407,7 +467,8 @@ export class SyncEngine {
           row.state = 's';
           applier.setTable(table, row.lsn);
         } else {
-          if (row.state === 'f') slotsInUse.add(tableSyncSlotName(options.subscription, pub.relid));
+          // A copy cut short (`d`) may resume in its slot's held snapshot (tablesync.ts).
+          if (row.state === 'f' || row.state === 'd') slotsInUse.add(tableSyncSlotName(options.subscription, pub.relid));
           this.queueJob(pub);
         }
       }
@@ -431,6 +492,7 @@ export class SyncEngine {
         target: this.target,
         subscription: options.subscription,
         publications: options.publications,
+        copyChunkBytes: options.copyChunkBytes ?? COPY_CHUNK_BYTES,
         log,
         signal: jobsAbort.signal,
         onProgress: (p) => this.onCopyProgress(p),

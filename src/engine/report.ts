@@ -8,7 +8,8 @@ import { connect, quoteIdent, type Endpoint } from './connection';
 import { SyncError } from './errors';
 import { formatLsn } from './lsn';
 import { dropSlotIfExists, dropTableSyncSlots, notOwnedSlots, slotInfo, subscriptionSlots, validateSubscriptionName, type SlotInfo } from './slot';
-import { deleteSubscriptionRows, loadSubscription, loadTableProgress, stateSchemaExists, type SubscriptionRow } from './state';
+import { endHolders } from './snapshotHolder';
+import { deleteSubscriptionRows, loadHeldSnapshots, loadSubscription, loadTableProgress, stateSchemaExists, type SubscriptionRow } from './state';
 import type { Logger, TableProgress } from './types';
 
 export interface SyncReport {
@@ -119,6 +120,8 @@ export async function dropSync(sourceEp: Endpoint, targetEp: Endpoint, subname: 
         else log('info', `nothing to drop: the target has no state for subscription "${subname}" and the source has no slot of it`);
         return { notOwned };
       }
+      // Holders of copy snapshots end with their sessions; they would otherwise wait out their grace period.
+      await endHolders(source, (await loadHeldSnapshots(target, subname)).map((h) => h.holderPid));
       const dropped = await dropSlotIfExists(source, sub.slotName);
       log('info', dropped ? `dropped replication slot "${sub.slotName}" on the source` : `no replication slot "${sub.slotName}" on the source`);
       for (const s of await dropTableSyncSlots(source, subname)) log('info', `dropped table-sync slot "${s}" on the source`);

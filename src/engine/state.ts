@@ -51,7 +51,37 @@ COMMENT ON COLUMN _pg_live_sync.subscription_rel.resync_requested_at IS 'set by 
 ALTER TABLE _pg_live_sync.subscription ADD COLUMN IF NOT EXISTS acks_applied_only boolean NOT NULL DEFAULT false;
 ALTER TABLE _pg_live_sync.subscription_rel ADD COLUMN IF NOT EXISTS column_map jsonb;
 COMMENT ON COLUMN _pg_live_sync.subscription_rel.column_map IS '--table-map "columns" the target data was copied under (source column -> target column, null for left out); NULL for none';
-COMMENT ON COLUMN _pg_live_sync.subscription.acks_applied_only IS 'true once runs acknowledge to the slot no more than applied_lsn: a slot confirmed past applied_lsn was then moved by another sync';`;
+COMMENT ON COLUMN _pg_live_sync.subscription.acks_applied_only IS 'true once runs acknowledge to the slot no more than applied_lsn: a slot confirmed past applied_lsn was then moved by another sync';
+CREATE TABLE IF NOT EXISTS _pg_live_sync.copy_chunk (
+  subname         text NOT NULL,
+  schemaname      text NOT NULL,
+  tablename       text NOT NULL,
+  chunk           int NOT NULL,
+  chunks          int NOT NULL,
+  first_page      bigint NOT NULL,
+  end_page        bigint,
+  consistent_lsn  pg_lsn NOT NULL,
+  target_relid    oid,
+  rows_copied     bigint,
+  bytes_copied    bigint,
+  done_at         timestamptz,
+  created_at      timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (subname, schemaname, tablename, chunk)
+);
+COMMENT ON TABLE _pg_live_sync.copy_chunk IS 'a table copied in page ranges (ctid >= (first_page,0) AND ctid < (end_page,0)); a chunk''s rows and its done_at commit together';
+COMMENT ON COLUMN _pg_live_sync.copy_chunk.end_page IS 'NULL for the last chunk: open-ended, so pages added after the plan are covered';
+COMMENT ON COLUMN _pg_live_sync.copy_chunk.consistent_lsn IS 'the slot position whose snapshot the plan belongs to: only a run importing that snapshot may resume it';
+CREATE TABLE IF NOT EXISTS _pg_live_sync.copy_snapshot (
+  subname         text NOT NULL,
+  slot_name       text NOT NULL,
+  consistent_lsn  pg_lsn NOT NULL,
+  snapshot        text NOT NULL,
+  holder_pid      int NOT NULL,
+  holder_os_pid   int,
+  created_at      timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (subname, slot_name)
+);
+COMMENT ON TABLE _pg_live_sync.copy_snapshot IS 'a slot''s copy snapshot kept importable by a pg-live-sync hold-snapshot process (source backend holder_pid), so a chunked copy cut short resumes in it';`;
 
 export interface SubscriptionRow {
   subname: string;
@@ -229,6 +259,10 @@ export async function markTableRemoved(client: pg.Client, subname: string, t: { 
 }
 
 export async function deleteSubscriptionRows(client: pg.Client, subname: string): Promise<void> {
+  if (await hasChunkTables(client)) {
+    await client.query(`DELETE FROM _pg_live_sync.copy_chunk WHERE subname = $1`, [subname]);
+    await client.query(`DELETE FROM _pg_live_sync.copy_snapshot WHERE subname = $1`, [subname]);
+  }
   await client.query(`DELETE FROM _pg_live_sync.subscription_rel WHERE subname = $1`, [subname]);
   await client.query(`DELETE FROM _pg_live_sync.subscription WHERE subname = $1`, [subname]);
 }
@@ -310,11 +344,23 @@ export async function writeCopyProgress(client: pg.Client, subname: string, rows
   );
 }
 
+/** State written by a version before chunked copies lacks their tables until a run migrates it; status reads it as it is. */
+async function hasChunkTables(client: pg.Client): Promise<boolean> {
+  const r = await client.query(`SELECT to_regclass('_pg_live_sync.copy_snapshot') IS NOT NULL AS present`);
+  return r.rows[0].present as boolean;
+}
+
 export async function loadTableProgress(client: pg.Client, subname: string): Promise<TableProgress[]> {
+  const chunks = (await hasChunkTables(client))
+    ? `LEFT JOIN LATERAL (
+         SELECT count(*) FILTER (WHERE done_at IS NOT NULL) AS done, count(*) AS total FROM _pg_live_sync.copy_chunk k
+          WHERE k.subname = r.subname AND k.schemaname = r.schemaname AND k.tablename = r.tablename) c ON r.state <> 'i'`
+    : `LEFT JOIN (SELECT NULL::bigint AS done, NULL::bigint AS total) c ON false`;
   const r = await client.query(
     `SELECT schemaname, tablename, target_schema, target_table, state, lsn::text, rows_copied, bytes_copied,
-            approximate_rows, approximate_size, last_error, removed_at IS NOT NULL AS removed
-       FROM _pg_live_sync.subscription_rel WHERE subname = $1 ORDER BY schemaname, tablename`,
+            approximate_rows, approximate_size, last_error, removed_at IS NOT NULL AS removed, c.done AS chunks_done, c.total AS chunks_total
+       FROM _pg_live_sync.subscription_rel r ${chunks}
+      WHERE subname = $1 ORDER BY schemaname, tablename`,
     [subname],
   );
   return r.rows.map((row) => ({
@@ -330,6 +376,7 @@ export async function loadTableProgress(client: pg.Client, subname: string): Pro
     approximateRows: Number(row.approximate_rows ?? 0),
     approximateSize: Number(row.approximate_size ?? 0),
     lastError: row.last_error,
+    ...(Number(row.chunks_total ?? 0) > 0 ? { chunks: { done: Number(row.chunks_done), total: Number(row.chunks_total) } } : {}),
   }));
 }
 
@@ -402,4 +449,128 @@ export async function tablesToResync(client: pg.Client, subname: string): Promis
     target: { schema: row.target_schema, table: row.target_table },
     requested: row.requested,
   }));
+}
+
+/** A page range of a table copied in chunks; endPage null: to the end of the table. */
+export interface ChunkRange {
+  chunk: number;
+  firstPage: number;
+  endPage: number | null;
+}
+
+export interface ChunkRow extends ChunkRange {
+  rows: number;
+  bytes: number;
+  done: boolean;
+}
+
+/** Inside the transaction that empties the target table: the plan its chunks follow. */
+export async function writeChunkPlan(client: pg.Client, subname: string, table: { schema: string; table: string }, targetName: string, consistentLsn: Lsn, chunks: ChunkRange[]): Promise<void> {
+  await deleteChunkPlan(client, subname, table);
+  await client.query(
+    `INSERT INTO _pg_live_sync.copy_chunk (subname, schemaname, tablename, chunk, chunks, first_page, end_page, consistent_lsn, target_relid)
+     SELECT $1, $2, $3, c.chunk, $5, c.first_page, c.end_page, $6, to_regclass($4)::oid
+       FROM unnest($7::int[], $8::bigint[], $9::bigint[]) AS c(chunk, first_page, end_page)`,
+    [subname, table.schema, table.table, targetName, chunks.length, formatLsn(consistentLsn), chunks.map((c) => c.chunk), chunks.map((c) => c.firstPage), chunks.map((c) => c.endPage)],
+  );
+}
+
+export async function deleteChunkPlan(client: pg.Client, subname: string, table: { schema: string; table: string }): Promise<void> {
+  await client.query(`DELETE FROM _pg_live_sync.copy_chunk WHERE subname = $1 AND schemaname = $2 AND tablename = $3`, [subname, table.schema, table.table]);
+}
+
+/**
+ * The chunk plan of a table cut short while copying in the snapshot at `consistentLsn`, into the
+ * same target table (same OID) as now; null when there is none to resume.
+ */
+export async function loadChunkPlan(client: pg.Client, subname: string, table: { schema: string; table: string }, targetName: string, consistentLsn: Lsn): Promise<ChunkRow[] | null> {
+  const r = await client.query(
+    `SELECT k.chunk, k.chunks, k.first_page, k.end_page, k.rows_copied, k.bytes_copied, k.done_at IS NOT NULL AS done,
+            k.consistent_lsn = $4::pg_lsn AND k.target_relid IS NOT DISTINCT FROM to_regclass($5)::oid AND r.state = 'd' AS usable
+       FROM _pg_live_sync.copy_chunk k
+       JOIN _pg_live_sync.subscription_rel r USING (subname, schemaname, tablename)
+      WHERE k.subname = $1 AND k.schemaname = $2 AND k.tablename = $3 ORDER BY k.chunk`,
+    [subname, table.schema, table.table, formatLsn(consistentLsn), targetName],
+  );
+  if (r.rowCount === 0 || r.rows.some((row) => !row.usable) || Number(r.rows[0].chunks) !== r.rowCount) return null;
+  return r.rows.map((row) => ({
+    chunk: Number(row.chunk),
+    firstPage: Number(row.first_page),
+    endPage: row.end_page === null ? null : Number(row.end_page),
+    rows: Number(row.rows_copied ?? 0),
+    bytes: Number(row.bytes_copied ?? 0),
+    done: row.done,
+  }));
+}
+
+/**
+ * Inside the chunk's transaction: marks it done, sums the table's done chunks into rows_copied and
+ * bytes_copied, and when none is left moves the table to `f` at `lsn`. The table's row is locked
+ * first, so the chunks of a table finish one after the other and the next one's count (a new
+ * statement, so a new snapshot) sees every chunk committed before it: exactly one finds none left.
+ * Returns whether the table is complete.
+ */
+export async function finishChunk(client: pg.Client, subname: string, table: { schema: string; table: string }, chunk: number, rows: number, bytes: number, lsn: Lsn): Promise<boolean> {
+  const key = [subname, table.schema, table.table];
+  await client.query(
+    `UPDATE _pg_live_sync.copy_chunk SET rows_copied = $5, bytes_copied = $6, done_at = now()
+      WHERE subname = $1 AND schemaname = $2 AND tablename = $3 AND chunk = $4`,
+    [...key, chunk, rows, bytes],
+  );
+  await client.query(`SELECT 1 FROM _pg_live_sync.subscription_rel WHERE subname = $1 AND schemaname = $2 AND tablename = $3 FOR UPDATE`, key);
+  const r = await client.query(
+    `UPDATE _pg_live_sync.subscription_rel r
+        SET rows_copied = s.rows, bytes_copied = s.bytes, updated_at = now(),
+            state = CASE WHEN s.left = 0 THEN 'f' ELSE r.state END,
+            lsn = CASE WHEN s.left = 0 THEN $4::pg_lsn ELSE r.lsn END
+       FROM (SELECT coalesce(sum(rows_copied), 0) AS rows, coalesce(sum(bytes_copied), 0) AS bytes, count(*) FILTER (WHERE done_at IS NULL) AS left
+               FROM _pg_live_sync.copy_chunk WHERE subname = $1 AND schemaname = $2 AND tablename = $3) s
+      WHERE r.subname = $1 AND r.schemaname = $2 AND r.tablename = $3 AND r.state = 'd'
+      RETURNING s.left`,
+    [...key, formatLsn(lsn)],
+  );
+  return r.rowCount === 1 && Number(r.rows[0].left) === 0;
+}
+
+/** A copy snapshot kept importable by a holder process (snapshotHolder.ts). */
+export interface HeldSnapshotRow {
+  slotName: string;
+  consistentLsn: Lsn;
+  snapshot: string;
+  holderPid: number;
+  holderOsPid: number | null;
+}
+
+export async function recordHeldSnapshot(client: pg.Client, subname: string, row: HeldSnapshotRow): Promise<void> {
+  await client.query(
+    `INSERT INTO _pg_live_sync.copy_snapshot (subname, slot_name, consistent_lsn, snapshot, holder_pid, holder_os_pid) VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (subname, slot_name) DO UPDATE
+       SET consistent_lsn = EXCLUDED.consistent_lsn, snapshot = EXCLUDED.snapshot, holder_pid = EXCLUDED.holder_pid,
+           holder_os_pid = EXCLUDED.holder_os_pid, created_at = now()`,
+    [subname, row.slotName, formatLsn(row.consistentLsn), row.snapshot, row.holderPid, row.holderOsPid],
+  );
+}
+
+export async function loadHeldSnapshots(client: pg.Client, subname: string, slotName?: string): Promise<HeldSnapshotRow[]> {
+  if (!(await hasChunkTables(client))) return [];
+  const r = await client.query(
+    `SELECT slot_name, consistent_lsn::text, snapshot, holder_pid, holder_os_pid FROM _pg_live_sync.copy_snapshot
+      WHERE subname = $1 AND ($2::text IS NULL OR slot_name = $2)`,
+    [subname, slotName ?? null],
+  );
+  return r.rows.map((row) => ({
+    slotName: row.slot_name,
+    consistentLsn: parseLsn(row.consistent_lsn),
+    snapshot: row.snapshot,
+    holderPid: row.holder_pid,
+    holderOsPid: row.holder_os_pid,
+  }));
+}
+
+/** Removes the record only if it still names this holder: a newer run may have adopted the snapshot. */
+export async function deleteHeldSnapshot(client: pg.Client, subname: string, slotName: string, holderPid?: number): Promise<void> {
+  await client.query(
+    `DELETE FROM _pg_live_sync.copy_snapshot WHERE subname = $1 AND slot_name = $2 AND ($3::int IS NULL OR holder_pid = $3)`,
+    [subname, slotName, holderPid ?? null],
+  );
 }

@@ -16,10 +16,11 @@ import { Applier } from './apply';
 import { checkpoint, checkpointDue } from './checkpoint';
 import { connect, type Endpoint } from './connection';
 import { copyTables, type CopyProgress } from './copy';
-import { SyncError } from './errors';
-import { maxLsn, type Lsn } from './lsn';
+import { errorMessage, SyncError } from './errors';
+import { formatLsn, maxLsn, type Lsn } from './lsn';
+import { endHolders, holdSnapshot, HOLDER_GRACE_MS, type HeldSnapshot } from './snapshotHolder';
 import { createSlotWithSnapshot, dropSlotIfExists, slotInfo, tableSyncSlotName } from './slot';
-import { setTableState } from './state';
+import { deleteHeldSnapshot, loadHeldSnapshots, recordHeldSnapshot, setTableState, type HeldSnapshotRow } from './state';
 import { ReplicationStream } from './stream';
 import type { Logger, SyncedTable, TableState } from './types';
 
@@ -37,6 +38,8 @@ export interface TableSyncContext {
   target: Endpoint;
   subscription: string;
   publications: string[];
+  /** Tables larger than this are copied in chunks (copy.ts), resumable in the table slot's held snapshot. */
+  copyChunkBytes: number;
   log: Logger;
   signal: AbortSignal;
   main: MainStream;
@@ -50,9 +53,14 @@ export async function syncTable(ctx: TableSyncContext, table: SyncedTable, resum
   const admin = await connect(ctx.source, { applicationName: 'pg_live_sync_tablesync' });
   try {
     let position: Lsn;
-    if (resumeFrom.state === 'f' && resumeFrom.lsn !== null && (await slotInfo(admin, slot))) {
-      position = resumeFrom.lsn;
+    const copied = resumeFrom.state === 'f' && resumeFrom.lsn !== null && (await slotInfo(admin, slot)) !== null;
+    const resumed = resumeFrom.state === 'd' ? await resumeHeldCopy(ctx, admin, table, slot) : null;
+    if (copied) {
+      position = resumeFrom.lsn!;
       ctx.log('info', `resuming the catch-up of ${table.source.schema}.${table.source.table} from its own slot`);
+    } else if (resumed !== null) {
+      position = resumed;
+      ctx.onState(table, 'f', position);
     } else {
       // Anything an interrupted attempt left is discarded: the copy starts from an empty table.
       await dropSlotIfExists(admin, slot);
@@ -69,10 +77,13 @@ export async function syncTable(ctx: TableSyncContext, table: SyncedTable, resum
           source: ctx.source,
           target: ctx.target,
           subscription: ctx.subscription,
+          slot,
           snapshot: created.snapshot,
           consistentLsn: created.consistentLsn,
           tables: [table],
           workers: 1,
+          chunkBytes: ctx.copyChunkBytes,
+          holder: null,
           log: ctx.log,
           onProgress: ctx.onProgress,
           onSnapshotImported: closeExporter,
@@ -81,7 +92,8 @@ export async function syncTable(ctx: TableSyncContext, table: SyncedTable, resum
         if (failures.length > 0) throw new SyncError(failures[0].error, 'copy');
       } catch (err) {
         await closeExporter();
-        await dropSlotIfExists(admin, slot).catch(() => undefined);
+        // Stopped: the next run may resume the copy in this slot's held snapshot (resumeHeldCopy).
+        if (!ctx.signal.aborted) await dropSlotIfExists(admin, slot).catch(() => undefined);
         throw err;
       }
       position = created.consistentLsn;
@@ -93,6 +105,64 @@ export async function syncTable(ctx: TableSyncContext, table: SyncedTable, resum
   } finally {
     await admin.end().catch(() => undefined);
   }
+}
+
+/**
+ * A copy of this table cut short (`d`) whose slot still stands at its consistent point and whose
+ * snapshot is still held: the copy goes on in that snapshot (finished chunks are kept) and the
+ * table is at `f` at the slot's consistent point, exactly as if never interrupted, since the slot
+ * was created at that point and nothing has been decoded from it yet. Returns that point, or null
+ * (after ending any holder left) when the copy must start afresh.
+ */
+async function resumeHeldCopy(ctx: TableSyncContext, admin: pg.Client, table: SyncedTable, slot: string): Promise<Lsn | null> {
+  const target = await connect(ctx.target, { applicationName: 'pg_live_sync_tablesync' });
+  let holder: HeldSnapshot | null = null;
+  let held: HeldSnapshotRow | undefined;
+  try {
+    held = (await loadHeldSnapshots(target, ctx.subscription, slot))[0];
+    if (!held) return null;
+    const info = await slotInfo(admin, slot);
+    let why: string | null = null;
+    if (!info || (info.confirmedFlush ?? 0n) > held.consistentLsn) why = `its slot "${slot}" no longer stands where the copy's snapshot was taken`;
+    else {
+      try {
+        holder = await holdSnapshot(ctx.source, held.snapshot);
+      } catch (err) {
+        why = `the snapshot of its interrupted copy can no longer be imported (${errorMessage(err)}): its holder process is gone (the source restarted, it was killed, or no run came within ${HOLDER_GRACE_MS / 60_000} minutes)`;
+      }
+    }
+    await endHolders(admin, [held.holderPid]).catch(() => undefined);
+    if (!holder) {
+      ctx.log('warn', `${table.source.schema}.${table.source.table}: ${why}; copying it afresh`);
+      await deleteHeldSnapshot(target, ctx.subscription, slot);
+      return null;
+    }
+    await recordHeldSnapshot(target, ctx.subscription, { slotName: slot, consistentLsn: held.consistentLsn, snapshot: holder.snapshot, holderPid: holder.backendPid, holderOsPid: holder.osPid });
+  } finally {
+    await target.end().catch(() => undefined);
+  }
+  ctx.log('info', `resuming the interrupted copy of ${table.source.schema}.${table.source.table} in its snapshot at ${formatLsn(held.consistentLsn)}`);
+  const failures = await copyTables({
+    source: ctx.source,
+    target: ctx.target,
+    subscription: ctx.subscription,
+    slot,
+    snapshot: holder.snapshot,
+    consistentLsn: held.consistentLsn,
+    tables: [table],
+    workers: 1,
+    chunkBytes: ctx.copyChunkBytes,
+    holder,
+    log: ctx.log,
+    onProgress: ctx.onProgress,
+    onSnapshotImported: async () => undefined,
+    signal: ctx.signal,
+  });
+  if (failures.length > 0) {
+    await dropSlotIfExists(admin, slot).catch(() => undefined);
+    throw new SyncError(failures[0].error, 'copy');
+  }
+  return held.consistentLsn;
 }
 
 async function catchUp(ctx: TableSyncContext, table: SyncedTable, slot: string, from: Lsn): Promise<Lsn> {

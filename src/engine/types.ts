@@ -10,6 +10,8 @@ export interface SyncOptions {
   tableMaps: TableMap[];
   tableSyncWorkers: number;
   copyData: boolean;
+  /** Tables larger than this many bytes are copied in page ranges by all workers (copy.ts); 0 never splits; default COPY_CHUNK_BYTES. */
+  copyChunkBytes?: number;
   /** Create the target tables (and the types, schemas, sequences they need) the target lacks (schema.ts); default false. */
   createTables?: boolean;
   /** Source DDL to apply to the target as it streams by (drift.ts); default none. */
@@ -91,6 +93,8 @@ export interface TableProgress {
   approximateRows: number;
   approximateSize: number;
   lastError: string | null;
+  /** A table copied in page ranges (copy_chunk): how many of its chunks have committed. */
+  chunks?: { done: number; total: number };
 }
 
 export type SyncPhase = 'starting' | 'copying' | 'streaming' | 'stopping' | 'stopped';

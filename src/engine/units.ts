@@ -48,3 +48,13 @@ export function formatColumns(rows: string[][]): string[] {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd());
 }
+
+/**
+ * A size as PostgreSQL writes one (kB, MB: powers of 1024) or in IEC units (KiB, MiB), or bare
+ * bytes: "256MB" -> 268435456, "0" -> 0; null when it is not a size.
+ */
+export function parseSize(text: string): number | null {
+  const m = /^(\d+(?:\.\d+)?)\s*(?:(B)|([KMGT])i?B)?$/i.exec(text.trim());
+  if (!m) return null;
+  return Math.floor(Number(m[1]) * 1024 ** (m[3] ? 'KMGT'.indexOf(m[3].toUpperCase()) + 1 : 0));
+}

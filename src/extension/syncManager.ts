@@ -364,7 +364,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
         {
           source: source.url, target: target.url, publications: def.publications, subscription: def.name,
           tableMaps: syncTableMaps(def), tableSyncWorkers: def.tableSyncWorkers, copyData: def.copyData,
-          createTables: def.createTables, applyDdl: def.applyDdl,
+          createTables: def.createTables, applyDdl: def.applyDdl, copyChunkBytes: def.copyChunkBytes,
           configuredIn: { source: source.configuredIn!, target: target.configuredIn! },
         },
         {

@@ -5,7 +5,7 @@
 import type { StatusJson } from '../cli/ipc';
 import { tableKey } from '../engine/connection';
 import { DDL_KINDS, type DdlKind } from '../engine/drift';
-import { formatBytes } from '../engine/units';
+import { formatBytes, parseSize } from '../engine/units';
 import { formatLsn } from '../engine/lsn';
 import { parseTableMap } from '../engine/tablemap';
 import type { TableMap } from '../engine/types';
@@ -32,12 +32,15 @@ export interface SyncDefinition {
   applyDdl: DdlKind[];
   /** Run elsewhere (the CLI on a server); this window only reads the target's state. */
   attach: boolean;
+  /** `copyChunkSize` in bytes (`run --copy-chunk-size`); absent: the engine's default. */
+  copyChunkBytes?: number;
 }
 
 export function sanitizeSyncDefinition(raw: unknown): SyncDefinition | null {
   if (typeof raw !== 'object' || raw === null) return null;
   const r = raw as Record<string, unknown>;
   if (typeof r.name !== 'string' || typeof r.source !== 'string' || typeof r.target !== 'string') return null;
+  const chunkBytes = typeof r.copyChunkSize === 'string' ? parseSize(r.copyChunkSize) : typeof r.copyChunkSize === 'number' && r.copyChunkSize >= 0 ? Math.floor(r.copyChunkSize) : null;
   return {
     name: r.name,
     source: r.source,
@@ -49,6 +52,7 @@ export function sanitizeSyncDefinition(raw: unknown): SyncDefinition | null {
     createTables: r.createTables === true,
     applyDdl: Array.isArray(r.applyDdl) ? r.applyDdl.filter((k): k is DdlKind => (DDL_KINDS as readonly unknown[]).includes(k)) : [],
     attach: r.attach === true,
+    ...(chunkBytes !== null ? { copyChunkBytes: chunkBytes } : {}),
   };
 }
 
@@ -97,6 +101,7 @@ export function readingFromStatus(s: StatusJson, at: number, slot: SlotReading |
       key: tableKey(t.schema, t.table), schema: t.schema, table: t.table, targetSchema: t.targetSchema, targetTable: t.targetTable,
       state: t.state, removed: t.removed, rowsCopied: t.rowsCopied, bytesCopied: t.bytesCopied,
       approximateRows: t.approximateRows, approximateSize: t.approximateSize, lastError: t.lastError,
+      chunksDone: t.chunks?.done ?? null, chunksTotal: t.chunks?.total ?? null,
     })),
   };
 }
@@ -120,6 +125,7 @@ export function readingFromReport(r: SyncReport, at: number, notRunning: 'paused
       key: tableKey(t.schema, t.table), schema: t.schema, table: t.table, targetSchema: t.targetSchema, targetTable: t.targetTable,
       state: t.state, removed: t.removed, rowsCopied: t.rowsCopied, bytesCopied: t.bytesCopied,
       approximateRows: t.approximateRows, approximateSize: t.approximateSize, lastError: t.lastError,
+      chunksDone: t.chunks?.done ?? null, chunksTotal: t.chunks?.total ?? null,
     })),
   };
 }

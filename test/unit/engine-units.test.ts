@@ -134,3 +134,17 @@ describe('copy row counters', () => {
     assert.equal(await countRows(new TextRowCounter(), split(data, 3)), 3);
   });
 });
+
+describe('sizes (--copy-chunk-size, --warn-retained-wal)', () => {
+  it('reads PostgreSQL units and IEC units as powers of 1024, bare numbers as bytes, and 0', async () => {
+    const { parseSize } = await import('../../src/engine/units');
+    assert.equal(parseSize('256MB'), 256 * 1024 ** 2);
+    assert.equal(parseSize('256MiB'), 256 * 1024 ** 2);
+    assert.equal(parseSize('16kB'), 16 * 1024);
+    assert.equal(parseSize('1.5 GB'), 1.5 * 1024 ** 3);
+    assert.equal(parseSize('4096'), 4096);
+    assert.equal(parseSize('0'), 0);
+    assert.equal(parseSize('lots'), null);
+    assert.equal(parseSize('-1MB'), null);
+  });
+});
