@@ -33,7 +33,7 @@ import { firesOnReplica, targetColumns } from './catalog';
 import { emptyTables, qualified, quoteIdent, tableKey } from './connection';
 import { errorMessage, isTransient, SyncError } from './errors';
 import type { Lsn } from './lsn';
-import { UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './stream';
+import { RawTuple, tupleValues, UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './stream';
 import type { Logger, SyncedTable } from './types';
 
 const BATCH_ROWS = 5000;
@@ -69,7 +69,8 @@ interface Batch {
   plan: RelationPlan;
   /** For updates: which columns are set (unchanged TOAST values are not). */
   shape: string;
-  rows: Tuple[];
+  /** Inserts keep pgoutput's bytes (RawTuple) until COPY; updates and deletes are values. */
+  rows: (Tuple | RawTuple)[];
   bytes: number;
   /**
    * Key of each row -> its index in rows; kept for updates and deletes, and for inserts once a
@@ -159,7 +160,8 @@ export class Applier {
         this.skipping = change.finalLsn < this.appliedLsn;
         this.finalLsn = change.finalLsn;
         if (!this.skipping && !this.group) {
-          await this.target.query('BEGIN');
+          // Not awaited: it queues behind a group whose COMMIT may still be running (commitPipelined).
+          this.sendRaw('BEGIN');
           this.group = { startedAt: Date.now(), transactions: 0, changes: 0, lastCommitLsn: null, lastCommitTime: null };
         }
         return;
@@ -227,7 +229,7 @@ export class Applier {
     }
   }
 
-  private async add(op: Batch['op'], plan: RelationPlan, shape: string, row: Tuple, key: string | null): Promise<void> {
+  private async add(op: Batch['op'], plan: RelationPlan, shape: string, row: Tuple | RawTuple, key: string | null): Promise<void> {
     if (plan.ordered || this.orderedQueued) {
       await this.sendQueues(plan.targetName);
       this.orderedQueued = plan.ordered;
@@ -237,14 +239,15 @@ export class Applier {
     const last = queue.length > 0 ? queue[queue.length - 1] : null;
     let b: Batch | null = last && last.op === op && last.plan === plan && last.shape === shape ? last : null;
     let bytes = 0;
-    for (const v of row) if (typeof v === 'string') bytes += v.length;
+    if (row instanceof RawTuple) bytes = row.bytes.length;
+    else for (const v of row) if (typeof v === 'string') bytes += v.length;
     if (op === 'update' && b) {
       const at = b.keys!.get(key!);
       if (at !== undefined) {
         if (!plan.ordered) {
           // Same row, same columns set: the later values are what applying both would leave.
           let replaced = 0;
-          for (const v of b.rows[at]) if (typeof v === 'string') replaced += v.length;
+          for (const v of b.rows[at] as Tuple) if (typeof v === 'string') replaced += v.length;
           b.rows[at] = row;
           b.bytes += bytes - replaced;
           this.queuedBytes += bytes - replaced;
@@ -350,7 +353,8 @@ export class Applier {
     if (b.op === 'insert') return this.copyRows(plan, b.rows, b.bytes);
     // Column i of the batch travels as one text[] parameter and is cast back per value.
     const used = b.op === 'update' ? [...b.shape].flatMap((s, i) => (s === '1' || plan.keyIndexes.includes(i) ? [i] : [])) : plan.keyIndexes;
-    const params = used.map((i) => b.rows.map((r) => r[i] as string | null));
+    const rows = b.rows as Tuple[];
+    const params = used.map((i) => rows.map((r) => r[i] as string | null));
     const source = `unnest(${used.map((_, p) => `$${p + 1}::text[]`).join(', ')}) AS u(${used.map((i) => `c${i}`).join(', ')})`;
     const val = (i: number) => `u.c${i}::${plan.types[i]}`;
     const keyMatch = plan.keyIndexes.map((i) => `t.${plan.columns[i]} = ${val(i)}`).join(' AND ');
@@ -374,21 +378,10 @@ export class Applier {
 
   /**
    * Inserts go through COPY: pgoutput's values are already each type's text form, which is what
-   * COPY's text format reads, once tabs, newlines and backslashes are escaped.
+   * COPY's text format reads, once backslashes, tabs, newlines and carriage returns are escaped.
    */
-  private async copyRows(plan: RelationPlan, rows: Tuple[], bytes: number): Promise<void> {
-    const lines = new Array<string>(rows.length);
-    for (let r = 0; r < rows.length; r++) {
-      const row = rows[r];
-      let line = '';
-      for (let c = 0; c < row.length; c++) {
-        const v = row[c];
-        if (c > 0) line += '\t';
-        line += v === null ? '\\N' : COPY_SPECIAL.test(v as string) ? (v as string).replace(COPY_ESCAPES, escapeCopyChar) : (v as string);
-      }
-      lines[r] = line;
-    }
-    const data = lines.join('\n') + '\n';
+  private async copyRows(plan: RelationPlan, rows: (Tuple | RawTuple)[], bytes: number): Promise<void> {
+    const data = copyData(rows, bytes);
     const n = rows.length;
     await this.pipeline(plan, 'insert', bytes, () => new Promise<pg.QueryResult>((resolve, reject) => {
       const stream = this.target.query(copyFrom(`COPY ${plan.targetName} (${plan.columns.join(', ')}) FROM STDIN`));
@@ -396,6 +389,46 @@ export class Applier {
       stream.on('finish', () => resolve({ rowCount: n } as pg.QueryResult));
       stream.end(data);
     }), () => undefined);
+  }
+
+  /**
+   * Closes the group without waiting for the target: what is queued, then `statements` (its
+   * position and COMMIT), go to the connection behind what is in flight, and the next group's
+   * BEGIN and statements may follow at once, so the target runs the end of one group while the
+   * next is decoded. `committed` settles once COMMIT has answered, and resolves only if every
+   * statement of the group (and before it) succeeded: a COMMIT in an aborted transaction answers
+   * ROLLBACK, not an error, so both are checked. A failure is also left as the applier's, so the
+   * next group fails too and is rolled back.
+   */
+  async commitPipelined(lsn: Lsn, statements: [string, unknown[]][]): Promise<{ committed: Promise<void> }> {
+    await this.sendQueues();
+    this.orderedQueued = false;
+    if (this.failure) throw this.failure;
+    let last: Promise<pg.QueryResult> | null = null;
+    for (const [sql, params] of statements) last = this.sendRaw(sql, params);
+    const before = this.inFlight.map((f) => f.done);
+    const committed = (async () => {
+      const r = await last!;
+      await Promise.all(before);
+      if (this.failure) throw this.failure;
+      if (r.command !== 'COMMIT') throw new Error(`the target answered ${r.command} to COMMIT: a statement of the group failed`);
+    })();
+    // Not left unhandled in between: the caller awaits it before anything else commits.
+    committed.catch(() => undefined);
+    this.appliedLsn = lsn;
+    this.group = null;
+    // Wrapped: an async function returning the promise itself would wait for it.
+    return { committed };
+  }
+
+  /** A statement of the group's own (BEGIN, its position, COMMIT) sent without waiting, its failure the group's. */
+  private sendRaw(sql: string, params: unknown[] = []): Promise<pg.QueryResult> {
+    const sent = this.target.query(sql, params);
+    const done = sent.then(() => undefined, (err: unknown) => {
+      this.failure ??= err;
+    });
+    this.inFlight.push({ done, bytes: 0 });
+    return sent;
   }
 
   /** The group is durable on the target (checkpoint committed it). */
@@ -417,8 +450,9 @@ export class Applier {
   }
 
   /** keyOf for a row already applied as is (an insert): no checks. */
-  private rowKey(plan: RelationPlan, row: Tuple): string {
-    return JSON.stringify(plan.keyIndexes.map((i) => row[i]));
+  private rowKey(plan: RelationPlan, row: Tuple | RawTuple): string {
+    const values = tupleValues(row);
+    return JSON.stringify(plan.keyIndexes.map((i) => values[i]));
   }
 
   private keyValue(plan: RelationPlan, row: Tuple, i: number): string {
@@ -600,6 +634,75 @@ export class Applier {
     // As PostgreSQL's own subscriber does: the row is gone on the target; report and go on.
     this.log('warn', `${op} found no row for ${n} change(s) in ${plan.targetName}: the target was changed outside the sync`);
   }
+}
+
+/**
+ * COPY text data for a batch of inserts. A RawTuple's values are copied byte for byte from what
+ * pgoutput sent, escaping only as needed: both connections use client_encoding UTF8, where the four
+ * characters COPY escapes are single bytes below 0x80 and every byte of a multibyte character is
+ * 0x80 or above, so a byte scan finds exactly them, and no string is made per value.
+ */
+function copyData(rows: (Tuple | RawTuple)[], bytes: number): Buffer {
+  let out = Buffer.allocUnsafe(Math.ceil(bytes * 1.25) + 1024);
+  let o = 0;
+  const room = (need: number) => {
+    if (o + need > out.length) out = Buffer.concat([out.subarray(0, o), Buffer.allocUnsafe(need + out.length)]);
+  };
+  for (const row of rows) {
+    if (!(row instanceof RawTuple) || !rawCopyable(row.bytes)) {
+      const line = Buffer.from(copyLine(tupleValues(row)));
+      room(line.length);
+      o += line.copy(out, o);
+      continue;
+    }
+    const b = row.bytes;
+    // Escaping at most doubles a value's bytes; a null's one kind byte becomes a tab and `\N`.
+    room(3 * b.length + 1);
+    const n = b.readUInt16BE(0);
+    let p = 2;
+    for (let c = 0; c < n; c++) {
+      if (c > 0) out[o++] = 0x09;
+      if (b[p++] === 0x6e) {
+        out[o++] = 0x5c; // \N
+        out[o++] = 0x4e;
+        continue;
+      }
+      const end = p + 4 + b.readUInt32BE(p);
+      p += 4;
+      for (; p < end; p++) {
+        const ch = b[p];
+        if (ch > 0x5c || (ch !== 0x5c && ch > 0x0d) || (ch !== 0x5c && ch !== 0x09 && ch !== 0x0a && ch !== 0x0d)) out[o++] = ch;
+        else {
+          out[o++] = 0x5c;
+          out[o++] = ch === 0x09 ? 0x74 : ch === 0x0a ? 0x6e : ch === 0x0d ? 0x72 : 0x5c;
+        }
+      }
+    }
+    out[o++] = 0x0a;
+  }
+  return out.subarray(0, o);
+}
+
+/** Only text and null values: no binary (never requested) or unchanged-TOAST markers to decode. */
+function rawCopyable(b: Buffer): boolean {
+  const n = b.readUInt16BE(0);
+  let p = 2;
+  for (let c = 0; c < n; c++) {
+    const kind = b[p++];
+    if (kind === 0x74) p += 4 + b.readUInt32BE(p);
+    else if (kind !== 0x6e) return false;
+  }
+  return true;
+}
+
+function copyLine(row: Tuple): string {
+  let line = '';
+  for (let c = 0; c < row.length; c++) {
+    const v = row[c];
+    if (c > 0) line += '\t';
+    line += v === null ? '\\N' : COPY_SPECIAL.test(v as string) ? (v as string).replace(COPY_ESCAPES, escapeCopyChar) : (v as string);
+  }
+  return line + '\n';
 }
 
 const COPY_SPECIAL = /[\\\n\r\t]/;
