@@ -152,7 +152,12 @@ export class Applier {
     return this.inSource;
   }
 
-  async apply(change: Change): Promise<void> {
+  /**
+   * Applies one change; returns a promise only when there is something to wait for (a statement
+   * to send, a plan to read): most changes are only queued, and an async call per change, with its
+   * promise and microtask turns, cost more than queuing it.
+   */
+  apply(change: Change): Promise<void> | void {
     switch (change.tag) {
       case 'begin':
         this.inSource = true;
@@ -178,62 +183,71 @@ export class Applier {
         }
         return;
       case 'relation':
-        await this.flush();
-        this.relations.set(change.relation.relationOid, change.relation);
-        this.plans.delete(change.relation.relationOid);
-        return;
+        return this.describe(change.relation);
       case 'ignored':
         return;
     }
     if (this.skipping) return;
     if (!this.group) throw new Error(`pgoutput sent ${change.tag} outside a transaction`);
     this.group.changes++;
+    if (change.tag === 'truncate') return this.truncate(change.relationOids, change.restartIdentity);
+    const plan = this.plans.get(change.relationOid);
+    if (plan === undefined) return this.planFor(change.relationOid).then((p) => this.applyRow(change, p));
+    return this.applyRow(change, plan && this.current(plan));
+  }
+
+  private async describe(relation: Relation): Promise<void> {
+    await this.flush();
+    this.relations.set(relation.relationOid, relation);
+    this.plans.delete(relation.relationOid);
+  }
+
+  private async truncate(relationOids: number[], restartIdentity: boolean): Promise<void> {
+    await this.flush();
+    const names: string[] = [];
+    for (const oid of relationOids) {
+      const plan = await this.planFor(oid);
+      if (plan) names.push(plan.targetName);
+    }
+    if (names.length > 0) await emptyTables(this.target, names, restartIdentity);
+  }
+
+  private applyRow(change: Extract<Change, { tag: 'insert' | 'update' | 'delete' }>, plan: RelationPlan | null): Promise<void> | void {
+    if (!plan) return;
     switch (change.tag) {
-      case 'insert': {
-        const plan = await this.planFor(change.relationOid);
-        if (plan) await this.add('insert', plan, '', change.new, null);
-        return;
-      }
+      case 'insert':
+        return this.add('insert', plan, '', change.new, null);
       case 'update': {
-        const plan = await this.planFor(change.relationOid);
-        if (!plan) return;
         const shape = change.new.map((v) => (v === UNCHANGED_TOAST ? '0' : '1')).join('');
         // A key change (old key sent) or FULL identity needs the old values: one row at a time.
         if (plan.full || change.key || plan.keyIndexes.length === 0 || plan.identityOutsideKey) {
-          await this.sendBefore(plan);
-          return this.updateOne(plan, change.key ?? change.old ?? change.new, change.new);
+          return this.sendBefore(plan).then(() => this.updateOne(plan, change.key ?? change.old ?? change.new, change.new));
         }
         return this.add('update', plan, shape, change.new, this.keyOf(plan, change.new));
       }
       case 'delete': {
-        const plan = await this.planFor(change.relationOid);
-        if (!plan) return;
         const identity = change.key ?? change.old;
         if (!identity) throw new Error(`pgoutput sent a DELETE on ${plan.targetName} without an old key`);
-        if (plan.full || plan.keyIndexes.length === 0) {
-          await this.sendBefore(plan);
-          return this.deleteOne(plan, identity);
-        }
+        if (plan.full || plan.keyIndexes.length === 0) return this.sendBefore(plan).then(() => this.deleteOne(plan, identity));
         return this.add('delete', plan, '', identity, this.keyOf(plan, identity));
-      }
-      case 'truncate': {
-        await this.flush();
-        const names: string[] = [];
-        for (const oid of change.relationOids) {
-          const plan = await this.planFor(oid);
-          if (plan) names.push(plan.targetName);
-        }
-        if (names.length > 0) await emptyTables(this.target, names, change.restartIdentity);
-        return;
       }
     }
   }
 
-  private async add(op: Batch['op'], plan: RelationPlan, shape: string, row: Tuple | RawTuple, key: string | null): Promise<void> {
-    if (plan.ordered || this.orderedQueued) {
-      await this.sendQueues(plan.targetName);
-      this.orderedQueued = plan.ordered;
-    }
+  /** Queues a change; a promise only when batches must be sent first or now. */
+  private add(op: Batch['op'], plan: RelationPlan, shape: string, row: Tuple | RawTuple, key: string | null): Promise<void> | void {
+    if (plan.ordered || this.orderedQueued) return this.addInOrder(op, plan, shape, row, key);
+    if (this.enqueue(op, plan, shape, row, key)) return this.sendQueues();
+  }
+
+  private async addInOrder(op: Batch['op'], plan: RelationPlan, shape: string, row: Tuple | RawTuple, key: string | null): Promise<void> {
+    await this.sendQueues(plan.targetName);
+    this.orderedQueued = plan.ordered;
+    if (this.enqueue(op, plan, shape, row, key)) await this.sendQueues();
+  }
+
+  /** Adds the change to its table's queue; true when the queues are full and must be sent. */
+  private enqueue(op: Batch['op'], plan: RelationPlan, shape: string, row: Tuple | RawTuple, key: string | null): boolean {
     let queue = this.queues.get(plan.targetName);
     if (!queue) this.queues.set(plan.targetName, (queue = []));
     const last = queue.length > 0 ? queue[queue.length - 1] : null;
@@ -251,7 +265,7 @@ export class Applier {
           b.rows[at] = row;
           b.bytes += bytes - replaced;
           this.queuedBytes += bytes - replaced;
-          return;
+          return false;
         }
         b = null;
       }
@@ -264,7 +278,7 @@ export class Applier {
     b.bytes += bytes;
     this.queuedRows++;
     this.queuedBytes += bytes;
-    if (this.queuedRows >= BATCH_ROWS || this.queuedBytes >= BATCH_BYTES) await this.sendQueues();
+    return this.queuedRows >= BATCH_ROWS || this.queuedBytes >= BATCH_BYTES;
   }
 
   /**
@@ -472,7 +486,11 @@ export class Applier {
       plan = await this.plan(relation);
       this.plans.set(relationOid, plan);
     }
-    if (!plan) return null;
+    return plan && this.current(plan);
+  }
+
+  /** The plan when the table's changes in the current transaction are ours (see TableMode), else null. */
+  private current(plan: RelationPlan): RelationPlan | null {
     const mode = this.tables.get(plan.key);
     return mode && this.finalLsn >= mode.fromLsn ? plan : null;
   }

@@ -533,7 +533,9 @@ export class SyncEngine {
           }
           lastEventAt = Date.now();
           const change = ev.change;
-          await applier.apply(change);
+          // Most changes are only queued: no promise, no turn of the event loop.
+          const applying = applier.apply(change);
+          if (applying) await applying;
           // A replayed transaction the target already holds is not pending.
           if (change.tag === 'begin' && applier.group && this.pendingSince === null) this.pendingSince = change.commitTime;
           if (change.tag === 'commit') {
