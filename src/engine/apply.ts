@@ -674,8 +674,9 @@ function copyData(rows: (Tuple | RawTuple)[], bytes: number): Buffer {
       continue;
     }
     const b = row.bytes;
-    // Escaping at most doubles a value's bytes; a null's one kind byte becomes a tab and `\N`.
-    room(3 * b.length + 1);
+    // Escaping at most doubles a value's bytes, and a null's one kind byte becomes a tab and `\N`;
+    // a wide row is measured instead, so one large value does not take three times its size.
+    room(b.length > 65_536 ? copyLength(b) : 3 * b.length + 1);
     const n = b.readUInt16BE(0);
     let p = 2;
     for (let c = 0; c < n; c++) {
@@ -689,7 +690,7 @@ function copyData(rows: (Tuple | RawTuple)[], bytes: number): Buffer {
       p += 4;
       for (; p < end; p++) {
         const ch = b[p];
-        if (ch > 0x5c || (ch !== 0x5c && ch > 0x0d) || (ch !== 0x5c && ch !== 0x09 && ch !== 0x0a && ch !== 0x0d)) out[o++] = ch;
+        if (ch !== 0x5c && ch !== 0x09 && ch !== 0x0a && ch !== 0x0d) out[o++] = ch;
         else {
           out[o++] = 0x5c;
           out[o++] = ch === 0x09 ? 0x74 : ch === 0x0a ? 0x6e : ch === 0x0d ? 0x72 : 0x5c;
@@ -699,6 +700,22 @@ function copyData(rows: (Tuple | RawTuple)[], bytes: number): Buffer {
     out[o++] = 0x0a;
   }
   return out.subarray(0, o);
+}
+
+/** The exact length of a RawTuple's COPY line. */
+function copyLength(b: Buffer): number {
+  const n = b.readUInt16BE(0);
+  let p = 2;
+  let size = 3 * n; // the tabs and newline, and room for every column's `\N`
+  for (let c = 0; c < n; c++) {
+    if (b[p++] === 0x6e) continue;
+    const end = p + 4 + b.readUInt32BE(p);
+    for (p += 4; p < end; p++) {
+      const ch = b[p];
+      size += ch === 0x5c || ch === 0x09 || ch === 0x0a || ch === 0x0d ? 2 : 1;
+    }
+  }
+  return size;
 }
 
 /** Only text and null values: no binary (never requested) or unchanged-TOAST markers to decode. */

@@ -644,7 +644,8 @@ export class SyncEngine {
   }
 
   private checkpointed(done: CheckpointResult, stream: ReplicationStream): void {
-    this.recorded = done.lsn;
+    // A pipelined COMMIT answering after its session ended must not move the position back.
+    this.recorded = maxLsn(this.recorded, done.lsn);
     this.recordedAt = Date.now();
     stream.acknowledge(done.lsn, true);
     this.transactionsApplied += done.transactions;

@@ -143,18 +143,20 @@ describe('apply: per-table queues and pipelined statements', () => {
     const run = cli(runArgs(sourceUrl, targetUrl, sub));
     await waitAllReady(pair.target, db, sub, 1);
     const values = ['plain', 'back\\slash', 'tab\there', 'new\nline', 'cr\rlf\r\n', '\\.', '\\N', '', ' ', 'é日本🙂\t\\', '\\\\\t\t\n\n', 'x'.repeat(5000) + '\\'];
-    // Several transactions of many rows, so some land in one COPY; the last rows are all NULL.
+    // Several transactions of many rows, so some land in one COPY; most columns are NULL; one row
+    // is wider than 64 kB, half of it bytes to escape.
     await pair.source.query(db, `DO $$ DECLARE vals text[] := $1; BEGIN FOR i IN 0..2999 LOOP
         INSERT INTO v (id, t, j, a, b, n0, n5, n11) VALUES (i, vals[1 + i % ${values.length}],
           jsonb_build_object('k', vals[1 + i % ${values.length}]), ARRAY[vals[1 + i % ${values.length}], NULL, '"q"'],
           convert_to(vals[1 + i % ${values.length}], 'UTF8'), CASE WHEN i % 2 = 0 THEN vals[1 + (i + 1) % ${values.length}] END, 'é', NULL);
         IF i % 500 = 499 THEN COMMIT; END IF;
-      END LOOP; INSERT INTO v (id) VALUES (-1); END $$`.replace('$1', `ARRAY[${values.map((v) => `'${v.replace(/'/g, "''")}'`).join(', ')}]`));
+      END LOOP; INSERT INTO v (id) VALUES (-1);
+      INSERT INTO v (id, t, n3) VALUES (-2, repeat(E'\\t\\\\x\\n', 30000), repeat('é', 40000)); END $$`.replace('$1', `ARRAY[${values.map((v) => `'${v.replace(/'/g, "''")}'`).join(', ')}]`));
     await waitCaughtUp(pair, db, sub, 60_000, run);
     assert.ok(await sameContents(pair, db, 'v'), 'v matches the source');
-    const q = `SELECT id, t, j::text, a::text, encode(b, 'hex') AS b, n0, n5, n11 FROM v ORDER BY id`;
+    const q = `SELECT id, t, j::text, a::text, encode(b, 'hex') AS b, n0, n3, n5, n11 FROM v ORDER BY id`;
     const [src, dst] = await Promise.all([pair.source.query(db, q), pair.target.query(db, q)]);
-    assert.equal(dst.rows.length, 3001);
+    assert.equal(dst.rows.length, 3002);
     assert.deepEqual(dst.rows, src.rows);
     assert.ok(src.rows.some((r) => r.t === 'tab\there') && src.rows.some((r) => r.t === '\\N') && src.rows.some((r) => r.t === ''), 'the awkward values were written');
     assert.equal(await run.stop(), 0, run.output());
