@@ -33,7 +33,7 @@ import { firesOnReplica, targetColumns } from './catalog';
 import { emptyTables, qualified, quoteIdent, tableKey } from './connection';
 import { errorMessage, isTransient, SyncError } from './errors';
 import type { Lsn } from './lsn';
-import { UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './stream';
+import { RawTuple, tupleValues, UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './stream';
 import { mappedColumn } from './tablemap';
 import type { Logger, SyncedTable } from './types';
 
@@ -75,7 +75,8 @@ interface Batch {
   plan: RelationPlan;
   /** For updates: which columns are set (unchanged TOAST values are not). */
   shape: string;
-  rows: Tuple[];
+  /** Inserts keep pgoutput's bytes (RawTuple) until COPY; updates and deletes are values. */
+  rows: (Tuple | RawTuple)[];
   bytes: number;
   /**
    * Key of each row -> its index in rows; kept for updates and deletes, and for inserts once a
@@ -157,7 +158,12 @@ export class Applier {
     return this.inSource;
   }
 
-  async apply(change: Change): Promise<void> {
+  /**
+   * Applies one change; returns a promise only when there is something to wait for (a statement
+   * to send, a plan to read): most changes are only queued, and an async call per change, with its
+   * promise and microtask turns, cost more than queuing it.
+   */
+  apply(change: Change): Promise<void> | void {
     switch (change.tag) {
       case 'begin':
         this.inSource = true;
@@ -165,7 +171,8 @@ export class Applier {
         this.skipping = change.finalLsn < this.appliedLsn;
         this.finalLsn = change.finalLsn;
         if (!this.skipping && !this.group) {
-          await this.target.query('BEGIN');
+          // Not awaited: it queues behind a group whose COMMIT may still be running (commitPipelined).
+          this.sendRaw('BEGIN');
           this.group = { startedAt: Date.now(), transactions: 0, changes: 0, lastCommitLsn: null, lastCommitTime: null };
         }
         return;
@@ -182,80 +189,90 @@ export class Applier {
         }
         return;
       case 'relation':
-        await this.flush();
-        this.relations.set(change.relation.relationOid, change.relation);
-        this.plans.delete(change.relation.relationOid);
-        return;
+        return this.describe(change.relation);
       case 'ignored':
         return;
     }
     if (this.skipping) return;
     if (!this.group) throw new Error(`pgoutput sent ${change.tag} outside a transaction`);
     this.group.changes++;
+    if (change.tag === 'truncate') return this.truncate(change.relationOids, change.restartIdentity);
+    const plan = this.plans.get(change.relationOid);
+    if (plan === undefined) return this.planFor(change.relationOid).then((p) => this.applyRow(change, p));
+    return this.applyRow(change, plan && this.current(plan));
+  }
+
+  private async describe(relation: Relation): Promise<void> {
+    await this.flush();
+    this.relations.set(relation.relationOid, relation);
+    this.plans.delete(relation.relationOid);
+  }
+
+  private async truncate(relationOids: number[], restartIdentity: boolean): Promise<void> {
+    await this.flush();
+    const names: string[] = [];
+    for (const oid of relationOids) {
+      const plan = await this.planFor(oid);
+      if (plan) names.push(plan.targetName);
+    }
+    if (names.length > 0) await emptyTables(this.target, names, restartIdentity);
+  }
+
+  private applyRow(change: Extract<Change, { tag: 'insert' | 'update' | 'delete' }>, plan: RelationPlan | null): Promise<void> | void {
+    if (!plan) return;
     switch (change.tag) {
-      case 'insert': {
-        const plan = await this.planFor(change.relationOid);
-        if (plan) await this.add('insert', plan, '', cut(plan, change.new), null);
-        return;
-      }
+      case 'insert':
+        return this.add('insert', plan, '', cutInserted(plan, change.new), null);
       case 'update': {
-        const plan = await this.planFor(change.relationOid);
-        if (!plan) return;
         const row = cut(plan, change.new);
         const shape = row.map((v) => (v === UNCHANGED_TOAST ? '0' : '1')).join('');
         // A key change (old key sent) or FULL identity needs the old values: one row at a time.
         if (plan.full || change.key || plan.keyIndexes.length === 0 || plan.identityOutsideKey) {
-          await this.sendBefore(plan);
-          return this.updateOne(plan, cut(plan, change.key ?? change.old ?? change.new), row);
+          return this.sendBefore(plan).then(() => this.updateOne(plan, cut(plan, change.key ?? change.old ?? change.new), row));
         }
         return this.add('update', plan, shape, row, this.keyOf(plan, row));
       }
       case 'delete': {
-        const plan = await this.planFor(change.relationOid);
-        if (!plan) return;
         const identity = change.key ? cut(plan, change.key) : change.old ? cut(plan, change.old) : null;
         if (!identity) throw new Error(`pgoutput sent a DELETE on ${plan.targetName} without an old key`);
-        if (plan.full || plan.keyIndexes.length === 0) {
-          await this.sendBefore(plan);
-          return this.deleteOne(plan, identity);
-        }
+        if (plan.full || plan.keyIndexes.length === 0) return this.sendBefore(plan).then(() => this.deleteOne(plan, identity));
         return this.add('delete', plan, '', identity, this.keyOf(plan, identity));
-      }
-      case 'truncate': {
-        await this.flush();
-        const names: string[] = [];
-        for (const oid of change.relationOids) {
-          const plan = await this.planFor(oid);
-          if (plan) names.push(plan.targetName);
-        }
-        if (names.length > 0) await emptyTables(this.target, names, change.restartIdentity);
-        return;
       }
     }
   }
 
-  private async add(op: Batch['op'], plan: RelationPlan, shape: string, row: Tuple, key: string | null): Promise<void> {
-    if (plan.ordered || this.orderedQueued) {
-      await this.sendQueues(plan.targetName);
-      this.orderedQueued = plan.ordered;
-    }
+  /** Queues a change; a promise only when batches must be sent first or now. */
+  private add(op: Batch['op'], plan: RelationPlan, shape: string, row: Tuple | RawTuple, key: string | null): Promise<void> | void {
+    if (plan.ordered || this.orderedQueued) return this.addInOrder(op, plan, shape, row, key);
+    if (this.enqueue(op, plan, shape, row, key)) return this.sendQueues();
+  }
+
+  private async addInOrder(op: Batch['op'], plan: RelationPlan, shape: string, row: Tuple | RawTuple, key: string | null): Promise<void> {
+    await this.sendQueues(plan.targetName);
+    this.orderedQueued = plan.ordered;
+    if (this.enqueue(op, plan, shape, row, key)) await this.sendQueues();
+  }
+
+  /** Adds the change to its table's queue; true when the queues are full and must be sent. */
+  private enqueue(op: Batch['op'], plan: RelationPlan, shape: string, row: Tuple | RawTuple, key: string | null): boolean {
     let queue = this.queues.get(plan.targetName);
     if (!queue) this.queues.set(plan.targetName, (queue = []));
     const last = queue.length > 0 ? queue[queue.length - 1] : null;
     let b: Batch | null = last && last.op === op && last.plan === plan && last.shape === shape ? last : null;
     let bytes = 0;
-    for (const v of row) if (typeof v === 'string') bytes += v.length;
+    if (row instanceof RawTuple) bytes = row.bytes.length;
+    else for (const v of row) if (typeof v === 'string') bytes += v.length;
     if (op === 'update' && b) {
       const at = b.keys!.get(key!);
       if (at !== undefined) {
         if (!plan.ordered) {
           // Same row, same columns set: the later values are what applying both would leave.
           let replaced = 0;
-          for (const v of b.rows[at]) if (typeof v === 'string') replaced += v.length;
+          for (const v of b.rows[at] as Tuple) if (typeof v === 'string') replaced += v.length;
           b.rows[at] = row;
           b.bytes += bytes - replaced;
           this.queuedBytes += bytes - replaced;
-          return;
+          return false;
         }
         b = null;
       }
@@ -268,7 +285,7 @@ export class Applier {
     b.bytes += bytes;
     this.queuedRows++;
     this.queuedBytes += bytes;
-    if (this.queuedRows >= BATCH_ROWS || this.queuedBytes >= BATCH_BYTES) await this.sendQueues();
+    return this.queuedRows >= BATCH_ROWS || this.queuedBytes >= BATCH_BYTES;
   }
 
   /**
@@ -357,7 +374,8 @@ export class Applier {
     if (b.op === 'insert') return this.copyRows(plan, b.rows, b.bytes);
     // Column i of the batch travels as one text[] parameter and is cast back per value.
     const used = b.op === 'update' ? [...b.shape].flatMap((s, i) => (s === '1' || plan.keyIndexes.includes(i) ? [i] : [])) : plan.keyIndexes;
-    const params = used.map((i) => b.rows.map((r) => r[i] as string | null));
+    const rows = b.rows as Tuple[];
+    const params = used.map((i) => rows.map((r) => r[i] as string | null));
     const source = `unnest(${used.map((_, p) => `$${p + 1}::text[]`).join(', ')}) AS u(${used.map((i) => `c${i}`).join(', ')})`;
     const val = (i: number) => `u.c${i}::${plan.types[i]}`;
     const keyMatch = plan.keyIndexes.map((i) => `t.${plan.columns[i]} = ${val(i)}`).join(' AND ');
@@ -381,21 +399,10 @@ export class Applier {
 
   /**
    * Inserts go through COPY: pgoutput's values are already each type's text form, which is what
-   * COPY's text format reads, once tabs, newlines and backslashes are escaped.
+   * COPY's text format reads, once backslashes, tabs, newlines and carriage returns are escaped.
    */
-  private async copyRows(plan: RelationPlan, rows: Tuple[], bytes: number): Promise<void> {
-    const lines = new Array<string>(rows.length);
-    for (let r = 0; r < rows.length; r++) {
-      const row = rows[r];
-      let line = '';
-      for (let c = 0; c < row.length; c++) {
-        const v = row[c];
-        if (c > 0) line += '\t';
-        line += v === null ? '\\N' : COPY_SPECIAL.test(v as string) ? (v as string).replace(COPY_ESCAPES, escapeCopyChar) : (v as string);
-      }
-      lines[r] = line;
-    }
-    const data = lines.join('\n') + '\n';
+  private async copyRows(plan: RelationPlan, rows: (Tuple | RawTuple)[], bytes: number): Promise<void> {
+    const data = copyData(rows, bytes);
     const n = rows.length;
     await this.pipeline(plan, 'insert', bytes, () => new Promise<pg.QueryResult>((resolve, reject) => {
       const stream = this.target.query(copyFrom(`COPY ${plan.targetName} (${plan.columns.join(', ')}) FROM STDIN`));
@@ -403,6 +410,46 @@ export class Applier {
       stream.on('finish', () => resolve({ rowCount: n } as pg.QueryResult));
       stream.end(data);
     }), () => undefined);
+  }
+
+  /**
+   * Closes the group without waiting for the target: what is queued, then `statements` (its
+   * position and COMMIT), go to the connection behind what is in flight, and the next group's
+   * BEGIN and statements may follow at once, so the target runs the end of one group while the
+   * next is decoded. `committed` settles once COMMIT has answered, and resolves only if every
+   * statement of the group (and before it) succeeded: a COMMIT in an aborted transaction answers
+   * ROLLBACK, not an error, so both are checked. A failure is also left as the applier's, so the
+   * next group fails too and is rolled back.
+   */
+  async commitPipelined(lsn: Lsn, statements: [string, unknown[]][]): Promise<{ committed: Promise<void> }> {
+    await this.sendQueues();
+    this.orderedQueued = false;
+    if (this.failure) throw this.failure;
+    let last: Promise<pg.QueryResult> | null = null;
+    for (const [sql, params] of statements) last = this.sendRaw(sql, params);
+    const before = this.inFlight.map((f) => f.done);
+    const committed = (async () => {
+      const r = await last!;
+      await Promise.all(before);
+      if (this.failure) throw this.failure;
+      if (r.command !== 'COMMIT') throw new Error(`the target answered ${r.command} to COMMIT: a statement of the group failed`);
+    })();
+    // Not left unhandled in between: the caller awaits it before anything else commits.
+    committed.catch(() => undefined);
+    this.appliedLsn = lsn;
+    this.group = null;
+    // Wrapped: an async function returning the promise itself would wait for it.
+    return { committed };
+  }
+
+  /** A statement of the group's own (BEGIN, its position, COMMIT) sent without waiting, its failure the group's. */
+  private sendRaw(sql: string, params: unknown[] = []): Promise<pg.QueryResult> {
+    const sent = this.target.query(sql, params);
+    const done = sent.then(() => undefined, (err: unknown) => {
+      this.failure ??= err;
+    });
+    this.inFlight.push({ done, bytes: 0 });
+    return sent;
   }
 
   /** The group is durable on the target (checkpoint committed it). */
@@ -424,8 +471,9 @@ export class Applier {
   }
 
   /** keyOf for a row already applied as is (an insert): no checks. */
-  private rowKey(plan: RelationPlan, row: Tuple): string {
-    return JSON.stringify(plan.keyIndexes.map((i) => row[i]));
+  private rowKey(plan: RelationPlan, row: Tuple | RawTuple): string {
+    const values = tupleValues(row);
+    return JSON.stringify(plan.keyIndexes.map((i) => values[i]));
   }
 
   private keyValue(plan: RelationPlan, row: Tuple, i: number): string {
@@ -445,7 +493,11 @@ export class Applier {
       plan = await this.plan(relation);
       this.plans.set(relationOid, plan);
     }
-    if (!plan) return null;
+    return plan && this.current(plan);
+  }
+
+  /** The plan when the table's changes in the current transaction are ours (see TableMode), else null. */
+  private current(plan: RelationPlan): RelationPlan | null {
     const mode = this.tables.get(plan.key);
     return mode && this.finalLsn >= mode.fromLsn ? plan : null;
   }
@@ -621,6 +673,98 @@ export class Applier {
 /** A tuple as the target receives it: the columns the map leaves out are dropped. */
 function cut(plan: RelationPlan, row: Tuple): Tuple {
   return plan.keep === null ? row : plan.keep.map((i) => row[i]);
+}
+
+/** An inserted row as the target receives it: kept as pgoutput's bytes unless the map leaves columns out. */
+function cutInserted(plan: RelationPlan, row: Tuple | RawTuple): Tuple | RawTuple {
+  if (plan.keep === null) return row;
+  return cut(plan, row instanceof RawTuple ? tupleValues(row) : row);
+}
+
+/**
+ * COPY text data for a batch of inserts. A RawTuple's values are copied byte for byte from what
+ * pgoutput sent, escaping only as needed: both connections use client_encoding UTF8, where the four
+ * characters COPY escapes are single bytes below 0x80 and every byte of a multibyte character is
+ * 0x80 or above, so a byte scan finds exactly them, and no string is made per value.
+ */
+function copyData(rows: (Tuple | RawTuple)[], bytes: number): Buffer {
+  let out = Buffer.allocUnsafe(Math.ceil(bytes * 1.25) + 1024);
+  let o = 0;
+  const room = (need: number) => {
+    if (o + need > out.length) out = Buffer.concat([out.subarray(0, o), Buffer.allocUnsafe(need + out.length)]);
+  };
+  for (const row of rows) {
+    if (!(row instanceof RawTuple) || !rawCopyable(row.bytes)) {
+      const line = Buffer.from(copyLine(tupleValues(row)));
+      room(line.length);
+      o += line.copy(out, o);
+      continue;
+    }
+    const b = row.bytes;
+    // Escaping at most doubles a value's bytes, and a null's one kind byte becomes a tab and `\N`;
+    // a wide row is measured instead, so one large value does not take three times its size.
+    room(b.length > 65_536 ? copyLength(b) : 3 * b.length + 1);
+    const n = b.readUInt16BE(0);
+    let p = 2;
+    for (let c = 0; c < n; c++) {
+      if (c > 0) out[o++] = 0x09;
+      if (b[p++] === 0x6e) {
+        out[o++] = 0x5c; // \N
+        out[o++] = 0x4e;
+        continue;
+      }
+      const end = p + 4 + b.readUInt32BE(p);
+      p += 4;
+      for (; p < end; p++) {
+        const ch = b[p];
+        if (ch !== 0x5c && ch !== 0x09 && ch !== 0x0a && ch !== 0x0d) out[o++] = ch;
+        else {
+          out[o++] = 0x5c;
+          out[o++] = ch === 0x09 ? 0x74 : ch === 0x0a ? 0x6e : ch === 0x0d ? 0x72 : 0x5c;
+        }
+      }
+    }
+    out[o++] = 0x0a;
+  }
+  return out.subarray(0, o);
+}
+
+/** The exact length of a RawTuple's COPY line. */
+function copyLength(b: Buffer): number {
+  const n = b.readUInt16BE(0);
+  let p = 2;
+  let size = 3 * n; // the tabs and newline, and room for every column's `\N`
+  for (let c = 0; c < n; c++) {
+    if (b[p++] === 0x6e) continue;
+    const end = p + 4 + b.readUInt32BE(p);
+    for (p += 4; p < end; p++) {
+      const ch = b[p];
+      size += ch === 0x5c || ch === 0x09 || ch === 0x0a || ch === 0x0d ? 2 : 1;
+    }
+  }
+  return size;
+}
+
+/** Only text and null values: no binary (never requested) or unchanged-TOAST markers to decode. */
+function rawCopyable(b: Buffer): boolean {
+  const n = b.readUInt16BE(0);
+  let p = 2;
+  for (let c = 0; c < n; c++) {
+    const kind = b[p++];
+    if (kind === 0x74) p += 4 + b.readUInt32BE(p);
+    else if (kind !== 0x6e) return false;
+  }
+  return true;
+}
+
+function copyLine(row: Tuple): string {
+  let line = '';
+  for (let c = 0; c < row.length; c++) {
+    const v = row[c];
+    if (c > 0) line += '\t';
+    line += v === null ? '\\N' : COPY_SPECIAL.test(v as string) ? (v as string).replace(COPY_ESCAPES, escapeCopyChar) : (v as string);
+  }
+  return line + '\n';
 }
 
 const COPY_SPECIAL = /[\\\n\r\t]/;

@@ -42,6 +42,22 @@ export async function checkpoint(target: pg.Client, applier: Applier, writePosit
   return lsn === null ? null : { lsn, transactions: group.transactions, changes: group.changes };
 }
 
+/**
+ * The same without waiting for the target: the group's position and COMMIT are sent behind its
+ * statements and the next group may start at once. The returned promise settles when COMMIT has
+ * answered (rejecting if the group failed); the caller acknowledges only then, and waits for it
+ * before any other checkpoint, so a later group never commits unless this one did.
+ */
+export async function checkpointPipelined(applier: Applier, position: (lsn: Lsn, commitTimeMicros: bigint | null) => [string, unknown[]]): Promise<{ committed: Promise<CheckpointResult> } | null> {
+  const group = applier.group;
+  if (!group || group.lastCommitLsn === null) return null;
+  if (applier.inSourceTransaction) throw new Error('checkpoint inside a source transaction');
+  const lsn = group.lastCommitLsn;
+  const result = { lsn, transactions: group.transactions, changes: group.changes };
+  const { committed } = await applier.commitPipelined(lsn, [position(lsn, group.lastCommitTime), ['COMMIT', []]]);
+  return { committed: committed.then(() => result) };
+}
+
 /** Stopping mid-transaction: the open group is discarded; the source sends it again on restart. */
 export async function abandonGroup(target: pg.Client, applier: Applier): Promise<void> {
   if (!applier.group) return;

@@ -6,7 +6,7 @@
 import type pg from 'pg';
 import { Applier } from './apply';
 import { listPublishedTables, replicaIdentityFix, type PublishedTable } from './catalog';
-import { abandonGroup, checkpoint, checkpointDue } from './checkpoint';
+import { abandonGroup, checkpoint, checkpointDue, checkpointPipelined, type CheckpointResult } from './checkpoint';
 import { connect, describeEndpoint, qualified, quoteIdent, tableKey, type Endpoint } from './connection';
 import { addColumnSql, addedColumns, type AddedColumn } from './drift';
 import { COPY_CHUNK_BYTES, copyTables, type CopyProgress } from './copy';
@@ -23,7 +23,7 @@ import {
   adoptSlotPosition, deleteHeldSnapshot, ensureStateSchema, loadHeldSnapshots, recordHeldSnapshot, loadSubscription, loadTableProgress, markTableRemoved, promoteCaughtUpTables, resetSubscription,
   setConsistentLsn, setSubscriptionError, setTableError, setTableState, stateSchemaExists, tryLockSubscription,
   loadColumnMaps, sameColumnMap, setColumnMapBeforeCopy,
-  resetTableForResync, tablesToResync, upsertTableError, upsertTableRow, writeAppliedLsn, writeCopyProgress, type SubscriptionRow,
+  resetTableForResync, tablesToResync, upsertTableError, upsertTableRow, writeAppliedLsn, appliedLsnStatement, writeCopyProgress, type SubscriptionRow,
 } from './state';
 import { ReplicationStream, type StreamEvent } from './stream';
 import { resolveColumnMap, resolveTarget } from './tablemap';
@@ -79,6 +79,8 @@ export class SyncEngine {
   private mainTasks: (() => Promise<void>)[] = [];
   /** The position the target holds (applied_lsn; the copy's consistent point before streaming): the slot is never acknowledged past it. */
   private recorded: Lsn = 0n;
+  /** A group whose COMMIT was sent and not yet answered (checkpointPipelined): at most one. */
+  private committing: Promise<void> | null = null;
   private recordedAt = 0;
   private jobs = new Map<string, TableJob>();
   /** Tables whose resync waits for the main stream to let go of them. */
@@ -614,16 +616,21 @@ export class SyncEngine {
           }
           lastEventAt = Date.now();
           const change = ev.change;
-          await applier.apply(change);
+          // Most changes are only queued: no promise, no turn of the event loop.
+          const applying = applier.apply(change);
+          if (applying) await applying;
           // A replayed transaction the target already holds is not pending.
           if (change.tag === 'begin' && applier.group && this.pendingSince === null) this.pendingSince = change.commitTime;
           if (change.tag === 'commit') {
             processed = maxLsn(processed, change.endLsn);
-            if (checkpointDue(applier.group)) await this.checkpoint(target, applier, stream);
+            if (checkpointDue(applier.group)) await this.checkpoint(target, applier, stream, true);
           }
         }
-        if (applier.inSourceTransaction) await abandonGroup(target, applier);
-        else {
+        if (applier.inSourceTransaction) {
+          // The group committing before this one is acknowledged if it made it.
+          await this.committed().catch(() => undefined);
+          await abandonGroup(target, applier);
+        } else {
           // A clean stop records and confirms everything seen, so a caught-up sync shows no lag.
           await this.checkpoint(target, applier, stream);
           await this.settleIdle(target, applier, processed, true);
@@ -636,6 +643,8 @@ export class SyncEngine {
       await abandonGroup(target, applier).catch(() => undefined);
       throw err;
     } finally {
+      // A COMMIT still unanswered is the target's to keep or not: the next session starts from its state.
+      this.committing = null;
       clearInterval(pollTimer);
       this.abort.signal.removeEventListener('abort', stopJobs);
       jobsAbort.abort();
@@ -679,20 +688,51 @@ export class SyncEngine {
     return maxLsn(start, confirmed);
   }
 
-  /** Commits the open group with its position (promoting tables it makes ready), then acknowledges it. */
-  private async checkpoint(target: pg.Client, applier: Applier, stream: ReplicationStream): Promise<void> {
-    const done = await checkpoint(target, applier, async (client, lsn, commitTime) => {
-      await writeAppliedLsn(client, this.options.subscription, lsn, commitTime);
-      if (this.handedOverBy(lsn)) await this.promote(client, lsn);
+  /**
+   * Commits the open group with its position (promoting tables it makes ready), then acknowledges
+   * it. `pipelined`: when the group hands no table over, its COMMIT is sent and the stream goes on
+   * without waiting for the answer (acknowledged when it comes); any other checkpoint first waits
+   * for that answer, so groups commit in order and none after a failed one.
+   */
+  private async checkpoint(target: pg.Client, applier: Applier, stream: ReplicationStream, pipelined = false): Promise<void> {
+    await this.committed();
+    const lsn = applier.group?.lastCommitLsn ?? null;
+    if (pipelined && lsn !== null && !this.handedOverBy(lsn)) {
+      const sent = await checkpointPipelined(applier, (at, commitTime) => appliedLsnStatement(this.options.subscription, at, commitTime));
+      if (sent) {
+        this.pendingSince = null;
+        this.committing = sent.committed.then((done) => this.checkpointed(done, stream));
+        // Seen by the next checkpoint (or the next statement, which fails the same way).
+        this.committing.catch(() => undefined);
+        return;
+      }
+    }
+    const done = await checkpoint(target, applier, async (client, at, commitTime) => {
+      await writeAppliedLsn(client, this.options.subscription, at, commitTime);
+      if (this.handedOverBy(at)) await this.promote(client, at);
     });
     this.pendingSince = null;
-    if (done) {
-      this.recorded = done.lsn;
-      this.recordedAt = Date.now();
-      stream.acknowledge(done.lsn, true);
-      this.transactionsApplied += done.transactions;
-      this.changesApplied += done.changes;
+    if (done) this.checkpointed(done, stream);
+  }
+
+  /** Waits for the pipelined COMMIT in flight, if any; throws if its group failed. */
+  private async committed(): Promise<void> {
+    const committing = this.committing;
+    if (!committing) return;
+    try {
+      await committing;
+    } finally {
+      if (this.committing === committing) this.committing = null;
     }
+  }
+
+  private checkpointed(done: CheckpointResult, stream: ReplicationStream): void {
+    // A pipelined COMMIT answering after its session ended must not move the position back.
+    this.recorded = maxLsn(this.recorded, done.lsn);
+    this.recordedAt = Date.now();
+    stream.acknowledge(done.lsn, true);
+    this.transactionsApplied += done.transactions;
+    this.changesApplied += done.changes;
   }
 
   private handedOverBy(lsn: Lsn): boolean {
@@ -707,6 +747,7 @@ export class SyncEngine {
    */
   private async settleIdle(target: pg.Client, applier: Applier, processed: Lsn, now = false): Promise<void> {
     if (applier.group || applier.inSourceTransaction) return;
+    await this.committed();
     const handover = this.handedOverBy(processed);
     if (!handover && (processed <= this.recorded || (!now && Date.now() - this.recordedAt < RECORD_IDLE_MS))) return;
     await target.query('BEGIN');

@@ -290,12 +290,18 @@ export async function setSubscriptionError(client: pg.Client, subname: string, e
 
 /** Written inside the apply transaction: the position and the changes it covers commit together. */
 export async function writeAppliedLsn(client: pg.Client, subname: string, lsn: Lsn, commitTimeMicros: bigint | null): Promise<void> {
-  await client.query(
+  const [sql, params] = appliedLsnStatement(subname, lsn, commitTimeMicros);
+  await client.query(sql, params);
+}
+
+/** writeAppliedLsn as a statement to pipeline. */
+export function appliedLsnStatement(subname: string, lsn: Lsn, commitTimeMicros: bigint | null): [string, unknown[]] {
+  return [
     `UPDATE _pg_live_sync.subscription
         SET applied_lsn = $2, applied_commit_time = COALESCE(to_timestamp($3::float8 / 1e6), applied_commit_time), updated_at = now()
       WHERE subname = $1`,
     [subname, formatLsn(lsn), commitTimeMicros === null ? null : commitTimeMicros.toString()],
-  );
+  ];
 }
 
 export async function setTableState(

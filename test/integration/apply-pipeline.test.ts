@@ -135,4 +135,52 @@ describe('apply: per-table queues and pipelined statements', () => {
     const late = await pair.target.query(db, `SELECT count(*)::int AS n FROM accounts WHERE note = 'late'`);
     assert.equal(late.rows[0].n, 0, 'nothing of the failed group is on the target');
   });
+  it('inserts copied straight from pgoutput\'s bytes keep backslashes, tabs, newlines, CRs, nulls and non-ASCII exactly', { timeout: 120_000 }, async () => {
+    const sub = 'copybytes';
+    const cols = Array.from({ length: 12 }, (_, i) => `n${i} text`).join(', ');
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub, `CREATE TABLE v (id int PRIMARY KEY, t text, j jsonb, a text[], b bytea, ${cols})`);
+    await pair.source.query(db, `CREATE PUBLICATION pub FOR TABLE v`);
+    const run = cli(runArgs(sourceUrl, targetUrl, sub));
+    await waitAllReady(pair.target, db, sub, 1);
+    const values = ['plain', 'back\\slash', 'tab\there', 'new\nline', 'cr\rlf\r\n', '\\.', '\\N', '', ' ', 'é日本🙂\t\\', '\\\\\t\t\n\n', 'x'.repeat(5000) + '\\'];
+    // Several transactions of many rows, so some land in one COPY; most columns are NULL; one row
+    // is wider than 64 kB, half of it bytes to escape.
+    await pair.source.query(db, `DO $$ DECLARE vals text[] := $1; BEGIN FOR i IN 0..2999 LOOP
+        INSERT INTO v (id, t, j, a, b, n0, n5, n11) VALUES (i, vals[1 + i % ${values.length}],
+          jsonb_build_object('k', vals[1 + i % ${values.length}]), ARRAY[vals[1 + i % ${values.length}], NULL, '"q"'],
+          convert_to(vals[1 + i % ${values.length}], 'UTF8'), CASE WHEN i % 2 = 0 THEN vals[1 + (i + 1) % ${values.length}] END, 'é', NULL);
+        IF i % 500 = 499 THEN COMMIT; END IF;
+      END LOOP; INSERT INTO v (id) VALUES (-1);
+      INSERT INTO v (id, t, n3) VALUES (-2, repeat(E'\\t\\\\x\\n', 30000), repeat('é', 40000)); END $$`.replace('$1', `ARRAY[${values.map((v) => `'${v.replace(/'/g, "''")}'`).join(', ')}]`));
+    await waitCaughtUp(pair, db, sub, 60_000, run);
+    assert.ok(await sameContents(pair, db, 'v'), 'v matches the source');
+    const q = `SELECT id, t, j::text, a::text, encode(b, 'hex') AS b, n0, n3, n5, n11 FROM v ORDER BY id`;
+    const [src, dst] = await Promise.all([pair.source.query(db, q), pair.target.query(db, q)]);
+    assert.equal(dst.rows.length, 3002);
+    assert.deepEqual(dst.rows, src.rows);
+    assert.ok(src.rows.some((r) => r.t === 'tab\there') && src.rows.some((r) => r.t === '\\N') && src.rows.some((r) => r.t === ''), 'the awkward values were written');
+    assert.equal(await run.stop(), 0, run.output());
+  });
+
+  it('a group that fails after the one before it was committed without waiting: nothing of it or later is kept, and a rerun applies the rest once', { timeout: 180_000 }, async () => {
+    const sub = 'pipecommit';
+    const { db, sourceUrl, targetUrl } = await seeded(sub);
+    let run = cli(runArgs(sourceUrl, targetUrl, sub));
+    await waitAllReady(pair.target, db, sub, 4);
+    await run.stop();
+    // More transactions than one group holds; one in the middle conflicts with a target row.
+    await pair.source.query(db, `DO $$ BEGIN FOR i IN 1..9000 LOOP INSERT INTO history VALUES (i, i, i); COMMIT; END LOOP; END $$`);
+    await pair.target.query(db, `INSERT INTO history VALUES (6000, 0, 0)`);
+    run = cli(runArgs(sourceUrl, targetUrl, sub));
+    assert.equal(await exitWithin(run, 60_000), 1, tail(run.output()));
+    assert.match(run.output(), /applying a source insert to "public"\."history" failed: duplicate key value/, tail(run.output()));
+    const kept = await pair.target.query(db, `SELECT count(*)::int AS n, coalesce(max(hid), 0) AS top FROM history WHERE hid > 0 AND hid <> 6000`);
+    assert.ok(kept.rows[0].top < 6000, `rows of the failed transaction's group or later were kept: up to ${kept.rows[0].top}`);
+    assert.equal(kept.rows[0].n, kept.rows[0].top, 'what was kept is a prefix of the source transactions');
+    await pair.target.query(db, `DELETE FROM history WHERE hid = 6000`);
+    run = cli(runArgs(sourceUrl, targetUrl, sub));
+    await waitCaughtUp(pair, db, sub, 120_000, run);
+    await assertSame(db);
+    assert.equal(await run.stop(), 0, run.output());
+  });
 });

@@ -9,7 +9,7 @@ import { startCluster, type Cluster } from '../harness/cluster';
 import { freshDatabases, sameContents, startCli, waitAllReady, waitCaughtUp, waitFor, pg, type CliRun, type Pair } from '../harness/sync';
 import { formatLsn, parseLsn, type Lsn } from '../../src/engine/lsn';
 import { createSlotWithSnapshot } from '../../src/engine/slot';
-import { ReplicationStream, type Tuple } from '../../src/engine/stream';
+import { ReplicationStream, tupleValues, type Tuple } from '../../src/engine/stream';
 
 let source: Cluster, fragile: Cluster, target: Cluster;
 let main: Pair, weak: Pair;
@@ -77,7 +77,7 @@ function consume(stream: ReplicationStream) {
         }
         const c = ev.change;
         if (c.tag === 'begin') [cur, finalLsn] = [[], c.finalLsn];
-        else if (c.tag === 'insert') cur.push(c.new);
+        else if (c.tag === 'insert') cur.push(tupleValues(c.new));
         else if (c.tag === 'commit') txns.push({ finalLsn, endLsn: c.endLsn, rows: cur });
       }
     } catch (err) {
