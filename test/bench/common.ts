@@ -105,7 +105,7 @@ export const libpqUrl = (url: string) => url.replace('postgres://', 'postgresql:
 
 function value(v: number | undefined, unit: BenchRow['unit']): string {
   if (v === undefined) return 'n/a';
-  return `${v.toFixed(unit === 'MiB' ? 1 : unit === 'ms' ? 0 : 2)} ${unit}`;
+  return `${v.toFixed(unit === 'ms' ? 0 : 2)} ${unit}`;
 }
 
 const ratio = (a: number, b: number | undefined) => (b === undefined ? 'n/a' : b === 0 ? (a === 0 ? '1.00' : 'inf') : (a / b).toFixed(2));
