@@ -18,8 +18,8 @@ export const RUN_ARGS = process.env.BENCH_RUN_ARGS?.split(/\s+/).filter(Boolean)
 /** e.g. BENCH_CLI_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' profiles our side. */
 export const CLI_NODE_ARGS = process.env.BENCH_CLI_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
 
-/** The bound on our process, whatever the size of a table or a transaction. */
-export const RSS_LIMIT_MB = 300;
+/** The bound on our process, whatever the size of a table or a transaction (lower it to see the bench fail). */
+export const RSS_LIMIT_MB = Number(process.env.BENCH_RSS_LIMIT_MB ?? 300);
 
 export interface BenchRow {
   group: 'copy' | 'drain' | 'lag';
