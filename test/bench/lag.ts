@@ -13,8 +13,8 @@
  * and in time, pg_stat_replication.flush_lag of the slot's walsender (the time since the source
  * flushed the WAL the consumer last confirmed; null, counted as 0, when it has caught up).
  *
- * pgbench comes with the PostgreSQL server packages (Debian: postgresql-15, or
- * postgresql-client-15 for the client tools alone), in /usr/lib/postgresql/15/bin.
+ * pgbench comes with the PostgreSQL server package (Debian: postgresql-15, not the client
+ * package), in /usr/lib/postgresql/15/bin.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
