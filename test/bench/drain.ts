@@ -11,9 +11,11 @@
  *
  * Alone: `npm run build && node --import tsx test/bench/drain.ts [inserts|mix|big]...`, sizes from
  * BENCH_DRAIN_ROWS (inserts, default 1,000,000), BENCH_MIX_TXNS (default 100,000) and
- * BENCH_BIG_ROWS (default 2,000,000); smaller ones make a quick iteration loop.
+ * BENCH_BIG_ROWS (default 2,000,000); smaller ones make a quick iteration loop. BENCH_RUN_ARGS
+ * and BENCH_CLI_NODE_ARGS (test/bench/common.ts) reach our CLI here too.
  */
-import { freshDatabases, pg, sameContents, startCli, startPair, waitAllReady, waitFor, type CliRun, type Pair } from '../harness/sync';
+import { freshDatabases, pg, sameContents, startPair, waitAllReady, waitFor, type Pair } from '../harness/sync';
+import { libpqUrl, startOurs, type BenchRow } from './common';
 
 export const DRAIN_ROWS = Number(process.env.BENCH_DRAIN_ROWS ?? 1_000_000);
 export const MIX_TXNS = Number(process.env.BENCH_MIX_TXNS ?? 100_000);
@@ -130,7 +132,7 @@ async function prepare(pair: Pair, prefix: string, w: Workload) {
 /** Seconds from the consumer starting (or the live change committing) to the marker on the target. */
 async function nativeDrain(pair: Pair, w: Workload): Promise<number> {
   const { db, sourceUrl } = await prepare(pair, 'dnative', w);
-  await pair.target.query(db, `CREATE SUBSCRIPTION sub CONNECTION '${sourceUrl.replace('postgres://', 'postgresql://')}' PUBLICATION pub WITH (copy_data = false)`);
+  await pair.target.query(db, `CREATE SUBSCRIPTION sub CONNECTION '${libpqUrl(sourceUrl)}' PUBLICATION pub WITH (copy_data = false)`);
   const slotActive = (active: boolean) => slotIsActive(pair, db, 'sub', active);
   await waitFor('native subscription slot active', () => slotActive(true));
   let t0: bigint | null = null;
@@ -150,61 +152,56 @@ async function nativeDrain(pair: Pair, w: Workload): Promise<number> {
   return s;
 }
 
-async function oursDrain(pair: Pair, w: Workload, nodeArgs: string[]): Promise<number> {
+/** Seconds as nativeDrain, and our CLI's peak RSS in MiB over both of its processes. */
+async function oursDrain(pair: Pair, w: Workload): Promise<[number, number]> {
   const { db, sourceUrl, targetUrl } = await prepare(pair, 'dours', w);
-  const args = ['run', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', 'dours', '--copy-data', 'false'];
-  let run: CliRun = startCli(args, {}, nodeArgs);
+  const conn = ['--source', sourceUrl, '--target', targetUrl];
+  const args = ['run', ...conn, '--publication', 'pub', '--subscription', 'dours', '--copy-data', 'false'];
+  let run = startOurs(args);
+  let rss = 0;
   await waitAllReady(pair.target, db, 'dours', w.tables.length);
   let t0: bigint | null = null;
   if (w.live) {
     await write(pair, db, w);
     t0 = process.hrtime.bigint();
   } else {
+    rss = run.peakRssMb();
     await run.stop();
     await write(pair, db, w);
-    run = startCli(args, {}, nodeArgs);
+    run = startOurs(args);
     await waitFor('our slot active again', () => slotIsActive(pair, db, 'pg_live_sync_dours', true), 60_000, 5);
     t0 = process.hrtime.bigint();
   }
   const s = await markerArrived(pair, db, w, 'our CLI to apply the marker', () => t0);
+  rss = Math.max(rss, run.peakRssMb());
   for (const t of w.tables) if (!(await sameContents(pair, db, t))) throw new Error(`drain bench: ${t} differs`);
   await run.stop();
-  return s;
+  // The slot would otherwise hold this case's WAL on the source for the rest of the run.
+  await startOurs(['drop', '--subscription', 'dours', ...conn]).exited;
+  return [s, rss];
 }
 
-export interface DrainResult {
-  kind: DrainCase;
-  changes: number;
-  native: number;
-  ours: number;
-}
-
-export async function benchDrain(pair: Pair, kind: DrainCase, nodeArgs: string[] = []): Promise<DrainResult> {
+export async function benchDrain(pair: Pair, kind: DrainCase): Promise<BenchRow> {
   const w = workload(kind);
   const native = await nativeDrain(pair, w);
-  const ours = await oursDrain(pair, w, nodeArgs);
-  return { kind, changes: w.changes, native, ours };
+  const [ours, rss] = await oursDrain(pair, w);
+  const rate = (s: number) => Math.round(w.changes / s).toLocaleString('en');
+  process.stdout.write(`${LABEL[kind]}: ours ${ours.toFixed(2)} s (${rate(ours)} changes/s), native ${native.toFixed(2)} s (${rate(native)}/s), speed ours/native ${(native / ours).toFixed(2)}x, peak RSS ${Math.round(rss)} MiB\n`);
+  return { group: 'drain', name: LABEL[kind], ours, native, unit: 's', peakRssMb: rss };
 }
 
 const LABEL: Record<DrainCase, string> = {
-  inserts: 'drain, 100-row transactions',
-  mix: 'drain, pgbench-like mix',
-  big: 'one big transaction, commit->applied',
+  inserts: `${DRAIN_ROWS.toLocaleString('en')} rows in 100-row txns`,
+  mix: `${MIX_TXNS.toLocaleString('en')} pgbench-like txns`,
+  big: `one ${BIG_ROWS.toLocaleString('en')}-row txn, commit->applied`,
 };
-
-export function drainLine(r: DrainResult): string {
-  const rate = (s: number) => Math.round(r.changes / s).toLocaleString('en');
-  return `${LABEL[r.kind].padEnd(38)} ours ${r.ours.toFixed(2).padStart(7)} s (${rate(r.ours)} changes/s)   native ${r.native.toFixed(2).padStart(7)} s (${rate(r.native)}/s)   speed ours/native ${(r.native / r.ours).toFixed(2)}x\n`;
-}
 
 if (require.main === module) {
   const kinds = (process.argv.slice(2).length > 0 ? process.argv.slice(2) : ['inserts', 'mix', 'big']) as DrainCase[];
   (async () => {
     const pair = await startPair();
     try {
-      // e.g. BENCH_CLI_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' profiles our side.
-      const nodeArgs = process.env.BENCH_CLI_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
-      for (const k of kinds) process.stdout.write(drainLine(await benchDrain(pair, k, nodeArgs)));
+      for (const k of kinds) await benchDrain(pair, k);
     } finally {
       pair.stop();
     }
