@@ -236,6 +236,9 @@ export class ReplicationStream {
   private receivedUpTo: Lsn;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** The duplex's error, kept from the start: a stop between start() and the first read closes the
+   * connection, and an 'error' with no listener would end the process instead of the run. */
+  private failure: unknown = null;
 
   private constructor(
     private readonly client: pg.Client,
@@ -247,6 +250,9 @@ export class ReplicationStream {
     this.receivedUpTo = startLsn;
     this.timer = setInterval(() => this.sendStatus(false), intervalMs);
     this.timer.unref();
+    duplex.on('error', (err: unknown) => {
+      this.failure ??= err;
+    });
   }
 
   /** Starts streaming from exactly `startLsn`: the end of the last commit the target holds. */
@@ -275,7 +281,6 @@ export class ReplicationStream {
     const parser = new RawTextPgoutputParser();
     const duplex = this.duplex;
     let ended = false;
-    let failed: unknown = null;
     let wake: (() => void) | null = null;
     const poke = () => {
       const w = wake;
@@ -287,10 +292,7 @@ export class ReplicationStream {
       ended = true;
       poke();
     });
-    duplex.once('error', (err: unknown) => {
-      failed = err;
-      poke();
-    });
+    duplex.once('error', poke);
     duplex.once('close', () => {
       ended = true;
       poke();
@@ -315,7 +317,7 @@ export class ReplicationStream {
           yield batch;
           continue;
         }
-        if (failed) throw failed;
+        if (this.failure) throw this.failure;
         if (ended || duplex.readableEnded || duplex.destroyed) return;
         await new Promise<void>((resolve) => (wake = resolve));
       }
