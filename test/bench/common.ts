@@ -3,8 +3,8 @@
  * RSS, and the one result row every case reports.
  */
 import { readFileSync } from 'node:fs';
-import { startCluster, type Cluster } from '../harness/cluster';
-import { startCli, type CliRun, type Pair } from '../harness/sync';
+import type { Cluster } from '../harness/cluster';
+import { startCli, startPair, type CliRun, type Pair } from '../harness/sync';
 
 /** Table-sync workers on every side: ours (--table-sync-workers), native, and parallel COPY pipes. */
 export const WORKERS = Number(process.env.BENCH_WORKERS ?? 4);
@@ -45,15 +45,7 @@ export async function startBenchPair(): Promise<Pair> {
     max_worker_processes: WORKERS + 12,
     max_wal_size: "'2GB'",
   };
-  const [source, target] = await Promise.all([startCluster({ name: 'source', settings }), startCluster({ name: 'target', settings })]);
-  return {
-    source,
-    target,
-    stop() {
-      source.stop();
-      target.stop();
-    },
-  };
+  return startPair(settings);
 }
 
 /**

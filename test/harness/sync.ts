@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { after } from 'node:test';
 import pg from 'pg';
-import { startCluster, type Cluster } from './cluster';
+import { startCluster, type Cluster, type ClusterOptions } from './cluster';
 
 export const CLI = path.resolve(__dirname, '../../dist/cli.js');
 
@@ -14,8 +14,8 @@ export interface Pair {
   stop(): void;
 }
 
-export async function startPair(): Promise<Pair> {
-  const [source, target] = await Promise.all([startCluster({ name: 'source' }), startCluster({ name: 'target' })]);
+export async function startPair(settings?: ClusterOptions['settings']): Promise<Pair> {
+  const [source, target] = await Promise.all([startCluster({ name: 'source', settings }), startCluster({ name: 'target', settings })]);
   return {
     source,
     target,
