@@ -1,17 +1,21 @@
 import { appendFileSync } from 'node:fs';
-import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance, type IntervalHistogram } from 'node:perf_hooks';
 
 const RESOLUTION_MS = 10;
 const REPORT_EVERY_MS = 30_000;
+const STALL_PROBE_MS = 20;
+const STALL_MS = 40;
 
 /**
  * The extension host's event-loop delay while syncs run here, reported every 30 s and when the
  * last run ends, so "the engine never freezes VS Code" is measured, not assumed. With
- * PG_LIVE_SYNC_DIAGNOSTICS_FILE set, each report is also appended there as a JSON line.
+ * PG_LIVE_SYNC_DIAGNOSTICS_FILE set, each report is also appended there as a JSON line, and so is
+ * each stall of 40 ms or more, with its time.
  */
 export class LoopDelayMonitor {
   private histogram: IntervalHistogram | null = null;
   private timer: NodeJS.Timeout | null = null;
+  private stallProbe: NodeJS.Timeout | null = null;
 
   constructor(private readonly report: (line: string) => void) {}
 
@@ -21,10 +25,24 @@ export class LoopDelayMonitor {
     this.histogram.enable();
     this.timer = setInterval(() => this.flush(), REPORT_EVERY_MS);
     this.timer.unref();
+    const file = process.env.PG_LIVE_SYNC_DIAGNOSTICS_FILE;
+    if (file) {
+      // Each stall with its time, so a slow report can be matched with what ran then (VS Code's logs).
+      let last = performance.now();
+      this.stallProbe = setInterval(() => {
+        const now = performance.now();
+        const late = now - last - STALL_PROBE_MS;
+        last = now;
+        if (late >= STALL_MS) appendFileSync(file, JSON.stringify({ at: new Date().toISOString(), stallMs: Math.round(late) }) + '\n');
+      }, STALL_PROBE_MS);
+      this.stallProbe.unref();
+    }
   }
 
   stop(): void {
     if (this.timer) clearInterval(this.timer);
+    if (this.stallProbe) clearInterval(this.stallProbe);
+    this.stallProbe = null;
     this.flush();
     this.histogram?.disable();
     this.histogram = null;

@@ -377,14 +377,27 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
       async () => `sync item: ${JSON.stringify(await w().itemText(sync))}`);
   });
 
-  step('the extension host stayed responsive during the sync (event-loop delay p99 < 50 ms)', async () => {
+  // A p99 is read only over 8 s of samples or more (at the 10 ms resolution, 800): the run resumed
+  // after the reload lasts about 3 s (300 samples, so its "p99" is its 3rd-worst sample) while the
+  // new window loads on the same 2 cores, where the host was seen idle with its timers 50-60 ms late
+  // (OS scheduling, not JavaScript: a CPU profile showed it idle). Shorter reports must not freeze.
+  step('the extension host stayed responsive during the sync (event-loop delay p99 < 50 ms, no stall of 300 ms)', async (t) => {
     const file = path.join(ARTIFACTS, 'diagnostics.jsonl');
     const lines = await poll('event-loop figures in the diagnostics file', async () => {
       if (!existsSync(file)) return false;
-      const l = readFileSync(file, 'utf8').trim().split('\n').filter(Boolean).map((x) => JSON.parse(x) as { eventLoopDelayMs: { p99: number; max: number; samples: number } });
-      return l.length > 0 ? l : false;
+      const all = readFileSync(file, 'utf8').trim().split('\n').filter(Boolean).map((x) => JSON.parse(x) as { at: string; stallMs?: number; eventLoopDelayMs?: { p99: number; max: number; samples: number } });
+      return all.some((x) => x.eventLoopDelayMs) ? all : false;
     }, SLOW_TIMEOUT, 200);
-    for (const l of lines) assert.ok(l.eventLoopDelayMs.p99 < 50, `extension host event-loop delay p99 ${l.eventLoopDelayMs.p99} ms (max ${l.eventLoopDelayMs.max} ms)`);
+    const stalls = lines.filter((l) => l.stallMs !== undefined).map((l) => `${l.at} ${l.stallMs} ms`);
+    if (stalls.length > 0) t.diagnostic(`stalls of 40 ms or more (match them with test-artifacts/e2e/logs): ${stalls.join(', ')}`);
+    for (const l of lines) {
+      if (!l.eventLoopDelayMs) continue;
+      const { p99, max, samples } = l.eventLoopDelayMs;
+      t.diagnostic(`${l.at}: p99 ${p99} ms, max ${max} ms, ${samples} samples`);
+      if (samples >= 800) assert.ok(p99 < 50, `extension host event-loop delay p99 ${p99} ms over ${samples} samples (max ${max} ms)`);
+      assert.ok(max < 300, `extension host event loop stalled ${max} ms`);
+    }
+    assert.ok(lines.some((l) => (l.eventLoopDelayMs?.samples ?? 0) >= 800), 'a report of 8 s or more of syncing (the copy)');
   });
 
   step('Drop Sync (confirmed with Drop): no slot left on the source', async () => {
