@@ -45,7 +45,8 @@ const COMMANDS: Record<string, CommandHelp> = {
   run: {
     synopsis: `pg-live-sync run    --source URL --target URL --publication NAME [--publication NAME]...
                     --subscription NAME [--table-map JSON]... [--table-sync-workers N]
-                    [--copy-data true|false] [--copy-chunk-size SIZE] [--apply-ddl add-column] [--create-tables]`,
+                    [--copy-data true|false] [--copy-chunk-size SIZE] [--apply-ddl add-column] [--create-tables]
+                    [--spool-dir DIR]`,
     about: 'Checks everything, creates the slot, copies the tables, then streams changes until SIGINT or SIGTERM; run it again to resume.',
     flags: [
       SOURCE_FLAG, TARGET_FLAG, PUBLICATION_FLAG,
@@ -56,6 +57,7 @@ const COMMANDS: Record<string, CommandHelp> = {
       ['--copy-data true|false', 'false: skip the initial copy, sync only later changes (default true)'],
       ['--apply-ddl add-column', 'add a column added on the source to the target as it streams by (default: that table stops with the ALTER to run)'],
       ['--create-tables', 'first create the target tables that are missing, as create-tables does (default: a missing table is an error)'],
+      ['--spool-dir DIR', 'where source transactions still in progress wait for their commit, on local disk (default $PG_LIVE_SYNC_SPOOL_DIR or the temp folder)'],
     ],
   },
   'create-tables': {
@@ -180,6 +182,7 @@ async function run(args: string[]): Promise<number> {
     'copy-data': { type: 'string' },
     'apply-ddl': { type: 'string', multiple: true },
     'create-tables': { type: 'boolean' },
+    'spool-dir': { type: 'string' },
   });
   const publications = (v.publication as string[] | undefined) ?? [];
   if (publications.length === 0) throw new UsageError('missing --publication');
@@ -205,6 +208,7 @@ async function run(args: string[]): Promise<number> {
       copyChunkBytes: parseBytes((v['copy-chunk-size'] as string | undefined) ?? `${COPY_CHUNK_BYTES}B`, 'copy-chunk-size', '256MiB or 0'),
       applyDdl: applyDdl as DdlKind[],
       createTables: v['create-tables'] === true,
+      spoolDir: v['spool-dir'] as string | undefined,
     },
     { log, onStatus: progressReporter() },
   );

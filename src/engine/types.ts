@@ -16,6 +16,8 @@ export interface SyncOptions {
   createTables?: boolean;
   /** Source DDL to apply to the target as it streams by (drift.ts); default none. */
   applyDdl?: DdlKind[];
+  /** Where transactions the source streams while still open wait for their commit (spool.ts); default the system's temp folder. */
+  spoolDir?: string;
   /** Where the user fixes each URL, for errors (the extension names its connections); default the CLI flags. */
   configuredIn?: { source: string; target: string };
 }
