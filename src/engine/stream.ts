@@ -18,7 +18,8 @@
  * Transactions still in progress are streamed (8) on sources that can (PostgreSQL 14+, protocol 2):
  * the Stream Start/Stop/Commit/Abort messages are parsed here, each open transaction waits in
  * spool.ts, and at its Stream Commit it comes out as an ordinary Begin, changes, Commit, so nothing
- * downstream knows. Older sources get protocol 1, and big transactions arrive after their commit.
+ * downstream knows. Older sources (or --streaming off) get protocol 1, and big transactions arrive
+ * after their commit.
  */
 import type pg from 'pg';
 import { both as copyBoth } from 'pg-copy-streams';
@@ -262,7 +263,7 @@ export class ReplicationStream {
   }
 
   /** Starts streaming from exactly `startLsn`: the end of the last commit the target holds. */
-  static async start(source: Endpoint, slot: string, publications: string[], startLsn: Lsn, opts: { spoolBase?: string } = {}): Promise<ReplicationStream> {
+  static async start(source: Endpoint, slot: string, publications: string[], startLsn: Lsn, opts: { spoolBase?: string; streaming?: boolean } = {}): Promise<ReplicationStream> {
     const client = await connect(source, { replication: true, applicationName: 'pg_live_sync_stream' });
     let spool: TransactionSpool | null = null;
     let duplex: ReturnType<typeof copyBoth>;
@@ -270,7 +271,7 @@ export class ReplicationStream {
     try {
       timeout = (await client.query('SHOW wal_sender_timeout')).rows[0].wal_sender_timeout as string;
       const version = Number((await client.query('SHOW server_version_num')).rows[0].server_version_num);
-      const streaming = version >= 140000;
+      const streaming = version >= 140000 && opts.streaming !== false;
       if (streaming) spool = await TransactionSpool.create(spoolDirFor(source.url, slot, opts.spoolBase));
       const pubs = publications.map((p) => quoteIdent(p)).join(',');
       const protocol = streaming ? `proto_version '2', streaming 'on'` : `proto_version '1'`;
