@@ -43,10 +43,10 @@ async function streamedBytes(db: string, sub: string): Promise<number> {
   return Number(r.rows[0]?.n ?? 0);
 }
 
-async function syncing(sub: string, schema: string, sourceSetup = ''): Promise<{ db: string; args: string[]; run: CliRun }> {
+async function syncing(sub: string, schema: string, sourceSetup = '', extra: string[] = []): Promise<{ db: string; args: string[]; run: CliRun }> {
   const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub, schema);
   await pair.source.query(db, `${sourceSetup}; CREATE PUBLICATION pub FOR ALL TABLES`);
-  const args = ['run', '--source', sourceUrl, '--target', targetUrl, '--subscription', sub, '--publication', 'pub', '--spool-dir', spoolBase];
+  const args = ['run', '--source', sourceUrl, '--target', targetUrl, '--subscription', sub, '--publication', 'pub', '--spool-dir', spoolBase, ...extra];
   const run = startCli(args);
   const tables = (await pair.source.query(db, `SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = 'public'`)).rows[0].n;
   await Promise.race([
@@ -165,6 +165,23 @@ describe('transactions streamed while open', () => {
       for (const table of ['bulk', 'marks']) assert.ok(await sameContents(pair, db, table), `${table} after the interleaving`);
     } finally {
       await Promise.all([a.end(), b.end()]);
+      await stopOk(run);
+    }
+  });
+
+  it('--streaming off: the source keeps the big transaction (it spills), nothing is spooled, all of it arrives', async () => {
+    const { db, run } = await syncing('st_off', `CREATE TABLE big (id int PRIMARY KEY, v text)`, '', ['--streaming', 'off']);
+    try {
+      await pair.source.query(db, `INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 30000) g`);
+      await waitCaughtUp(pair, db, 'st_off', 120_000, run);
+      assert.ok(await sameContents(pair, db, 'big'), 'big');
+      const stats = await waitFor('slot statistics', async () => {
+        const r = await pair.source.query(db, `SELECT spill_txns::int AS spill, stream_txns::int AS stream FROM pg_stat_replication_slots WHERE slot_name = 'pg_live_sync_st_off'`);
+        return r.rows[0]?.spill > 0 ? r.rows[0] : undefined;
+      }, 30_000);
+      assert.equal(stats.stream, 0, 'nothing streamed');
+      assert.equal(existsSync(spoolBase) && readdirSync(spoolBase).length, 0, 'no spool folder');
+    } finally {
       await stopOk(run);
     }
   });
