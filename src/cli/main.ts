@@ -45,7 +45,8 @@ const COMMANDS: Record<string, CommandHelp> = {
   run: {
     synopsis: `pg-live-sync run    --source URL --target URL --publication NAME [--publication NAME]...
                     --subscription NAME [--table-map JSON]... [--table-sync-workers N]
-                    [--copy-data true|false] [--copy-chunk-size SIZE] [--apply-ddl add-column] [--create-tables]`,
+                    [--copy-data true|false] [--copy-chunk-size SIZE] [--apply-ddl add-column] [--create-tables]
+                    [--streaming on|off] [--spool-dir DIR]`,
     about: 'Checks everything, creates the slot, copies the tables, then streams changes until SIGINT or SIGTERM; run it again to resume.',
     flags: [
       SOURCE_FLAG, TARGET_FLAG, PUBLICATION_FLAG,
@@ -56,6 +57,8 @@ const COMMANDS: Record<string, CommandHelp> = {
       ['--copy-data true|false', 'false: skip the initial copy, sync only later changes (default true)'],
       ['--apply-ddl add-column', 'add a column added on the source to the target as it streams by (default: that table stops with the ALTER to run)'],
       ['--create-tables', 'first create the target tables that are missing, as create-tables does (default: a missing table is an error)'],
+      ['--streaming on|off', 'on: the source sends transactions bigger than its logical_decoding_work_mem while they run, kept on local disk until their commit (PostgreSQL 14+; default on)'],
+      ['--spool-dir DIR', 'where source transactions still in progress wait for their commit, on local disk (default $PG_LIVE_SYNC_SPOOL_DIR or the temp folder)'],
     ],
   },
   'create-tables': {
@@ -180,6 +183,8 @@ async function run(args: string[]): Promise<number> {
     'copy-data': { type: 'string' },
     'apply-ddl': { type: 'string', multiple: true },
     'create-tables': { type: 'boolean' },
+    'spool-dir': { type: 'string' },
+    streaming: { type: 'string' },
   });
   const publications = (v.publication as string[] | undefined) ?? [];
   if (publications.length === 0) throw new UsageError('missing --publication');
@@ -188,6 +193,8 @@ async function run(args: string[]): Promise<number> {
   if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new UsageError(`--table-sync-workers must be a whole number from 1 to 64, not "${workersText}"`);
   const copyDataText = (v['copy-data'] as string | undefined) ?? 'true';
   if (copyDataText !== 'true' && copyDataText !== 'false') throw new UsageError(`--copy-data takes true or false, not "${copyDataText}"`);
+  const streamingText = (v.streaming as string | undefined) ?? 'on';
+  if (streamingText !== 'on' && streamingText !== 'off') throw new UsageError(`--streaming takes on or off, not "${streamingText}"`);
   const subscription = required(v.subscription as string | undefined, 'subscription');
   validateSubscriptionName(subscription);
   const applyDdl = ((v['apply-ddl'] as string[] | undefined) ?? []).flatMap((x) => x.split(','));
@@ -205,6 +212,8 @@ async function run(args: string[]): Promise<number> {
       copyChunkBytes: parseBytes((v['copy-chunk-size'] as string | undefined) ?? `${COPY_CHUNK_BYTES}B`, 'copy-chunk-size', '256MiB or 0'),
       applyDdl: applyDdl as DdlKind[],
       createTables: v['create-tables'] === true,
+      spoolDir: v['spool-dir'] as string | undefined,
+      streaming: streamingText === 'on',
     },
     { log, onStatus: progressReporter() },
   );

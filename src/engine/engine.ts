@@ -481,7 +481,7 @@ export class SyncEngine {
       await this.promote(target, startLsn);
       await target.query('SET session_replication_role = replica');
 
-      stream = await ReplicationStream.start(this.source, this.slot, options.publications, startLsn);
+      stream = await ReplicationStream.start(this.source, this.slot, options.publications, startLsn, { spoolBase: options.spoolDir, streaming: options.streaming });
       this.stream = stream;
       this.phase = 'streaming';
       await setSubscriptionError(target, options.subscription, null);
@@ -495,6 +495,8 @@ export class SyncEngine {
         subscription: options.subscription,
         publications: options.publications,
         copyChunkBytes: options.copyChunkBytes ?? COPY_CHUNK_BYTES,
+        spoolDir: options.spoolDir,
+        streaming: options.streaming,
         log,
         signal: jobsAbort.signal,
         onProgress: (p) => this.onCopyProgress(p),

@@ -15,13 +15,18 @@
  *    the socket is read only as fast as changes are applied.
  * The parser's tuple reader is replaced too: values stay raw text (6), binary values are copied
  * out of the reused buffer (7), and an unchanged TOAST value is marked, never guessed.
- * Streaming of in-progress transactions (8) is never requested (proto_version 1).
+ * Transactions still in progress are streamed (8) on sources that can (PostgreSQL 14+, protocol 2):
+ * the Stream Start/Stop/Commit/Abort messages are parsed here, each open transaction waits in
+ * spool.ts, and at its Stream Commit it comes out as an ordinary Begin, changes, Commit, so nothing
+ * downstream knows. Older sources (or --streaming off) get protocol 1, and big transactions arrive
+ * after their commit.
  */
 import type pg from 'pg';
 import { both as copyBoth } from 'pg-copy-streams';
 import { PgoutputParser } from 'pg-logical-replication/dist/output-plugins/pgoutput/pgoutput-parser.js';
 import { connect, quoteIdent, quoteLiteral, type Endpoint } from './connection';
 import { formatLsn, parseLsn, type Lsn } from './lsn';
+import { spoolDirFor, TransactionSpool } from './spool';
 
 export const UNCHANGED_TOAST: unique symbol = Symbol('unchanged TOAST value');
 export type Value = string | null | typeof UNCHANGED_TOAST;
@@ -245,6 +250,8 @@ export class ReplicationStream {
     private readonly duplex: ReturnType<typeof copyBoth>,
     startLsn: Lsn,
     intervalMs: number,
+    /** Open streamed transactions; null on a source too old to stream them. */
+    readonly spool: TransactionSpool | null,
   ) {
     this.flushed = startLsn;
     this.receivedUpTo = startLsn;
@@ -256,15 +263,28 @@ export class ReplicationStream {
   }
 
   /** Starts streaming from exactly `startLsn`: the end of the last commit the target holds. */
-  static async start(source: Endpoint, slot: string, publications: string[], startLsn: Lsn): Promise<ReplicationStream> {
+  static async start(source: Endpoint, slot: string, publications: string[], startLsn: Lsn, opts: { spoolBase?: string; streaming?: boolean } = {}): Promise<ReplicationStream> {
     const client = await connect(source, { replication: true, applicationName: 'pg_live_sync_stream' });
-    const timeout = (await client.query('SHOW wal_sender_timeout')).rows[0].wal_sender_timeout as string;
-    const pubs = publications.map((p) => quoteIdent(p)).join(',');
-    const sql = `START_REPLICATION SLOT ${quoteIdent(slot)} LOGICAL ${formatLsn(startLsn)} (proto_version '1', publication_names ${quoteLiteral(pubs)})`;
-    // One CopyData frame per read: in byte mode a read would hand back several frames glued together.
-    const duplex = copyBoth(sql, { alignOnCopyDataFrame: true, readableObjectMode: true, readableHighWaterMark: BATCH_FRAMES });
+    let spool: TransactionSpool | null = null;
+    let duplex: ReturnType<typeof copyBoth>;
+    let timeout: string;
+    try {
+      timeout = (await client.query('SHOW wal_sender_timeout')).rows[0].wal_sender_timeout as string;
+      const version = Number((await client.query('SHOW server_version_num')).rows[0].server_version_num);
+      const streaming = version >= 140000 && opts.streaming !== false;
+      if (streaming) spool = await TransactionSpool.create(spoolDirFor(source.url, slot, opts.spoolBase));
+      const pubs = publications.map((p) => quoteIdent(p)).join(',');
+      const protocol = streaming ? `proto_version '2', streaming 'on'` : `proto_version '1'`;
+      const sql = `START_REPLICATION SLOT ${quoteIdent(slot)} LOGICAL ${formatLsn(startLsn)} (${protocol}, publication_names ${quoteLiteral(pubs)})`;
+      // One CopyData frame per read: in byte mode a read would hand back several frames glued together.
+      duplex = copyBoth(sql, { alignOnCopyDataFrame: true, readableObjectMode: true, readableHighWaterMark: BATCH_FRAMES });
+    } catch (err) {
+      await client.end().catch(() => undefined);
+      await spool?.close();
+      throw err;
+    }
     client.query(duplex);
-    return new ReplicationStream(client, duplex, startLsn, statusInterval(timeout));
+    return new ReplicationStream(client, duplex, startLsn, statusInterval(timeout), spool);
   }
 
   /** Changes and keepalives in WAL order; the socket is read only as fast as this is consumed. */
@@ -297,15 +317,53 @@ export class ReplicationStream {
       ended = true;
       poke();
     });
+    const spool = this.spool;
+    // The top-level transaction of the Stream Start ... Stream Stop block being read, if any.
+    let streamXid: number | null = null;
     try {
       for (;;) {
         const batch: StreamEvent[] = [];
+        let streamCommit: StreamCommit | null = null;
         let frame: Buffer | null;
         while (batch.length < BATCH_FRAMES && (frame = duplex.read() as Buffer | null) !== null) {
           if (frame[0] === 0x77) {
             // XLogData: 'w', start LSN, current end of WAL on the server, send time, payload
             const walEnd = frame.readBigUInt64BE(9);
-            const change = decodeChange(parser, frame.subarray(25));
+            const m = frame.subarray(25);
+            if (spool) {
+              if (streamXid !== null) {
+                if (m[0] === 0x45) {
+                  // 'E' Stream Stop
+                  streamXid = null;
+                  await spool.endSegment();
+                } else if (m[0] !== 0x4f) {
+                  // Any other message in a block (but 'O' origin): type, (sub)transaction xid, then protocol 1's body.
+                  const v1 = Buffer.allocUnsafe(m.length - 4);
+                  v1[0] = m[0];
+                  m.copy(v1, 1, 5);
+                  const writing = spool.append(streamXid, m.readUInt32BE(1), v1);
+                  if (writing) await writing;
+                }
+                continue;
+              }
+              if (m[0] === 0x53) {
+                // 'S' Stream Start: xid, first segment
+                streamXid = m.readUInt32BE(1);
+                await spool.startSegment(streamXid, m[5] === 1);
+                continue;
+              }
+              if (m[0] === 0x41) {
+                // 'A' Stream Abort: xid, subtransaction xid
+                await spool.abort(m.readUInt32BE(1), m.readUInt32BE(5));
+                continue;
+              }
+              if (m[0] === 0x63) {
+                // 'c' Stream Commit: xid, flags, commit LSN, end LSN, commit time
+                streamCommit = { xid: m.readUInt32BE(1), commitLsn: m.readBigUInt64BE(6), endLsn: m.readBigUInt64BE(14), commitTime: m.readBigUInt64BE(22) + PG_EPOCH_MICROS, walEnd };
+                break;
+              }
+            }
+            const change = decodeChange(parser, m);
             if (change.tag === 'commit' && change.endLsn > this.receivedUpTo) this.receivedUpTo = change.endLsn;
             batch.push({ kind: 'change', change, walEnd });
           } else if (frame[0] === 0x6b) {
@@ -313,10 +371,12 @@ export class ReplicationStream {
             batch.push({ kind: 'keepalive', walEnd: frame.readBigUInt64BE(1), replyRequested: frame[17] === 1 });
           }
         }
-        if (batch.length > 0) {
-          yield batch;
+        if (batch.length > 0) yield batch;
+        if (streamCommit && spool) {
+          yield* this.replay(parser, spool, streamCommit);
           continue;
         }
+        if (batch.length > 0) continue;
         if (this.failure) throw this.failure;
         if (ended || duplex.readableEnded || duplex.destroyed) return;
         await new Promise<void>((resolve) => (wake = resolve));
@@ -324,6 +384,15 @@ export class ReplicationStream {
     } finally {
       duplex.off('readable', poke);
     }
+  }
+
+  /** A streamed transaction at its commit, as one ordinary transaction: Begin, its changes from the spool, Commit. */
+  private async *replay(parser: PgoutputParser, spool: TransactionSpool, c: StreamCommit): AsyncGenerator<StreamEvent[]> {
+    const event = (change: Change): StreamEvent => ({ kind: 'change', change, walEnd: c.walEnd });
+    yield [event({ tag: 'begin', finalLsn: c.commitLsn, commitTime: c.commitTime })];
+    for await (const run of spool.commit(c.xid)) yield run.map((m) => event(decodeChange(parser, m)));
+    yield [event({ tag: 'commit', endLsn: c.endLsn, commitTime: c.commitTime })];
+    if (c.endLsn > this.receivedUpTo) this.receivedUpTo = c.endLsn;
   }
 
   /**
@@ -374,5 +443,14 @@ export class ReplicationStream {
       });
     });
     this.duplex.destroy();
+    await this.spool?.close();
   }
+}
+
+interface StreamCommit {
+  xid: number;
+  commitLsn: Lsn;
+  endLsn: Lsn;
+  commitTime: bigint;
+  walEnd: Lsn;
 }

@@ -40,6 +40,9 @@ export interface TableSyncContext {
   publications: string[];
   /** Tables larger than this are copied in chunks (copy.ts), resumable in the table slot's held snapshot. */
   copyChunkBytes: number;
+  /** Base folder for open streamed transactions (spool.ts). */
+  spoolDir?: string;
+  streaming?: boolean;
   log: Logger;
   signal: AbortSignal;
   main: MainStream;
@@ -199,7 +202,7 @@ async function catchUp(ctx: TableSyncContext, table: SyncedTable, slot: string, 
       await setTableState(target, ctx.subscription, table.source, 's', { lsn: takeover });
       return true;
     };
-    stream = await ReplicationStream.start(ctx.source, slot, ctx.publications, from);
+    stream = await ReplicationStream.start(ctx.source, slot, ctx.publications, from, { spoolBase: ctx.spoolDir, streaming: ctx.streaming });
     const opened = stream;
     // A quiet stream may not send anything for a long time: closing it ends the wait on stop.
     ctx.signal.addEventListener('abort', () => void opened.close(), { once: true });

@@ -16,6 +16,10 @@ export interface SyncOptions {
   createTables?: boolean;
   /** Source DDL to apply to the target as it streams by (drift.ts); default none. */
   applyDdl?: DdlKind[];
+  /** Where transactions the source streams while still open wait for their commit (spool.ts); default the system's temp folder. */
+  spoolDir?: string;
+  /** false: never ask the source to stream open transactions (protocol 1); default true on PostgreSQL 14+. */
+  streaming?: boolean;
   /** Where the user fixes each URL, for errors (the extension names its connections); default the CLI flags. */
   configuredIn?: { source: string; target: string };
 }

@@ -4,7 +4,9 @@
  *  - inserts: a backlog of 100-row transactions, written while the consumer is stopped, then drained;
  *  - mix: a backlog of pgbench-like transactions (updates by key on three tables, an insert and a
  *    delete on a fourth), drained the same way;
- *  - big: one large insert transaction, timed from its COMMIT to the last row on the target.
+ *  - big: one large insert transaction, timed from its COMMIT to the last row on the target;
+ *  - long: the same rows in one transaction that writes them over about 20 s (a batch job), timed
+ *    the same way: what streaming open transactions (spool.ts) is for.
  * Both sides are timed the same way: from the consumer's replication slot turning active (or the
  * live change committing) until a marker row written by the last source transaction is on the
  * target, which in commit order means everything before it is too.
@@ -21,7 +23,7 @@ export const DRAIN_ROWS = Number(process.env.BENCH_DRAIN_ROWS ?? 1_000_000);
 export const MIX_TXNS = Number(process.env.BENCH_MIX_TXNS ?? 100_000);
 export const BIG_ROWS = Number(process.env.BENCH_BIG_ROWS ?? 2_000_000);
 
-export type DrainCase = 'inserts' | 'mix' | 'big';
+export type DrainCase = 'inserts' | 'mix' | 'big' | 'long';
 
 interface Workload {
   schema: string;
@@ -90,6 +92,22 @@ function workload(kind: DrainCase): Workload {
         changes: BIG_ROWS + 1,
         live: true,
       };
+    case 'long': {
+      const step = Math.ceil(BIG_ROWS / 100);
+      return {
+        schema: T,
+        seed: '',
+        tables: ['t'],
+        change: [`DO $$ BEGIN FOR i IN 0..99 LOOP
+            INSERT INTO t SELECT g, g % 10000, (g % 100000) / 100.0, (ARRAY['new','paid','shipped'])[1 + g % 3], now(), repeat('x', 40) FROM generate_series(i * ${step} + 1, least(${BIG_ROWS}, (i + 1) * ${step})) g;
+            PERFORM pg_sleep(0.2);
+          END LOOP; END $$;
+          INSERT INTO t VALUES (-1, 0, 0, 'marker', now(), 'marker')`],
+        marker: `SELECT 1 FROM t WHERE id = -1`,
+        changes: BIG_ROWS + 1,
+        live: true,
+      };
+    }
   }
 }
 
@@ -194,10 +212,11 @@ const LABEL: Record<DrainCase, string> = {
   inserts: `${DRAIN_ROWS.toLocaleString('en')} rows in 100-row txns`,
   mix: `${MIX_TXNS.toLocaleString('en')} pgbench-like txns`,
   big: `one ${BIG_ROWS.toLocaleString('en')}-row txn, commit->applied`,
+  long: `one ${BIG_ROWS.toLocaleString('en')}-row txn written over 20 s, commit->applied`,
 };
 
 if (require.main === module) {
-  const kinds = (process.argv.slice(2).length > 0 ? process.argv.slice(2) : ['inserts', 'mix', 'big']) as DrainCase[];
+  const kinds = (process.argv.slice(2).length > 0 ? process.argv.slice(2) : ['inserts', 'mix', 'big', 'long']) as DrainCase[];
   (async () => {
     const pair = await startPair();
     try {
