@@ -15,17 +15,19 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rm, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describeEndpoint } from './connection';
+import { SyncError } from './errors';
 
 const WRITE_BUFFER_BYTES = 1 << 20;
 const READ_CHUNK_BYTES = 1 << 20;
 
 /**
- * Where a stream on `slot` of `sourceUrl` keeps its open transactions: a folder of its own under
- * `base` (--spool-dir, else PG_LIVE_SYNC_SPOOL_DIR, else the system's temp folder).
+ * Where streams on `slot` of `sourceUrl` keep their open transactions: a folder of its own under
+ * `base` (--spool-dir, else PG_LIVE_SYNC_SPOOL_DIR, else the system's temp folder), in which each
+ * stream has its own (TransactionSpool.create).
  */
 export function spoolDirFor(sourceUrl: string, slot: string, base?: string): string {
   // Slot names are unique per source cluster only; the address (never the password) tells clusters apart.
@@ -59,12 +61,24 @@ export class TransactionSpool {
 
   /**
    * The walsender streams every open transaction again from its start when a stream starts, so
-   * what an earlier run left is never needed: start empty.
+   * what an earlier run left is never needed: a new folder `<pid>-<n>` under `slotDir`, and the
+   * folders of processes that are gone are removed. A live process's are never touched, even one
+   * started by mistake on the same slot (its START_REPLICATION fails afterwards).
    */
-  static async create(dir: string): Promise<TransactionSpool> {
-    await rm(dir, { recursive: true, force: true });
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    return new TransactionSpool(dir);
+  static async create(slotDir: string): Promise<TransactionSpool> {
+    try {
+      await mkdir(slotDir, { recursive: true, mode: 0o700 });
+      for (const entry of await readdir(slotDir)) {
+        const pid = Number(/^(\d+)-/.exec(entry)?.[1]);
+        if (pid && pid !== process.pid && !alive(pid)) await rm(path.join(slotDir, entry), { recursive: true, force: true });
+      }
+      const dir = path.join(slotDir, `${process.pid}-${++created}`);
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { mode: 0o700 });
+      return new TransactionSpool(dir);
+    } catch (err) {
+      throw spoolError(slotDir, err);
+    }
   }
 
   get openTransactions(): number {
@@ -82,7 +96,7 @@ export class TransactionSpool {
       if (!first) throw new Error(`the source streamed a later segment of transaction ${xid} without its first; restart the sync (it resumes from the target's position)`);
       const file = path.join(this.dir, `${xid}.spool`);
       // 0o600: the rows of the user's tables.
-      const handle = await open(file, 'w+', 0o600);
+      const handle = await open(file, 'w+', 0o600).catch((err) => Promise.reject(spoolError(this.dir, err)));
       this.open.set(xid, { file, handle, written: 0, pending: [], pendingBytes: 0, subxacts: new Map(), changes: 0 });
     }
   }
@@ -179,9 +193,13 @@ export class TransactionSpool {
     t.pending = [];
     t.pendingBytes = 0;
     let off = 0;
-    while (off < data.length) {
-      const { bytesWritten } = await t.handle.write(data, off, data.length - off, t.written + off);
-      off += bytesWritten;
+    try {
+      while (off < data.length) {
+        const { bytesWritten } = await t.handle.write(data, off, data.length - off, t.written + off);
+        off += bytesWritten;
+      }
+    } catch (err) {
+      throw spoolError(this.dir, err);
     }
     t.written += data.length;
   }
@@ -204,4 +222,21 @@ export class TransactionSpool {
     }
     if (carry.length > 0) throw new Error(`spooled transaction file ${file} ends inside a record`);
   }
+}
+
+let created = 0;
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** A full or unwritable spool stops the run (nothing is acknowledged, so nothing is lost). */
+function spoolError(dir: string, err: unknown): SyncError {
+  const why = (err as NodeJS.ErrnoException).code === 'ENOSPC' ? 'its disk is full' : (err as Error).message;
+  return new SyncError(`cannot keep a source transaction still in progress in the spool folder ${dir} (${why}): free space there or run with --spool-dir on a bigger disk, or with --streaming off to leave it on the source; run again to resume, nothing is lost`, 'spool');
 }

@@ -5,12 +5,13 @@
  * then that the target gets each transaction whole, once, in commit order.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startCluster, type Cluster } from '../harness/cluster';
 import { freshDatabases, pg, sameContents, startCli, waitAllReady, waitCaughtUp, waitFor, type CliRun, type Pair } from '../harness/sync';
+import { spoolDirFor } from '../../src/engine/spool';
 
 let pair: Pair;
 const spoolBase = mkdtempSync(path.join(tmpdir(), 'pgls-spool-test-'));
@@ -43,7 +44,7 @@ async function streamedBytes(db: string, sub: string): Promise<number> {
   return Number(r.rows[0]?.n ?? 0);
 }
 
-async function syncing(sub: string, schema: string, sourceSetup = '', extra: string[] = []): Promise<{ db: string; args: string[]; run: CliRun }> {
+async function syncing(sub: string, schema: string, sourceSetup = '', extra: string[] = []): Promise<{ db: string; args: string[]; run: CliRun; sourceUrl: string }> {
   const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub, schema);
   await pair.source.query(db, `${sourceSetup}; CREATE PUBLICATION pub FOR ALL TABLES`);
   const args = ['run', '--source', sourceUrl, '--target', targetUrl, '--subscription', sub, '--publication', 'pub', '--spool-dir', spoolBase, ...extra];
@@ -54,7 +55,7 @@ async function syncing(sub: string, schema: string, sourceSetup = '', extra: str
     run.exited.then((code) => Promise.reject(new Error(`the sync exited (${code}) before every table was ready:\n${run.output()}`))),
   ]);
   await waitCaughtUp(pair, db, sub, 120_000, run);
-  return { db, args, run };
+  return { db, args, run, sourceUrl };
 }
 
 async function stopOk(run: CliRun): Promise<void> {
@@ -170,7 +171,7 @@ describe('transactions streamed while open', () => {
   });
 
   it('--streaming off: the source keeps the big transaction (it spills), nothing is spooled, all of it arrives', async () => {
-    const { db, run } = await syncing('st_off', `CREATE TABLE big (id int PRIMARY KEY, v text)`, '', ['--streaming', 'off']);
+    const { db, run, sourceUrl } = await syncing('st_off', `CREATE TABLE big (id int PRIMARY KEY, v text)`, '', ['--streaming', 'off']);
     try {
       await pair.source.query(db, `INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 30000) g`);
       await waitCaughtUp(pair, db, 'st_off', 120_000, run);
@@ -180,10 +181,25 @@ describe('transactions streamed while open', () => {
         return r.rows[0]?.spill > 0 ? r.rows[0] : undefined;
       }, 30_000);
       assert.equal(stats.stream, 0, 'nothing streamed');
-      assert.equal(existsSync(spoolBase) && readdirSync(spoolBase).length, 0, 'no spool folder');
+      assert.equal(existsSync(spoolDirFor(sourceUrl, 'pg_live_sync_st_off', spoolBase)), false, 'no spool folder for the slot');
     } finally {
       await stopOk(run);
     }
+  });
+
+  it('a spool folder that cannot be made: one line with the fix, exit 1, nothing applied is lost', async () => {
+    const notADir = path.join(spoolBase, 'a-file');
+    writeFileSync(notADir, 'x');
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'st_bad', `CREATE TABLE t (id int PRIMARY KEY)`);
+    await pair.source.query(db, `INSERT INTO t VALUES (1); CREATE PUBLICATION pub FOR ALL TABLES`);
+    const run = startCli(['run', '--source', sourceUrl, '--target', targetUrl, '--subscription', 'st_bad', '--publication', 'pub', '--spool-dir', notADir]);
+    const code = await Promise.race([run.exited, new Promise<string>((r) => setTimeout(() => r('still running'), 60_000))]);
+    if (code === 'still running') await run.kill9();
+    assert.equal(code, 1, run.output());
+    const errors = run.output().split('\n').filter((l) => /error/.test(l));
+    assert.ok(errors.some((l) => /spool folder .*a-file.* --spool-dir/.test(l)), run.output());
+    assert.equal(await count(pair.target, db, `SELECT count(*)::int AS n FROM t`), 1, 'the copy is kept');
+    rmSync(notADir);
   });
 
   it('kill -9 with a streamed transaction open, and again while its replay applies: applied exactly once', async (t) => {
