@@ -26,6 +26,7 @@ import {
   resetTableForResync, tablesToResync, upsertTableError, upsertTableRow, writeAppliedLsn, appliedLsnStatement, writeCopyProgress, type SubscriptionRow,
 } from './state';
 import { ReplicationStream, type StreamEvent } from './stream';
+import { formatBytes } from './units';
 import { resolveColumnMap, resolveTarget } from './tablemap';
 import { syncTable, type TableSyncContext } from './tablesync';
 import type { Logger, SyncedTable, SyncOptions, SyncPhase, SyncStatus, TableName, TableProgress, TableState } from './types';
@@ -657,7 +658,9 @@ export class SyncEngine {
       this.resyncing.clear();
       if (stream) {
         await stream.close();
-        log('info', `stopped at ${formatLsn(stream.acknowledged)} after ${this.transactionsApplied} transaction(s), ${this.changesApplied} change(s)`);
+        const streamed = stream.spool?.replayed;
+        const spooled = streamed && streamed.transactions > 0 ? ` (${streamed.transactions} of them streamed while open, ${formatBytes(streamed.bytes)} spooled)` : '';
+        log('info', `stopped at ${formatLsn(stream.acknowledged)} after ${this.transactionsApplied} transaction(s)${spooled}, ${this.changesApplied} change(s)`);
       }
       await Promise.all([catalog.end().catch(() => undefined), stateClient.end().catch(() => undefined)]);
     }

@@ -95,6 +95,8 @@ describe('transactions streamed while open', () => {
       assert.equal(await count(pair.target, db, `SELECT count(*)::int AS n FROM big`), 45000 - Math.floor(40000 / 11));
       assert.ok((await streamedTransactions(db, 'st_big')) >= 1, 'the source streamed it');
       assert.deepEqual(spoolFiles(), [], 'the spool file is gone after its commit');
+      await stopOk(run);
+      assert.match(run.output(), /stopped at .* \(1 of them streamed while open, [\d.]+ MiB spooled\)/);
     } finally {
       await open.end();
       await stopOk(run);
