@@ -29,6 +29,8 @@ export interface BenchRow {
   native: number;
   /** Seconds of the parallel `psql COPY | psql COPY` pipes; undefined where a pipe means nothing. */
   pipe?: number;
+  /** Drain backlogs only: seconds for our stream alone to receive the same changes and discard them (no apply). */
+  floor?: number;
   unit: 's' | 'MiB' | 'ms';
   /** Our CLI's peak resident set, MiB (undefined when the row shares the process of another). */
   peakRssMb?: number;
@@ -104,7 +106,7 @@ const ratio = (a: number, b: number | undefined) => (b === undefined ? 'n/a' : b
 
 /** One aligned table of every row: ratios are ours / baseline, lower is better, 1.00 = the same. */
 export function resultTable(rows: BenchRow[]): string {
-  const head = ['case', 'ours', 'native', 'ours/native', 'COPY pipe', 'ours/pipe', 'peak RSS'];
+  const head = ['case', 'ours', 'native', 'ours/native', 'COPY pipe', 'ours/pipe', 'receive only', 'ours/recv', 'peak RSS'];
   const body = rows.map((r) => [
     `${r.group}: ${r.name}`,
     value(r.ours, r.unit),
@@ -112,6 +114,8 @@ export function resultTable(rows: BenchRow[]): string {
     ratio(r.ours, r.native),
     value(r.pipe, r.unit),
     ratio(r.ours, r.pipe),
+    value(r.floor, r.unit),
+    ratio(r.ours, r.floor),
     r.peakRssMb === undefined ? '' : `${Math.round(r.peakRssMb)} MiB`,
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));

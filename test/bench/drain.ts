@@ -10,12 +10,17 @@
  * Both sides are timed the same way: from the consumer's replication slot turning active (or the
  * live change committing) until a marker row written by the last source transaction is on the
  * target, which in commit order means everything before it is too.
+ * For the backlogs, a third column: our replication stream (stream.ts) alone reading the same
+ * backlog and discarding it, from its start until the last commit: the walsender and the receiving
+ * end with no apply, the ceiling of a consumer of one slot built on this transport.
  *
  * Alone: `npm run build && node --import tsx test/bench/drain.ts [inserts|mix|big]...`, sizes from
  * BENCH_DRAIN_ROWS (inserts, default 1,000,000), BENCH_MIX_TXNS (default 100,000) and
  * BENCH_BIG_ROWS (default 2,000,000); smaller ones make a quick iteration loop. BENCH_RUN_ARGS
  * and BENCH_CLI_NODE_ARGS (test/bench/common.ts) reach our CLI here too.
  */
+import { parseLsn } from '../../src/engine/lsn';
+import { ReplicationStream } from '../../src/engine/stream';
 import { freshDatabases, pg, sameContents, startPair, waitAllReady, waitFor, type Pair } from '../harness/sync';
 import { libpqUrl, startOurs, type BenchRow } from './common';
 
@@ -170,6 +175,35 @@ async function nativeDrain(pair: Pair, w: Workload): Promise<number> {
   return s;
 }
 
+/** Seconds for our stream alone to receive and discard the backlog (backlogs only). */
+async function receiveOnlyDrain(pair: Pair, w: Workload): Promise<number> {
+  const { db, sourceUrl } = await prepare(pair, 'dfloor', w);
+  const from = parseLsn((await pair.source.query(db, `SELECT lsn::text AS l FROM pg_create_logical_replication_slot('floor', 'pgoutput')`)).rows[0].l);
+  try {
+    await write(pair, db, w);
+    const end = parseLsn((await pair.source.query(db, `SELECT pg_current_wal_lsn()::text AS l`)).rows[0].l);
+    const stream = await ReplicationStream.start({ url: sourceUrl, role: 'source' }, 'floor', ['pub'], from);
+    // From START_REPLICATION, as the others from their slot turning active.
+    const t0 = process.hrtime.bigint();
+    try {
+      let last = from;
+      for await (const batch of stream.eventBatches()) {
+        for (const ev of batch) {
+          if (ev.kind === 'keepalive' && ev.replyRequested) stream.acknowledge(last, true);
+          else if (ev.kind === 'change' && ev.change.tag === 'commit') last = ev.change.endLsn;
+        }
+        if (last >= end) break;
+      }
+      return seconds(t0);
+    } finally {
+      await stream.close();
+    }
+  } finally {
+    await waitFor('floor slot released', () => slotIsActive(pair, db, 'floor', false));
+    await pair.source.query(db, `SELECT pg_drop_replication_slot('floor')`);
+  }
+}
+
 /** Seconds as nativeDrain, and our CLI's peak RSS in MiB over both of its processes. */
 async function oursDrain(pair: Pair, w: Workload): Promise<[number, number]> {
   const { db, sourceUrl, targetUrl } = await prepare(pair, 'dours', w);
@@ -203,9 +237,11 @@ export async function benchDrain(pair: Pair, kind: DrainCase): Promise<BenchRow>
   const w = workload(kind);
   const native = await nativeDrain(pair, w);
   const [ours, rss] = await oursDrain(pair, w);
+  const floor = w.live ? undefined : await receiveOnlyDrain(pair, w);
   const rate = (s: number) => Math.round(w.changes / s).toLocaleString('en');
-  process.stdout.write(`${LABEL[kind]}: ours ${ours.toFixed(2)} s (${rate(ours)} changes/s), native ${native.toFixed(2)} s (${rate(native)}/s), speed ours/native ${(native / ours).toFixed(2)}x, peak RSS ${Math.round(rss)} MiB\n`);
-  return { group: 'drain', name: LABEL[kind], ours, native, unit: 's', peakRssMb: rss };
+  const floorText = floor === undefined ? '' : `, receive only ${floor.toFixed(2)} s (${rate(floor)}/s)`;
+  process.stdout.write(`${LABEL[kind]}: ours ${ours.toFixed(2)} s (${rate(ours)} changes/s), native ${native.toFixed(2)} s (${rate(native)}/s)${floorText}, speed ours/native ${(native / ours).toFixed(2)}x, peak RSS ${Math.round(rss)} MiB\n`);
+  return { group: 'drain', name: LABEL[kind], ours, native, floor, unit: 's', peakRssMb: rss };
 }
 
 const LABEL: Record<DrainCase, string> = {
