@@ -44,7 +44,6 @@ interface OpenTransaction {
   pendingBytes: number;
   /** Each subtransaction's first record, in the order they started: where a ROLLBACK TO cuts. */
   subxacts: Map<number, number>;
-  changes: number;
 }
 
 export interface SpoolStats {
@@ -81,10 +80,6 @@ export class TransactionSpool {
     }
   }
 
-  get openTransactions(): number {
-    return this.open.size;
-  }
-
   /** Stream Start: `first` when this is the transaction's first segment. */
   async startSegment(xid: number, first: boolean): Promise<void> {
     let t = this.open.get(xid);
@@ -97,7 +92,7 @@ export class TransactionSpool {
       const file = path.join(this.dir, `${xid}.spool`);
       // 0o600: the rows of the user's tables.
       const handle = await open(file, 'w+', 0o600).catch((err) => Promise.reject(spoolError(this.dir, err)));
-      this.open.set(xid, { file, handle, written: 0, pending: [], pendingBytes: 0, subxacts: new Map(), changes: 0 });
+      this.open.set(xid, { file, handle, written: 0, pending: [], pendingBytes: 0, subxacts: new Map() });
     }
   }
 
@@ -113,7 +108,6 @@ export class TransactionSpool {
     len.writeUInt32BE(message.length, 0);
     t.pending.push(len, message);
     t.pendingBytes += 4 + message.length;
-    t.changes++;
     if (t.pendingBytes >= WRITE_BUFFER_BYTES) return this.flush(t);
     return undefined;
   }
