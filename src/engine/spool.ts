@@ -198,12 +198,21 @@ export class TransactionSpool {
     t.written += data.length;
   }
 
-  /** The records between byte offsets `from` and `to` of `file`, each a view of its read chunk. */
+  /**
+   * The records between byte offsets `from` and `to` of `file`, each a view of a read chunk. Chunks
+   * are joined only once they hold the whole next record, so a record of many chunks (one big
+   * value) is copied once, not once per chunk.
+   */
   private async *records(file: string, from: number, to: number): AsyncGenerator<Buffer> {
     if (to <= from) return;
-    let carry: Buffer = Buffer.alloc(0);
+    let parts: Buffer[] = [];
+    let have = 0;
+    let need = 4;
     for await (const chunk of createReadStream(file, { start: from, end: to - 1, highWaterMark: READ_CHUNK_BYTES }) as AsyncIterable<Buffer>) {
-      let b = carry.length > 0 ? Buffer.concat([carry, chunk]) : chunk;
+      parts.push(chunk);
+      have += chunk.length;
+      if (have < need) continue;
+      const b = parts.length === 1 ? parts[0] : Buffer.concat(parts, have);
       let p = 0;
       while (p + 4 <= b.length) {
         const len = b.readUInt32BE(p);
@@ -211,10 +220,12 @@ export class TransactionSpool {
         yield b.subarray(p + 4, p + 4 + len);
         p += 4 + len;
       }
-      carry = p < b.length ? b.subarray(p) : Buffer.alloc(0);
-      b = Buffer.alloc(0);
+      const rest = b.subarray(p);
+      parts = rest.length > 0 ? [rest] : [];
+      have = rest.length;
+      need = have >= 4 ? 4 + rest.readUInt32BE(0) : 4;
     }
-    if (carry.length > 0) throw new Error(`spooled transaction file ${file} ends inside a record`);
+    if (have > 0) throw new Error(`spooled transaction file ${file} ends inside a record`);
   }
 }
 
