@@ -33,15 +33,10 @@ function spoolFiles(): string[] {
   return readdirSync(spoolBase, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.spool'));
 }
 
-async function streamedTransactions(db: string, sub: string): Promise<number> {
-  const r = await pair.source.query(db, `SELECT stream_txns::int AS n FROM pg_stat_replication_slots WHERE slot_name = $1`, [`pg_live_sync_${sub}`]);
-  return r.rows[0]?.n ?? 0;
-}
-
-/** The source's walsender has sent at least `bytes` of streamed changes on the sync's slot. */
-async function streamedBytes(db: string, sub: string): Promise<number> {
-  const r = await pair.source.query(db, `SELECT stream_bytes::bigint AS n FROM pg_stat_replication_slots WHERE slot_name = $1`, [`pg_live_sync_${sub}`]);
-  return Number(r.rows[0]?.n ?? 0);
+/** What the source's walsender has streamed on the sync's slot so far: open transactions and their bytes. */
+async function streamed(db: string, sub: string): Promise<{ txns: number; bytes: number }> {
+  const r = await pair.source.query(db, `SELECT stream_txns::int AS txns, stream_bytes::bigint AS bytes FROM pg_stat_replication_slots WHERE slot_name = $1`, [`pg_live_sync_${sub}`]);
+  return { txns: r.rows[0]?.txns ?? 0, bytes: Number(r.rows[0]?.bytes ?? 0) };
 }
 
 async function syncing(sub: string, schema: string, sourceSetup = '', extra: string[] = []): Promise<{ db: string; args: string[]; run: CliRun; sourceUrl: string }> {
@@ -82,7 +77,7 @@ describe('transactions streamed while open', () => {
       await open.query(`INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 40000) g`);
       await open.query(`UPDATE big SET v = 'updated' WHERE id % 7 = 0`);
       await open.query(`DELETE FROM big WHERE id % 11 = 0`);
-      await waitFor('the open transaction streamed to the sync and spooled', async () => (await streamedBytes(db, 'st_big')) > 1_000_000 && spoolFiles().length > 0, 60_000);
+      await waitFor('the open transaction streamed to the sync and spooled', async () => (await streamed(db, 'st_big')).bytes > 1_000_000 && spoolFiles().length > 0, 60_000);
       // Other transactions commit and apply meanwhile.
       await pair.source.query(db, `INSERT INTO small VALUES (1), (2)`);
       await waitCaughtUp(pair, db, 'st_big', 60_000, run);
@@ -93,7 +88,7 @@ describe('transactions streamed while open', () => {
       await waitCaughtUp(pair, db, 'st_big', 120_000, run);
       assert.ok(await sameContents(pair, db, 'big'), 'big after the commit');
       assert.equal(await count(pair.target, db, `SELECT count(*)::int AS n FROM big`), 45000 - Math.floor(40000 / 11));
-      assert.ok((await streamedTransactions(db, 'st_big')) >= 1, 'the source streamed it');
+      assert.ok((await streamed(db, 'st_big')).txns >= 1, 'the source streamed it');
       assert.deepEqual(spoolFiles(), [], 'the spool file is gone after its commit');
       await stopOk(run);
       assert.match(run.output(), /stopped at .* \(1 of them streamed while open, [\d.]+ MiB spooled\)/);
@@ -114,7 +109,7 @@ describe('transactions streamed while open', () => {
       await s.query('SAVEPOINT a');
       await s.query(`INSERT INTO late SELECT g, 'rolled back' FROM generate_series(1, 5000) g`);
       await s.query(`INSERT INTO t SELECT g, 'rolled back' FROM generate_series(10001, 20000) g`);
-      await waitFor('the subtransaction streamed', async () => (await streamedBytes(db, 'st_sub')) > 500_000, 60_000);
+      await waitFor('the subtransaction streamed', async () => (await streamed(db, 'st_sub')).bytes > 500_000, 60_000);
       await s.query('ROLLBACK TO SAVEPOINT a');
       await s.query(`INSERT INTO late SELECT g, 'kept' FROM generate_series(1, 3000) g`);
       await s.query('SAVEPOINT b');
@@ -128,8 +123,8 @@ describe('transactions streamed while open', () => {
       // A whole streamed transaction that rolls back.
       await s.query('BEGIN');
       await s.query(`INSERT INTO t SELECT g, 'never' FROM generate_series(100001, 130000) g`);
-      const before = await streamedBytes(db, 'st_sub');
-      await waitFor('the doomed transaction streamed', async () => (await streamedBytes(db, 'st_sub')) > before + 500_000, 60_000);
+      const before = (await streamed(db, 'st_sub')).bytes;
+      await waitFor('the doomed transaction streamed', async () => (await streamed(db, 'st_sub')).bytes > before + 500_000, 60_000);
       await s.query('ROLLBACK');
       await pair.source.query(db, `INSERT INTO t VALUES (200000, 'after the rollback')`);
       await waitCaughtUp(pair, db, 'st_sub', 120_000, run);
@@ -153,10 +148,10 @@ describe('transactions streamed while open', () => {
       ALTER TABLE marks ENABLE ALWAYS TRIGGER note_mark`);
     const [a, b] = await Promise.all([sourceSession(db), sourceSession(db)]);
     try {
-      const before = await streamedBytes(db, 'st_order');
+      const before = (await streamed(db, 'st_order')).bytes;
       await a.query(`BEGIN; INSERT INTO marks VALUES ('A'); INSERT INTO bulk SELECT g, 'A' FROM generate_series(1, 20000) g`);
       await b.query(`BEGIN; INSERT INTO marks VALUES ('B'); INSERT INTO bulk SELECT g, 'B' FROM generate_series(1, 20000) g`);
-      await waitFor('both open transactions streamed', async () => (await streamedBytes(db, 'st_order')) > before + 1_500_000, 60_000);
+      await waitFor('both open transactions streamed', async () => (await streamed(db, 'st_order')).bytes > before + 1_500_000, 60_000);
       await pair.source.query(db, `INSERT INTO marks VALUES ('S1')`);
       await b.query(`INSERT INTO bulk SELECT g, 'B2' FROM generate_series(1, 5000) g; COMMIT`);
       await pair.source.query(db, `INSERT INTO marks VALUES ('S2')`);
@@ -211,7 +206,7 @@ describe('transactions streamed while open', () => {
     const s = await sourceSession(db);
     try {
       await s.query(`BEGIN; INSERT INTO nokey SELECT g, md5(g::text) FROM generate_series(1, 150000) g`);
-      await waitFor('the open transaction streamed and spooled', async () => (await streamedBytes(db, 'st_kill')) > 2_000_000 && spoolFiles().length > 0, 60_000);
+      await waitFor('the open transaction streamed and spooled', async () => (await streamed(db, 'st_kill')).bytes > 2_000_000 && spoolFiles().length > 0, 60_000);
       await current.kill9();
       current = startCli(args);
       // The restarted run gets the open transaction again from its start.
