@@ -30,7 +30,7 @@ export interface BenchRow {
   /** Seconds of the parallel `psql COPY | psql COPY` pipes; undefined where a pipe means nothing. */
   pipe?: number;
   /** Drain backlogs only: seconds for our stream alone to receive the same changes and discard them (no apply). */
-  floor?: number;
+  receiveOnly?: number;
   unit: 's' | 'MiB' | 'ms';
   /** Our CLI's peak resident set, MiB (undefined when the row shares the process of another). */
   peakRssMb?: number;
@@ -114,8 +114,8 @@ export function resultTable(rows: BenchRow[]): string {
     ratio(r.ours, r.native),
     value(r.pipe, r.unit),
     ratio(r.ours, r.pipe),
-    value(r.floor, r.unit),
-    ratio(r.ours, r.floor),
+    value(r.receiveOnly, r.unit),
+    ratio(r.ours, r.receiveOnly),
     r.peakRssMb === undefined ? '' : `${Math.round(r.peakRssMb)} MiB`,
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
