@@ -137,6 +137,30 @@ describe('transactions streamed while open', () => {
       await s.end();
       await stopOk(run);
     }
+    // The savepoints were the target transaction's own, not a fall back to the spool.
+    assert.match(run.output(), /, 1 applied while open\)/);
+    assert.doesNotMatch(run.output(), /applying it while open stopped/);
+  });
+
+  it('a row committed between two segments of an open transaction is there for its later changes', async () => {
+    // Applied while open, segment 2's UPDATE of row -1 must see the small transaction that
+    // committed on the source before it: the target commits that first, before applying segment 2.
+    const { db, run } = await syncing('st_between', `CREATE TABLE t (id int PRIMARY KEY, v text)`);
+    const open = await sourceSession(db);
+    try {
+      await open.query(`BEGIN; INSERT INTO t SELECT g, 'bulk' FROM generate_series(1, 20000) g`);
+      await waitFor('segment 1 streamed', async () => (await streamed(db, 'st_between')).bytes > 500_000, 60_000);
+      for (let i = 1; i <= 20; i++) await pair.source.query(db, `INSERT INTO t VALUES (-${i}, 'small')`);
+      await open.query(`UPDATE t SET v = 'updated by the open one' WHERE id < 0; INSERT INTO t SELECT g, 'bulk' FROM generate_series(20001, 40000) g; COMMIT`);
+      await waitCaughtUp(pair, db, 'st_between', 120_000, run);
+      assert.equal(await count(pair.target, db, `SELECT count(*)::int AS n FROM t WHERE v = 'updated by the open one'`), 20);
+      assert.ok(await sameContents(pair, db, 't'));
+    } finally {
+      await open.end();
+      await stopOk(run);
+    }
+    assert.match(run.output(), /, 1 applied while open\)/);
+    assert.doesNotMatch(run.output(), /found no row/);
   });
 
   it('open streamed transactions interleaved with small ones apply in source commit order', async () => {
