@@ -30,7 +30,7 @@ async function main(): Promise<void> {
   const pair = await startBenchPair();
   try {
     if (chosen.includes('copy')) for (const k of ['big', 'many', 'toast'] as CopyCase[]) rows.push(await benchCopy(pair, k));
-    if (chosen.includes('drain')) for (const k of ['inserts', 'mix', 'big', 'long'] as DrainCase[]) rows.push(await benchDrain(pair, k));
+    if (chosen.includes('drain')) for (const k of ['inserts', 'mix', 'big', 'long'] as DrainCase[]) rows.push(...(await benchDrain(pair, k)));
     if (chosen.includes('lag')) rows.push(...(await benchLag(pair)));
   } finally {
     pair.stop();
