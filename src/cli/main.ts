@@ -46,7 +46,7 @@ const COMMANDS: Record<string, CommandHelp> = {
     synopsis: `pg-live-sync run    --source URL --target URL --publication NAME [--publication NAME]...
                     --subscription NAME [--table-map JSON]... [--table-sync-workers N]
                     [--copy-data true|false] [--copy-chunk-size SIZE] [--apply-ddl add-column] [--create-tables]
-                    [--streaming on|off] [--spool-dir DIR]`,
+                    [--streaming parallel|on|off] [--spool-dir DIR]`,
     about: 'Checks everything, creates the slot, copies the tables, then streams changes until SIGINT or SIGTERM; run it again to resume.',
     flags: [
       SOURCE_FLAG, TARGET_FLAG, PUBLICATION_FLAG,
@@ -57,7 +57,7 @@ const COMMANDS: Record<string, CommandHelp> = {
       ['--copy-data true|false', 'false: skip the initial copy, sync only later changes (default true)'],
       ['--apply-ddl add-column', 'add a column added on the source to the target as it streams by (default: that table stops with the ALTER to run)'],
       ['--create-tables', 'first create the target tables that are missing, as create-tables does (default: a missing table is an error)'],
-      ['--streaming on|off', 'on: the source sends transactions bigger than its logical_decoding_work_mem while they run, kept on local disk until their commit (PostgreSQL 14+; default on)'],
+      ['--streaming parallel|on|off', 'on: the source sends transactions bigger than its logical_decoding_work_mem while they run, kept on local disk until their commit (PostgreSQL 14+); parallel: also applied as they arrive, in a target transaction that commits at their commit (default parallel); off: the source keeps them until their commit'],
       ['--spool-dir DIR', 'where source transactions still in progress wait for their commit, on local disk (default $PG_LIVE_SYNC_SPOOL_DIR or the temp folder)'],
     ],
   },
@@ -193,8 +193,8 @@ async function run(args: string[]): Promise<number> {
   if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new UsageError(`--table-sync-workers must be a whole number from 1 to 64, not "${workersText}"`);
   const copyDataText = (v['copy-data'] as string | undefined) ?? 'true';
   if (copyDataText !== 'true' && copyDataText !== 'false') throw new UsageError(`--copy-data takes true or false, not "${copyDataText}"`);
-  const streamingText = (v.streaming as string | undefined) ?? 'on';
-  if (streamingText !== 'on' && streamingText !== 'off') throw new UsageError(`--streaming takes on or off, not "${streamingText}"`);
+  const streamingText = (v.streaming as string | undefined) ?? 'parallel';
+  if (streamingText !== 'parallel' && streamingText !== 'on' && streamingText !== 'off') throw new UsageError(`--streaming takes parallel, on or off, not "${streamingText}"`);
   const subscription = required(v.subscription as string | undefined, 'subscription');
   validateSubscriptionName(subscription);
   const applyDdl = ((v['apply-ddl'] as string[] | undefined) ?? []).flatMap((x) => x.split(','));
@@ -213,7 +213,8 @@ async function run(args: string[]): Promise<number> {
       applyDdl: applyDdl as DdlKind[],
       createTables: v['create-tables'] === true,
       spoolDir: v['spool-dir'] as string | undefined,
-      streaming: streamingText === 'on',
+      streaming: streamingText !== 'off',
+      applyWhileOpen: streamingText === 'parallel',
     },
     { log, onStatus: progressReporter() },
   );

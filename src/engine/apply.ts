@@ -32,7 +32,7 @@ import { from as copyFrom } from 'pg-copy-streams';
 import { firesOnReplica, targetColumns } from './catalog';
 import { emptyTables, qualified, quoteIdent, tableKey } from './connection';
 import { errorMessage, isTransient, SyncError } from './errors';
-import type { Lsn } from './lsn';
+import { formatLsn, type Lsn } from './lsn';
 import { RawTuple, tupleValues, UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './stream';
 import { mappedColumn } from './tablemap';
 import type { Logger, SyncedTable } from './types';
@@ -129,6 +129,13 @@ export class Applier {
   private inSource = false;
   private finalLsn: Lsn = 0n;
   group: OpenGroup | null = null;
+  /** Moves on every change to the table set: an open transaction's twin started before is stale. */
+  private tablesVersion = 0;
+  /**
+   * A twin applying a transaction still open on the source (openApply.ts) knows only that its
+   * commit will come after this: a change to a table whose part starts later cannot be decided.
+   */
+  private commitAfter: Lsn | null = null;
 
   constructor(
     private readonly target: pg.Client,
@@ -142,11 +149,50 @@ export class Applier {
   setTable(table: SyncedTable, fromLsn: Lsn): void {
     this.tables.set(tableKey(table.source.schema, table.source.table), { table, fromLsn });
     this.plans.clear();
+    this.tablesVersion++;
   }
 
   removeTable(schema: string, table: string): void {
     this.tables.delete(tableKey(schema, table));
     this.plans.clear();
+    this.tablesVersion++;
+  }
+
+  get tableSetVersion(): number {
+    return this.tablesVersion;
+  }
+
+  /** Transactions whose commit ends at or before this are on the target. */
+  get applied(): Lsn {
+    return this.appliedLsn;
+  }
+
+  /**
+   * An applier on another connection with this one's tables and relations, for one transaction
+   * the source has not committed yet, whose commit comes after `commitAfter`. It has no drift
+   * handler: a column the target lacks fails it, and the transaction goes the ordinary way.
+   */
+  twin(target: pg.Client, commitAfter: Lsn): Applier {
+    const twin = new Applier(target, 0n, this.log, null);
+    for (const [k, v] of this.tables) twin.tables.set(k, v);
+    for (const [k, v] of this.relations) twin.relations.set(k, v);
+    twin.commitAfter = commitAfter;
+    return twin;
+  }
+
+  /** Sends what is queued, then `sql`, without waiting (a SAVEPOINT: nothing queued may cross it). */
+  async statement(sql: string): Promise<void> {
+    await this.sendQueues();
+    this.orderedQueued = false;
+    if (this.failure) throw this.failure;
+    this.sendRaw(sql);
+  }
+
+  /** Hands what is queued to the target, so it works while the stream waits for more. */
+  async sendQueued(): Promise<void> {
+    await this.sendQueues();
+    this.orderedQueued = false;
+    if (this.failure) throw this.failure;
   }
 
   applies(schema: string, table: string): boolean {
@@ -499,6 +545,9 @@ export class Applier {
   /** The plan when the table's changes in the current transaction are ours (see TableMode), else null. */
   private current(plan: RelationPlan): RelationPlan | null {
     const mode = this.tables.get(plan.key);
+    if (mode && this.commitAfter !== null && mode.fromLsn > this.commitAfter) {
+      throw new Error(`${plan.targetName} takes changes only from ${formatLsn(mode.fromLsn)} on, and this transaction's commit position is not known yet`);
+    }
     return mode && this.finalLsn >= mode.fromLsn ? plan : null;
   }
 

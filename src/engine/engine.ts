@@ -5,6 +5,7 @@
  */
 import type pg from 'pg';
 import { Applier } from './apply';
+import { OpenTransactionApplier } from './openApply';
 import { listPublishedTables, replicaIdentityFix, type PublishedTable } from './catalog';
 import { abandonGroup, checkpoint, checkpointDue, checkpointPipelined, type CheckpointResult } from './checkpoint';
 import { connect, describeEndpoint, qualified, quoteIdent, tableKey, type Endpoint } from './connection';
@@ -25,7 +26,7 @@ import {
   loadColumnMaps, sameColumnMap, setColumnMapBeforeCopy,
   resetTableForResync, tablesToResync, upsertTableError, upsertTableRow, writeAppliedLsn, appliedLsnStatement, writeCopyProgress, type SubscriptionRow,
 } from './state';
-import { ReplicationStream, type StreamEvent } from './stream';
+import { ReplicationStream, type OpenTransactionEvent, type StreamEvent } from './stream';
 import { formatBytes } from './units';
 import { resolveColumnMap, resolveTarget } from './tablemap';
 import { syncTable, type TableSyncContext } from './tablesync';
@@ -425,6 +426,7 @@ export class SyncEngine {
     const running = new Set<Promise<void>>();
     let pollTimer: NodeJS.Timeout | undefined;
     let stream: ReplicationStream | null = null;
+    let openApply: OpenTransactionApplier | null = null;
     const applier = new Applier(target, startLsn, log, (table, missing) => this.schemaDrift(catalog, target, stateClient, table, missing, true));
     /** Every source transaction committing before this has been seen by this stream. */
     let processed = startLsn;
@@ -482,7 +484,10 @@ export class SyncEngine {
       await this.promote(target, startLsn);
       await target.query('SET session_replication_role = replica');
 
-      stream = await ReplicationStream.start(this.source, this.slot, options.publications, startLsn, { spoolBase: options.spoolDir, streaming: options.streaming });
+      openApply = options.streaming !== false && options.applyWhileOpen !== false
+        ? new OpenTransactionApplier({ target: this.target, log, main: applier, mainConnection: target, watch: stateClient })
+        : null;
+      stream = await ReplicationStream.start(this.source, this.slot, options.publications, startLsn, { spoolBase: options.spoolDir, streaming: options.streaming, openCommits: openApply ?? undefined });
       this.stream = stream;
       this.phase = 'streaming';
       await setSubscriptionError(target, options.subscription, null);
@@ -618,6 +623,10 @@ export class SyncEngine {
             continue;
           }
           lastEventAt = Date.now();
+          if (ev.kind !== 'change') {
+            if (openApply) processed = await this.openTransactionEvent(ev, openApply, target, applier, stream, processed);
+            continue;
+          }
           const change = ev.change;
           // Most changes are only queued: no promise, no turn of the event loop.
           const applying = applier.apply(change);
@@ -656,13 +665,60 @@ export class SyncEngine {
       // Tasks left for this session's applier; the next session decides from the target's state.
       this.mainTasks.length = 0;
       this.resyncing.clear();
+      await openApply?.close();
       if (stream) {
         await stream.close();
-        const streamed = stream.spool?.replayed;
-        const spooled = streamed && streamed.transactions > 0 ? ` (${streamed.transactions} of them streamed while open, ${formatBytes(streamed.bytes)} spooled)` : '';
+        const streamed = stream.spool?.committed;
+        const spooled = streamed && streamed.transactions > 0
+          ? ` (${streamed.transactions} of them streamed while open, ${formatBytes(streamed.bytes)} spooled, ${openApply?.applied.transactions ?? 0} applied while open)`
+          : '';
         log('info', `stopped at ${formatLsn(stream.acknowledged)} after ${this.transactionsApplied} transaction(s)${spooled}, ${this.changesApplied} change(s)`);
       }
       await Promise.all([catalog.end().catch(() => undefined), stateClient.end().catch(() => undefined)]);
+    }
+  }
+
+  /**
+   * A transaction the source streams while open, applied while open (openApply.ts) beside the
+   * main applier. Each segment is applied only after everything the stream delivered before it is
+   * committed on the target, and its commit waits for the same, so target commits keep the
+   * source's order. Returns the new `processed`.
+   */
+  private async openTransactionEvent(ev: OpenTransactionEvent, open: OpenTransactionApplier, target: pg.Client, applier: Applier, stream: ReplicationStream, processed: Lsn): Promise<Lsn> {
+    switch (ev.kind) {
+      case 'open-start':
+        if (ev.first ? open.idle : open.holds(ev.xid)) {
+          await this.checkpoint(target, applier, stream);
+          if (ev.first) await open.begin(ev.xid, processed);
+        }
+        return processed;
+      case 'open-change':
+        await open.change(ev);
+        return processed;
+      case 'open-stop':
+        await open.segmentEnd(ev.xid);
+        return processed;
+      case 'open-abort':
+        await open.abort(ev.xid, ev.subxid);
+        return processed;
+      case 'open-commit': {
+        await this.checkpoint(target, applier, stream);
+        const committed = await open.commit(ev, async (client, at, commitTime) => {
+          await writeAppliedLsn(client, this.options.subscription, at, commitTime);
+          if (this.handedOverBy(at)) await this.promote(client, at);
+        });
+        // Not committed here: the stream replays it from the spool next.
+        if (!committed) return processed;
+        applier.committed(ev.endLsn);
+        // pgoutput counts what it described to the streamed transaction as described for good.
+        for (const relation of committed.relations) {
+          const learning = applier.apply(relation);
+          if (learning) await learning;
+        }
+        this.pendingSince = null;
+        this.checkpointed(committed.done, stream);
+        return maxLsn(processed, ev.endLsn);
+      }
     }
   }
 

@@ -53,8 +53,8 @@ export interface SpoolStats {
 
 export class TransactionSpool {
   private readonly open = new Map<number, OpenTransaction>();
-  /** Streamed transactions committed and their bytes, for the log. */
-  readonly replayed: SpoolStats = { transactions: 0, bytes: 0 };
+  /** Streamed transactions committed (replayed from here or applied while open) and their bytes, for the log. */
+  readonly committed: SpoolStats = { transactions: 0, bytes: 0 };
 
   private constructor(readonly dir: string) {}
 
@@ -152,8 +152,8 @@ export class TransactionSpool {
     this.open.delete(xid);
     await t.handle.close();
     try {
-      this.replayed.transactions++;
-      this.replayed.bytes += t.written;
+      this.committed.transactions++;
+      this.committed.bytes += t.written;
       let run: Buffer[] = [];
       for await (const m of this.records(t.file, 0, t.written)) {
         run.push(m);
@@ -166,6 +166,15 @@ export class TransactionSpool {
     } finally {
       await rm(t.file, { force: true });
     }
+  }
+
+  /** A transaction committed without its file (applied while open): the file goes. */
+  async drop(xid: number): Promise<void> {
+    const t = this.open.get(xid);
+    if (!t) return;
+    this.committed.transactions++;
+    this.committed.bytes += t.written + t.pendingBytes;
+    await this.discard(xid);
   }
 
   async close(): Promise<void> {

@@ -76,7 +76,32 @@ export type Change =
 
 export type StreamEvent =
   | { kind: 'change'; change: Change; walEnd: Lsn }
-  | { kind: 'keepalive'; walEnd: Lsn; replyRequested: boolean };
+  | { kind: 'keepalive'; walEnd: Lsn; replyRequested: boolean }
+  | OpenTransactionEvent;
+
+/**
+ * A transaction the source streams while it is still open, as it arrives (only with
+ * `applyOpen`): its segments' starts and ends, its changes tagged with the (sub)transaction that
+ * made them, a subtransaction's or its own abort, and its commit, when the consumer took it (see
+ * OpenCommitHooks). Each is also in the spool, whatever the consumer does with it.
+ */
+export type OpenTransactionEvent =
+  | { kind: 'open-start'; xid: number; first: boolean; walEnd: Lsn }
+  | { kind: 'open-change'; xid: number; subxid: number; change: Change; walEnd: Lsn }
+  | { kind: 'open-stop'; xid: number; walEnd: Lsn }
+  | { kind: 'open-abort'; xid: number; subxid: number; walEnd: Lsn }
+  | ({ kind: 'open-commit' } & StreamCommit);
+
+/**
+ * How a Stream Commit comes out: `takes` says (once everything before it was consumed) whether the
+ * consumer applied the transaction while open, which then arrives as one 'open-commit' event;
+ * after it, `committed` says whether that worked. Otherwise, or if it did not, the spool replays
+ * the transaction as an ordinary Begin, changes, Commit.
+ */
+export interface OpenCommitHooks {
+  takes(c: StreamCommit): boolean;
+  committed(xid: number): boolean;
+}
 
 /** The library's BinaryReader: the message buffer and the read position. */
 interface LibReader {
@@ -263,7 +288,7 @@ export class ReplicationStream {
   }
 
   /** Starts streaming from exactly `startLsn`: the end of the last commit the target holds. */
-  static async start(source: Endpoint, slot: string, publications: string[], startLsn: Lsn, opts: { spoolBase?: string; streaming?: boolean } = {}): Promise<ReplicationStream> {
+  static async start(source: Endpoint, slot: string, publications: string[], startLsn: Lsn, opts: { spoolBase?: string; streaming?: boolean; openCommits?: OpenCommitHooks } = {}): Promise<ReplicationStream> {
     const client = await connect(source, { replication: true, applicationName: 'pg_live_sync_stream' });
     let spool: TransactionSpool | null = null;
     let duplex: ReturnType<typeof copyBoth>;
@@ -284,8 +309,13 @@ export class ReplicationStream {
       throw err;
     }
     client.query(duplex);
-    return new ReplicationStream(client, duplex, startLsn, statusInterval(timeout), spool);
+    const stream = new ReplicationStream(client, duplex, startLsn, statusInterval(timeout), spool);
+    stream.openCommits = spool ? (opts.openCommits ?? null) : null;
+    return stream;
   }
+
+  /** Set: open transactions' events come out as they arrive too (OpenTransactionEvent). */
+  private openCommits: OpenCommitHooks | null = null;
 
   /** Changes and keepalives in WAL order; the socket is read only as fast as this is consumed. */
   async *events(): AsyncGenerator<StreamEvent> {
@@ -318,6 +348,7 @@ export class ReplicationStream {
       poke();
     });
     const spool = this.spool;
+    const open = this.openCommits;
     // The top-level transaction of the Stream Start ... Stream Stop block being read, if any.
     let streamXid: number | null = null;
     try {
@@ -334,6 +365,7 @@ export class ReplicationStream {
               if (streamXid !== null) {
                 if (m[0] === 0x45) {
                   // 'E' Stream Stop
+                  if (open) batch.push({ kind: 'open-stop', xid: streamXid, walEnd });
                   streamXid = null;
                   await spool.endSegment();
                 } else if (m[0] !== 0x4f) {
@@ -341,8 +373,10 @@ export class ReplicationStream {
                   const v1 = Buffer.allocUnsafe(m.length - 4);
                   v1[0] = m[0];
                   m.copy(v1, 1, 5);
-                  const writing = spool.append(streamXid, m.readUInt32BE(1), v1);
+                  const subxid = m.readUInt32BE(1);
+                  const writing = spool.append(streamXid, subxid, v1);
                   if (writing) await writing;
+                  if (open) batch.push({ kind: 'open-change', xid: streamXid, subxid, change: decodeChange(parser, v1), walEnd });
                 }
                 continue;
               }
@@ -350,11 +384,13 @@ export class ReplicationStream {
                 // 'S' Stream Start: xid, first segment
                 streamXid = m.readUInt32BE(1);
                 await spool.startSegment(streamXid, m[5] === 1);
+                if (open) batch.push({ kind: 'open-start', xid: streamXid, first: m[5] === 1, walEnd });
                 continue;
               }
               if (m[0] === 0x41) {
                 // 'A' Stream Abort: xid, subtransaction xid
                 await spool.abort(m.readUInt32BE(1), m.readUInt32BE(5));
+                if (open) batch.push({ kind: 'open-abort', xid: m.readUInt32BE(1), subxid: m.readUInt32BE(5), walEnd });
                 continue;
               }
               if (m[0] === 0x63) {
@@ -373,6 +409,14 @@ export class ReplicationStream {
         }
         if (batch.length > 0) yield batch;
         if (streamCommit && spool) {
+          if (open?.takes(streamCommit)) {
+            yield [{ kind: 'open-commit', ...streamCommit }];
+            if (open.committed(streamCommit.xid)) {
+              await spool.drop(streamCommit.xid);
+              if (streamCommit.endLsn > this.receivedUpTo) this.receivedUpTo = streamCommit.endLsn;
+              continue;
+            }
+          }
           yield* this.replay(parser, spool, streamCommit);
           continue;
         }
@@ -447,7 +491,7 @@ export class ReplicationStream {
   }
 }
 
-interface StreamCommit {
+export interface StreamCommit {
   xid: number;
   commitLsn: Lsn;
   endLsn: Lsn;

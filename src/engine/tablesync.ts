@@ -216,6 +216,8 @@ async function catchUp(ctx: TableSyncContext, table: SyncedTable, slot: string, 
         }
         continue;
       }
+      // Open transactions come only as Begin, changes, Commit here (no openCommits asked).
+      if (ev.kind !== 'change') continue;
       const change = ev.change;
       // A transaction committing at or after the main stream's pause point is the main stream's.
       if (change.tag === 'begin' && mainAt !== null && change.finalLsn >= mainAt) {

@@ -20,6 +20,12 @@ export interface SyncOptions {
   spoolDir?: string;
   /** false: never ask the source to stream open transactions (protocol 1); default true on PostgreSQL 14+. */
   streaming?: boolean;
+  /**
+   * false: a streamed open transaction waits in the spool and is applied at its commit; default
+   * true: it is also applied as it arrives, in its own target transaction committed at its commit
+   * (openApply.ts).
+   */
+  applyWhileOpen?: boolean;
   /** Where the user fixes each URL, for errors (the extension names its connections); default the CLI flags. */
   configuredIn?: { source: string; target: string };
 }

@@ -75,6 +75,7 @@ function consume(stream: ReplicationStream) {
           if (ev.replyRequested) stream.acknowledge(stream.acknowledged, true);
           continue;
         }
+        if (ev.kind !== 'change') continue;
         const c = ev.change;
         if (c.tag === 'begin') [cur, finalLsn] = [[], c.finalLsn];
         else if (c.tag === 'insert') cur.push(tupleValues(c.new));

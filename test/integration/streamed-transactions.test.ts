@@ -18,7 +18,8 @@ const spoolBase = mkdtempSync(path.join(tmpdir(), 'pgls-spool-test-'));
 before(async () => {
   const [source, target] = await Promise.all([
     startCluster({ name: 'strsrc', settings: { logical_decoding_work_mem: "'64kB'" } }),
-    startCluster({ name: 'strtgt' }),
+    // Commit times order the target's transactions: two target connections commit (openApply.ts).
+    startCluster({ name: 'strtgt', settings: { track_commit_timestamp: 'on' } }),
   ]);
   pair = { source, target, stop: () => [source, target].forEach((c) => c.stop()) };
 });
@@ -91,7 +92,7 @@ describe('transactions streamed while open', () => {
       assert.ok((await streamed(db, 'st_big')).txns >= 1, 'the source streamed it');
       assert.deepEqual(spoolFiles(), [], 'the spool file is gone after its commit');
       await stopOk(run);
-      assert.match(run.output(), /stopped at .* \(1 of them streamed while open, [\d.]+ MiB spooled\)/);
+      assert.match(run.output(), /stopped at .* \(1 of them streamed while open, [\d.]+ MiB spooled, 1 applied while open\)/);
     } finally {
       await open.end();
       await stopOk(run);
@@ -136,12 +137,38 @@ describe('transactions streamed while open', () => {
       await s.end();
       await stopOk(run);
     }
+    // The savepoints were the target transaction's own, not a fall back to the spool.
+    assert.match(run.output(), /, 1 applied while open\)/);
+    assert.doesNotMatch(run.output(), /applying it while open stopped/);
+  });
+
+  it('a row committed between two segments of an open transaction is there for its later changes', async () => {
+    // Applied while open, segment 2's UPDATE of row -1 must see the small transaction that
+    // committed on the source before it: the target commits that first, before applying segment 2.
+    const { db, run } = await syncing('st_between', `CREATE TABLE t (id int PRIMARY KEY, v text)`);
+    const open = await sourceSession(db);
+    try {
+      await open.query(`BEGIN; INSERT INTO t SELECT g, 'bulk' FROM generate_series(1, 20000) g`);
+      await waitFor('segment 1 streamed', async () => (await streamed(db, 'st_between')).bytes > 500_000, 60_000);
+      for (let i = 1; i <= 20; i++) await pair.source.query(db, `INSERT INTO t VALUES (-${i}, 'small')`);
+      await open.query(`UPDATE t SET v = 'updated by the open one' WHERE id < 0; INSERT INTO t SELECT g, 'bulk' FROM generate_series(20001, 40000) g; COMMIT`);
+      await waitCaughtUp(pair, db, 'st_between', 120_000, run);
+      assert.equal(await count(pair.target, db, `SELECT count(*)::int AS n FROM t WHERE v = 'updated by the open one'`), 20);
+      assert.ok(await sameContents(pair, db, 't'));
+    } finally {
+      await open.end();
+      await stopOk(run);
+    }
+    assert.match(run.output(), /, 1 applied while open\)/);
+    assert.doesNotMatch(run.output(), /found no row/);
   });
 
   it('open streamed transactions interleaved with small ones apply in source commit order', async () => {
     const { db, run } = await syncing('st_order', `CREATE TABLE bulk (id int, who text); CREATE TABLE marks (label text)`,
       `ALTER TABLE bulk REPLICA IDENTITY FULL; ALTER TABLE marks REPLICA IDENTITY FULL`);
-    // On the target only: a trigger that fires for applied rows too and records their order.
+    // On the target only: a trigger that fires for applied rows too and records their order
+    // within a target transaction; the target transactions are ordered by their commit times
+    // (one is applied while open on its own connection, so its rows are written early).
     await pair.target.query(db, `CREATE TABLE applied_order (seq bigserial PRIMARY KEY, label text);
       CREATE FUNCTION note_mark() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO applied_order (label) VALUES (NEW.label); RETURN NEW; END $$;
       CREATE TRIGGER note_mark AFTER INSERT ON marks FOR EACH ROW EXECUTE FUNCTION note_mark();
@@ -158,13 +185,15 @@ describe('transactions streamed while open', () => {
       await a.query(`DELETE FROM bulk WHERE who = 'A' AND id % 2 = 0; COMMIT`);
       await pair.source.query(db, `INSERT INTO marks VALUES ('S3')`);
       await waitCaughtUp(pair, db, 'st_order', 120_000, run);
-      const order = (await pair.target.query(db, `SELECT label FROM applied_order ORDER BY seq`)).rows.map((r) => r.label);
-      assert.deepEqual(order, ['S1', 'B', 'S2', 'A', 'S3'], 'applied in source commit order');
+      const order = (await pair.target.query(db, `SELECT label FROM applied_order ORDER BY pg_xact_commit_timestamp(xmin), seq`)).rows.map((r) => r.label);
+      assert.deepEqual(order, ['S1', 'B', 'S2', 'A', 'S3'], 'committed in source commit order');
       for (const table of ['bulk', 'marks']) assert.ok(await sameContents(pair, db, table), `${table} after the interleaving`);
     } finally {
       await Promise.all([a.end(), b.end()]);
       await stopOk(run);
     }
+    // A went on its own connection while open, B (streamed while A was) through the spool.
+    assert.match(run.output(), /\(2 of them streamed while open, [\d.]+ MiB spooled, 1 applied while open\)/);
   });
 
   it('--streaming off: the source keeps the big transaction (it spills), nothing is spooled, all of it arrives', async () => {
