@@ -238,7 +238,7 @@ describe('open transactions applied while open (--streaming parallel)', () => {
     }
   });
 
-  it('the main apply waiting on a lock the open target transaction holds: it is dropped, applied at commit from the spool instead, nothing hangs', async () => {
+  it('the main apply waiting on a lock the open target transaction holds: it is dropped, applied at commit from the spool instead, nothing hangs', async (t) => {
     const sub = 'oa_lock';
     const { db, run } = await syncing(sub, `CREATE TABLE t (id int PRIMARY KEY, v int)`);
     // On the target only: a unique index the source lacks.
@@ -255,6 +255,7 @@ describe('open transactions applied while open (--streaming parallel)', () => {
       await pair.source.query(db, `INSERT INTO t VALUES (-1, 5)`);
       await untilTargetCount(run, db, `SELECT count(*)::int AS n FROM t WHERE id = -1`, 1, 'row -1 on the target (the main apply is not stuck)', 60_000);
       await waitFor('the fallback line', async () => FALLBACK.test(run.output()), 10_000, 100, { describe: async () => tail(run.output()) });
+      t.diagnostic(run.output().split('\n').find((l) => FALLBACK.test(l)) ?? '');
       await waitFor('the open target transaction dropped', async () => !(await applyingOpen(db)), 30_000, 100,
         { describe: async () => JSON.stringify(await openBackends(db)) });
       await s.query('ROLLBACK');
@@ -309,20 +310,21 @@ describe('open transactions applied while open (--streaming parallel)', () => {
     const open = await sourceSession(db);
     try {
       await open.query(`BEGIN; INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 40000) g`);
-      let seen: OpenBackend[] = [];
+      // Checked at every poll below; a backend seen fails the test at once.
       const noOpenApply = async () => {
         const b = await openBackends(db);
-        if (b.length > 0) seen = b;
-        return b.length === 0;
+        assert.deepEqual(b, [], 'no open-apply backend on the target');
+        return true;
       };
+      const fatal = (err: unknown) => err instanceof assert.AssertionError;
       await waitFor('the open transaction streamed and spooled', async () =>
-        (await noOpenApply()) && (await streamed(db, sub)).bytes > 1_000_000 && spoolFiles(sourceUrl, sub).length > 0, 60_000);
+        (await noOpenApply()) && (await streamed(db, sub)).bytes > 1_000_000 && spoolFiles(sourceUrl, sub).length > 0, 60_000, 100, { fatal });
       await pair.source.query(db, `INSERT INTO marks VALUES (1)`);
       // The marker arriving proves the stream went past the streamed segments.
-      await whileAlive(run, 'the marker on the target', async () =>
-        (await noOpenApply()) && (await count(pair.target, db, `SELECT count(*)::int AS n FROM marks`)) === 1, 60_000, 100);
-      assert.ok(await noOpenApply());
-      assert.deepEqual(seen, [], 'no open-apply backend on the target');
+      await waitFor('the marker on the target', async () =>
+        (await noOpenApply()) && (!alive(run) || (await count(pair.target, db, `SELECT count(*)::int AS n FROM marks`)) === 1), 60_000, 100, { fatal });
+      assert.ok(alive(run), `the run exited:\n${tail(run.output())}`);
+      await noOpenApply();
       assert.equal(await blockedOnTarget(db, `INSERT INTO big VALUES (1, 'probe')`), false, 'no target transaction holds its rows');
       await open.query('COMMIT');
       await untilSame(run, db, ['big', 'marks']);
