@@ -15,7 +15,7 @@ import { EngineProcess } from './engineProcess';
 import { LoopDelayMonitor } from './loopDelay';
 import { MonitorClients } from './monitorClients';
 import type { PanelSnapshot, PanelSource } from './panelSource';
-import { readingFromReport, readingFromStatus, sanitizeSyncDefinition, syncTableMaps, SyncTracker, type SlotReading, type SyncDefinition } from './syncModel';
+import { readingFromReport, readingFromStatus, sanitizeSyncDefinition, syncEngineOptions, SyncTracker, type SlotReading, type SyncDefinition } from './syncModel';
 
 const SECTION = 'pgLiveSync';
 const KEY = 'syncs';
@@ -361,12 +361,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
       pausing: false,
       process: new EngineProcess(
         cli,
-        {
-          source: source.url, target: target.url, publications: def.publications, subscription: def.name,
-          tableMaps: syncTableMaps(def), tableSyncWorkers: def.tableSyncWorkers, copyData: def.copyData,
-          createTables: def.createTables, applyDdl: def.applyDdl, copyChunkBytes: def.copyChunkBytes,
-          configuredIn: { source: source.configuredIn!, target: target.configuredIn! },
-        },
+        syncEngineOptions(def, source, target),
         {
           log: (level, message) => this.log[level](`sync ${def.name}: ${message}`),
           status: (status) => {

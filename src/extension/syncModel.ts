@@ -2,13 +2,14 @@
  * Turns what we know of a sync (a live run's status, or the target's state read from outside)
  * into the panel's and the tree's picture, with rates from successive readings. No `vscode`.
  */
+import path from 'node:path';
 import type { StatusJson } from '../cli/ipc';
-import { tableKey } from '../engine/connection';
+import { tableKey, type Endpoint } from '../engine/connection';
 import { DDL_KINDS, type DdlKind } from '../engine/drift';
 import { formatBytes, parseSize } from '../engine/units';
 import { formatLsn } from '../engine/lsn';
 import { parseTableMap } from '../engine/tablemap';
-import type { TableMap } from '../engine/types';
+import type { SyncOptions, TableMap } from '../engine/types';
 import type { SyncReport } from '../engine/report';
 import type { SlotInfo } from '../engine/slot';
 import { secondsToInvalidation, walWriteRate } from '../engine/walHeadroom';
@@ -34,13 +35,26 @@ export interface SyncDefinition {
   attach: boolean;
   /** `copyChunkSize` in bytes (`run --copy-chunk-size`); absent: the engine's default. */
   copyChunkBytes?: number;
+  /**
+   * Source transactions still open (`run --streaming`): `parallel` (the default) streamed and also
+   * applied as they arrive, `on` streamed and applied from the local spool at their commit, `off`
+   * kept on the source until their commit.
+   */
+  streaming: StreamingMode;
+  /** Where streamed open transactions wait for their commit (`run --spool-dir`); absent: the engine's default. */
+  spoolDir?: string;
 }
+
+export const STREAMING_MODES = ['parallel', 'on', 'off'] as const;
+export type StreamingMode = (typeof STREAMING_MODES)[number];
 
 export function sanitizeSyncDefinition(raw: unknown): SyncDefinition | null {
   if (typeof raw !== 'object' || raw === null) return null;
   const r = raw as Record<string, unknown>;
   if (typeof r.name !== 'string' || typeof r.source !== 'string' || typeof r.target !== 'string') return null;
   const chunkBytes = typeof r.copyChunkSize === 'string' ? parseSize(r.copyChunkSize) : typeof r.copyChunkSize === 'number' && r.copyChunkSize >= 0 ? Math.floor(r.copyChunkSize) : null;
+  // The engine runs in a child process whose working folder is not the user's: only an absolute folder means one place.
+  const spoolDir = typeof r.spoolDir === 'string' && path.isAbsolute(r.spoolDir.trim()) ? r.spoolDir.trim() : null;
   return {
     name: r.name,
     source: r.source,
@@ -53,6 +67,23 @@ export function sanitizeSyncDefinition(raw: unknown): SyncDefinition | null {
     applyDdl: Array.isArray(r.applyDdl) ? r.applyDdl.filter((k): k is DdlKind => (DDL_KINDS as readonly unknown[]).includes(k)) : [],
     attach: r.attach === true,
     ...(chunkBytes !== null ? { copyChunkBytes: chunkBytes } : {}),
+    streaming: (STREAMING_MODES as readonly unknown[]).includes(r.streaming) ? r.streaming as StreamingMode : 'parallel',
+    ...(spoolDir !== null ? { spoolDir } : {}),
+  };
+}
+
+/**
+ * What the engine is asked to run for a sync, as `pg-live-sync run` builds it from its flags:
+ * `streaming` off is `streaming: false`, on is `applyWhileOpen: false`, parallel the engine's defaults.
+ */
+export function syncEngineOptions(def: SyncDefinition, source: Endpoint, target: Endpoint): SyncOptions {
+  return {
+    source: source.url, target: target.url, publications: def.publications, subscription: def.name,
+    tableMaps: syncTableMaps(def), tableSyncWorkers: def.tableSyncWorkers, copyData: def.copyData,
+    createTables: def.createTables, applyDdl: def.applyDdl, copyChunkBytes: def.copyChunkBytes,
+    ...(def.streaming === 'off' ? { streaming: false } : def.streaming === 'on' ? { applyWhileOpen: false } : {}),
+    ...(def.spoolDir !== undefined ? { spoolDir: def.spoolDir } : {}),
+    configuredIn: { source: source.configuredIn!, target: target.configuredIn! },
   };
 }
 

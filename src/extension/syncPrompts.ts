@@ -74,7 +74,7 @@ export async function askNewSync(connections: ConnectionStore, taken: string[], 
   if (!copy) return undefined;
   return {
     name, source, target, publications: picked.map((p) => p.label), tableMaps: parseMaps(mapText),
-    tableSyncWorkers: Number(workers), copyData: copy.copyData, createTables: copy.createTables, applyDdl: [], attach: false,
+    tableSyncWorkers: Number(workers), copyData: copy.copyData, createTables: copy.createTables, applyDdl: [], attach: false, streaming: 'parallel',
   };
 }
 
@@ -110,7 +110,7 @@ export async function askAttach(connections: ConnectionStore): Promise<SyncDefin
   if (!sourcePick) return undefined;
   return {
     name: sub.label, source: sourcePick.label === none ? '' : sourcePick.label, target,
-    publications: sub.publications, tableMaps: [], tableSyncWorkers: 4, copyData: true, createTables: false, applyDdl: [], attach: true,
+    publications: sub.publications, tableMaps: [], tableSyncWorkers: 4, copyData: true, createTables: false, applyDdl: [], attach: true, streaming: 'parallel',
   };
 }
 

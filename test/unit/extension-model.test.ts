@@ -15,7 +15,7 @@ import type { PanelSnapshot } from '../../src/extension/panelSource';
 import { commentText, note } from '../../src/engine/sqlgen';
 import { runConfirmation, splitStatements, statementSummary } from '../../src/extension/sqlSplit';
 import {
-  describeActivity, readingFromReport, readingFromStatus, sanitizeSyncDefinition, severity, syncTableMaps, SyncTracker, type Reading,
+  describeActivity, readingFromReport, readingFromStatus, sanitizeSyncDefinition, severity, syncEngineOptions, syncTableMaps, SyncTracker, type Reading,
 } from '../../src/extension/syncModel';
 import type { PanelTable } from '../../webview/protocol';
 
@@ -503,16 +503,50 @@ describe('sync model: describeActivity and severity', () => {
 describe('sync model: sanitizeSyncDefinition', () => {
   it('fills defaults and drops what is not the right type', () => {
     assert.deepEqual(sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b' }), {
-      name: 's', source: 'a', target: 'b', publications: [], tableMaps: [], tableSyncWorkers: 4, copyData: true, createTables: false, applyDdl: [], attach: false,
+      name: 's', source: 'a', target: 'b', publications: [], tableMaps: [], tableSyncWorkers: 4, copyData: true, createTables: false, applyDdl: [], attach: false, streaming: 'parallel',
     });
     assert.deepEqual(
       sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b', publications: ['p', 3, 'q'], tableMaps: 'x', tableSyncWorkers: 2.5, copyData: 'no', attach: 'yes' }),
-      { name: 's', source: 'a', target: 'b', publications: ['p', 'q'], tableMaps: [], tableSyncWorkers: 4, copyData: true, createTables: false, applyDdl: [], attach: false },
+      { name: 's', source: 'a', target: 'b', publications: ['p', 'q'], tableMaps: [], tableSyncWorkers: 4, copyData: true, createTables: false, applyDdl: [], attach: false, streaming: 'parallel' },
     );
     const ddl = sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b', createTables: true, applyDdl: ['add-column', 'drop-table', 7] });
     assert.deepEqual([ddl?.createTables, ddl?.applyDdl], [true, ['add-column']], 'only known DDL kinds are kept');
     const kept = sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b', tableMaps: [{ source: {}, target: {} }], tableSyncWorkers: 8, copyData: false, attach: true });
     assert.deepEqual([kept?.tableMaps.length, kept?.tableSyncWorkers, kept?.copyData, kept?.attach], [1, 8, false, true]);
+  });
+
+  it('reads streaming (parallel, on, off) and spoolDir; a missing or bad value is the default', () => {
+    const base = { name: 's', source: 'a', target: 'b' };
+    for (const mode of ['parallel', 'on', 'off'] as const) assert.equal(sanitizeSyncDefinition({ ...base, streaming: mode })?.streaming, mode);
+    assert.equal(sanitizeSyncDefinition(base)?.streaming, 'parallel', 'missing');
+    for (const bad of ['ON', 'true', '', 'parallel ', true, false, 1, null, ['on'], {}]) {
+      assert.equal(sanitizeSyncDefinition({ ...base, streaming: bad })?.streaming, 'parallel', JSON.stringify(bad));
+    }
+    assert.equal(sanitizeSyncDefinition({ ...base, spoolDir: '/data/spool' })?.spoolDir, '/data/spool');
+    assert.equal(sanitizeSyncDefinition({ ...base, spoolDir: ' /data/spool ' })?.spoolDir, '/data/spool', 'trimmed');
+    assert.ok(!('spoolDir' in sanitizeSyncDefinition(base)!), 'missing: absent, the engine picks');
+    for (const bad of ['', '   ', 'spool', './spool', '~/spool', 42, true, null, ['/data/spool']]) {
+      assert.ok(!('spoolDir' in sanitizeSyncDefinition({ ...base, spoolDir: bad })!), JSON.stringify(bad));
+    }
+  });
+
+  it('passes streaming and spoolDir to the engine as run --streaming and --spool-dir do', () => {
+    const source = { url: 'postgresql://s/db', role: 'source' as const, configuredIn: 'connection "s"' };
+    const target = { url: 'postgresql://t/db', role: 'target' as const, configuredIn: 'connection "t"' };
+    const options = (extra: Record<string, unknown>) => syncEngineOptions(sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b', publications: ['p'], ...extra })!, source, target);
+    const pick = (o: ReturnType<typeof options>) => ({ streaming: o.streaming, applyWhileOpen: o.applyWhileOpen, spoolDir: o.spoolDir });
+    assert.deepEqual(pick(options({})), { streaming: undefined, applyWhileOpen: undefined, spoolDir: undefined }, 'default: the engine\'s defaults (parallel)');
+    assert.deepEqual(pick(options({ streaming: 'parallel' })), { streaming: undefined, applyWhileOpen: undefined, spoolDir: undefined });
+    assert.deepEqual(pick(options({ streaming: 'on' })), { streaming: undefined, applyWhileOpen: false, spoolDir: undefined });
+    assert.deepEqual(pick(options({ streaming: 'off' })), { streaming: false, applyWhileOpen: undefined, spoolDir: undefined });
+    assert.deepEqual(pick(options({ streaming: 'sometimes', spoolDir: '/data/spool' })), { streaming: undefined, applyWhileOpen: undefined, spoolDir: '/data/spool' });
+    const all = options({ tableSyncWorkers: 2, copyChunkSize: '64MiB', createTables: true, streaming: 'on', spoolDir: '/data/spool' });
+    assert.deepEqual(all, {
+      source: source.url, target: target.url, publications: ['p'], subscription: 's', tableMaps: [], tableSyncWorkers: 2, copyData: true,
+      createTables: true, applyDdl: [], copyChunkBytes: 64 * 1024 ** 2, applyWhileOpen: false, spoolDir: '/data/spool',
+      configuredIn: { source: 'connection "s"', target: 'connection "t"' },
+    });
+    assert.deepEqual(JSON.parse(JSON.stringify({ type: 'start', options: all })).options, all, 'the start message to the CLI carries them');
   });
 
   it('rejects entries without name, source or target', () => {
