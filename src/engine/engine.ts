@@ -687,7 +687,7 @@ export class SyncEngine {
   private async openTransactionEvent(ev: OpenTransactionEvent, open: OpenTransactionApplier, target: pg.Client, applier: Applier, stream: ReplicationStream, processed: Lsn): Promise<Lsn> {
     switch (ev.kind) {
       case 'open-start':
-        if (ev.first ? open.idle : open.holds(ev.xid)) {
+        if (ev.first ? open.hasRoom : open.holds(ev.xid)) {
           await this.checkpoint(target, applier, stream);
           if (ev.first) await open.begin(ev.xid, processed);
         }
