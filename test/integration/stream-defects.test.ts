@@ -55,7 +55,8 @@ async function slotIdle(c: Cluster, slot: string): Promise<boolean> {
 
 /** The CLI's target session is inside a transaction that has inserted into `table`. */
 async function applying(db: string, table: string): Promise<boolean> {
-  const r = await target.query(db, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND application_name = 'pg_live_sync'
+  // The main apply connection, or the one applying a streamed transaction while it is open.
+  const r = await target.query(db, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND application_name IN ('pg_live_sync', 'pg_live_sync_apply_open')
     AND backend_xid IS NOT NULL AND (query LIKE $2 OR query LIKE $3)`, [db, `INSERT INTO "public"."${table}"%`, `COPY "public"."${table}"%`]);
   return r.rows[0].n > 0;
 }
@@ -190,7 +191,7 @@ describe('pg-logical-replication defects cannot reach the data', () => {
       await run.kill9();
     }
     await waitFor('slot released after kill', () => slotIdle(source, 'pg_live_sync_d3'));
-    await waitFor('target session gone', async () => (await target.query(db, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND application_name = 'pg_live_sync'`, [db])).rows[0].n === 0);
+    await waitFor('target sessions gone', async () => (await target.query(db, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND application_name IN ('pg_live_sync', 'pg_live_sync_apply_open')`, [db])).rows[0].n === 0);
     const confirmedAtKill = await confirmedFlush(source, 'pg_live_sync_d3');
     const rowsAtKill = (await target.query(db, `SELECT count(*)::int AS n FROM big`)).rows[0].n;
     assert.ok(rowsAtKill === 0 || rowsAtKill === 300_000, `target transaction is atomic, saw ${rowsAtKill}`);

@@ -230,7 +230,9 @@ describe('transactions streamed while open', () => {
 
   it('kill -9 with a streamed transaction open, and again while its replay applies: applied exactly once', async (t) => {
     // No key: a row applied twice would show as a duplicate.
-    const { db, args, run } = await syncing('st_kill', `CREATE TABLE nokey (id int, v text)`, `ALTER TABLE nokey REPLICA IDENTITY FULL`);
+    // --streaming on: the second kill lands in the replay from the spool (open-apply.test.ts kills
+    // a transaction applied while open).
+    const { db, args, run } = await syncing('st_kill', `CREATE TABLE nokey (id int, v text)`, `ALTER TABLE nokey REPLICA IDENTITY FULL`, ['--streaming', 'on']);
     let current = run;
     const s = await sourceSession(db);
     try {
