@@ -6,7 +6,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { startCluster, type Cluster } from '../harness/cluster';
-import { freshDatabases, sameContents, startCli, waitAllReady, waitCaughtUp, waitFor, pg, type CliRun, type Pair } from '../harness/sync';
+import { freshDatabases, sameContents, trackRuns, waitAllReady, waitCaughtUp, waitFor, pg, type CliRun, type Pair } from '../harness/sync';
+
+// Killed after the file if a failing test left them running (they would keep the test process up).
+const startCli = trackRuns();
 import { formatLsn, parseLsn, type Lsn } from '../../src/engine/lsn';
 import { createSlotWithSnapshot } from '../../src/engine/slot';
 import { ReplicationStream, tupleValues, type Tuple } from '../../src/engine/stream';
