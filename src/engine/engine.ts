@@ -10,7 +10,7 @@ import { listPublishedTables, replicaIdentityFix, type PublishedTable } from './
 import { abandonGroup, checkpoint, checkpointDue, checkpointPipelined, type CheckpointResult } from './checkpoint';
 import { connect, describeEndpoint, qualified, quoteIdent, tableKey, type Endpoint } from './connection';
 import { addColumnSql, addedColumns, type AddedColumn } from './drift';
-import { COPY_CHUNK_BYTES, copyTables, type CopyProgress } from './copy';
+import { BackgroundAnalyzer, COPY_CHUNK_BYTES, copyTables, type CopyProgress } from './copy';
 import { endHolders, holdSnapshot, HOLDER_GRACE_MS, type HeldSnapshot } from './snapshotHolder';
 import { CheckError, errorMessage, isTransient, retryMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, type Lsn } from './lsn';
@@ -131,6 +131,7 @@ export class SyncEngine {
     statusTimer.unref();
     let source: pg.Client | null = null;
     let target: pg.Client | null = null;
+    let failed = false;
     try {
       source = await connect(this.source);
       target = await connect(this.target);
@@ -155,11 +156,14 @@ export class SyncEngine {
       if (!started) return;
       target = await this.streamWithRetries(target);
     } catch (err) {
+      failed = true;
       if (target && this.locked) await setSubscriptionError(target, options.subscription, errorMessage(err)).catch(() => undefined);
       if (err instanceof SyncError) throw err;
       throw new SyncError(`stopped: ${errorMessage(err)}; nothing applied is lost: fix the cause and run again to resume`, 'fatal');
     } finally {
       clearInterval(statusTimer);
+      // A stop waits for the statistics of the tables it copied (one sample each); a failure does not.
+      await this.analyzer?.close(failed);
       this.phase = 'stopped';
       hooks.onStatus?.(this.status());
       await Promise.all([source?.end().catch(() => undefined), target?.end().catch(() => undefined)]);
@@ -259,6 +263,7 @@ export class SyncEngine {
           log: this.hooks.log,
           signal: this.abort.signal,
           onSnapshotImported,
+          analyzer: (this.analyzer ??= new BackgroundAnalyzer(this.target, this.hooks.log)),
           onProgress: (p) => this.onCopyProgress(p),
         }),
       );
@@ -323,6 +328,7 @@ export class SyncEngine {
   }
 
   private inFlight = new Map<string, CopyProgress>();
+  private analyzer: BackgroundAnalyzer | undefined;
 
   private onCopyProgress(p: CopyProgress): void {
     const k = tableKey(p.table.source.schema, p.table.source.table);

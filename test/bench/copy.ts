@@ -136,6 +136,7 @@ async function ours(pair: Pair, sourceDb: string, targetDb: string, tables: stri
   });
   const rss = run!.peakRssMb();
   await run!.stop();
+  if (process.env.BENCH_SHOW_LOG) process.stderr.write(run!.output());
   const drop = startOurs(['drop', '--subscription', sub, ...conn]);
   await drop.exited;
   return [s, rss];

@@ -3,7 +3,7 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, it } from 'node:test';
 import { qualified } from '../../src/engine/connection';
-import { BinaryRowCounter, TextRowCounter } from '../../src/engine/copy';
+import { BinaryRowCounter, chunkRanges, TextRowCounter } from '../../src/engine/copy';
 import { SyncError } from '../../src/engine/errors';
 import { formatLsn, parseLsn } from '../../src/engine/lsn';
 import { validateSubscriptionName } from '../../src/engine/slot';
@@ -146,5 +146,24 @@ describe('sizes (--copy-chunk-size, --warn-retained-wal)', () => {
     assert.equal(parseSize('0'), 0);
     assert.equal(parseSize('lots'), null);
     assert.equal(parseSize('-1MB'), null);
+  });
+});
+
+describe('chunk plan', () => {
+  const widths = (pages: number, chunkPages: number) => chunkRanges(pages, chunkPages).map((c) => (c.endPage ?? pages) - c.firstPage);
+
+  it('splits into as many ranges as the chunk size needs, of equal size (within a page), covering every page once', () => {
+    // 321 MB in 256 MiB chunks: two halves, not 256 MiB and a 65 MB remainder.
+    assert.deepEqual(widths(39_185, 32_768), [19_592, 19_593]);
+    assert.ok(widths(101, 10).every((w) => w === 9 || w === 10), String(widths(101, 10)));
+    for (const [pages, size] of [[101, 10], [7, 3], [1_000_003, 4_096], [5, 5], [1, 1], [3, 10]]) {
+      const r = chunkRanges(pages, size);
+      assert.equal(r.length, Math.ceil(pages / size));
+      const w = widths(pages, size);
+      assert.ok(Math.max(...w) <= size && Math.max(...w) - Math.min(...w) <= 1, `${pages}/${size}: ${w}`);
+      assert.equal(w.reduce((a, b) => a + b, 0), pages);
+      r.forEach((c, i) => assert.equal(c.firstPage, i === 0 ? 0 : r[i - 1].endPage));
+      assert.equal(r[r.length - 1].endPage, null, 'the last range is open-ended');
+    }
   });
 });
