@@ -114,10 +114,14 @@ export async function copyTables(plan: CopyPlan): Promise<CopyFailure[]> {
         return null;
       })
       : Promise.resolve(holder);
-    try {
+    const added = await (async () => {
       while (workers.length < Math.min(plan.workers, queue.length)) await addWorker();
-    } finally {
-      holder = await holding;
+    })().then(() => null, (err: unknown) => ({ err }));
+    holder = await holding;
+    if (added) {
+      // Not recorded in the state yet, so no next run could adopt it: it would only hold back vacuum.
+      if (holder && holder !== plan.holder) holder.release();
+      throw added.err;
     }
     if (holder && holder !== plan.holder) {
       await recordHeldSnapshot(workers[0].target, plan.subscription, {
@@ -356,6 +360,7 @@ export class BackgroundAnalyzer {
       if (this.closed) return;
       try {
         this.client ??= await connect(this.target, { applicationName: 'pg_live_sync_analyze' });
+        if (this.closed) return;
         await this.client.query(`ANALYZE ${targetName}`);
       } catch (err) {
         if (!this.closed) this.log('warn', analyzeFailed(targetName, err));

@@ -155,7 +155,6 @@ describe('chunk plan', () => {
   it('splits into as many ranges as the chunk size needs, of equal size (within a page), covering every page once', () => {
     // 321 MB in 256 MiB chunks: two halves, not 256 MiB and a 65 MB remainder.
     assert.deepEqual(widths(39_185, 32_768), [19_592, 19_593]);
-    assert.ok(widths(101, 10).every((w) => w === 9 || w === 10), String(widths(101, 10)));
     for (const [pages, size] of [[101, 10], [7, 3], [1_000_003, 4_096], [5, 5], [1, 1], [3, 10]]) {
       const r = chunkRanges(pages, size);
       assert.equal(r.length, Math.ceil(pages / size));
