@@ -13,7 +13,7 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { after, before, describe, it, type TestContext } from 'node:test';
+import { after, describe, it, type TestContext } from 'node:test';
 import { PASSWORD, serverBinariesMissing, startCluster, type Cluster } from '../harness/cluster';
 import { alive, finish, freshDatabases, tail, runCli, startCli, startPair, waitAllReady, type CliRun, type Pair } from '../harness/sync';
 import { ARTIFACTS, REPO, SLOW_TIMEOUT, UI_TIMEOUT, ensureSetup, packageExtension, poll, startWorkbench, type Workbench } from './workbench';
@@ -89,7 +89,9 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
       }
     });
 
-  before(async () => {
+  // Setup is the first step, not a before(): a failing before() cancels every test and the summary
+  // reads `# fail 0 # cancelled 25`; a failing step reads as a failure, and the rest skip.
+  step('set up: code-server, Chromium, clusters, the packaged extension', async () => {
     const missing = serverBinariesMissing();
     if (missing) throw new Error(missing);
     ensureSetup();
@@ -103,7 +105,7 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     const diagnostics = path.join(ARTIFACTS, 'diagnostics.jsonl');
     rmSync(diagnostics, { force: true });
     wb = await startWorkbench({ vsix, folder, env: { PG_LIVE_SYNC_DIAGNOSTICS_FILE: diagnostics } });
-  }, { timeout: 10 * 60_000 });
+  }, 10 * 60_000);
 
   after(async () => {
     // Everything goes, whatever failed; a sync left running is killed with code-server's process group.

@@ -34,6 +34,9 @@ if [ ! -f "$CS_DIR/.complete" ]; then
   rm -rf "$CS_DIR"; mkdir -p "$CS_DIR"
   (
     cd "$CS_DIR"
+    # Run from `npm test`, this shell inherits the outer npm's npm_* variables; code-server's
+    # postinstall reads npm_config_user_agent (node v20) and refuses. Its install must see Node 24 only.
+    for v in $(compgen -e | grep -i '^npm_' | grep -iv '^npm_config_cache$'); do unset "$v"; done
     export PATH="$NODE_HOME/bin:$PATH"
     export npm_config_nodedir="$NODE_HOME"
     npm init -y >/dev/null
