@@ -53,20 +53,27 @@ async function main(): Promise<number> {
     await waitAllReady(pair.target, db, 'demo', TABLES.length, 300_000);
 
     say('changing the source while the sync streams');
+    // Each label says what the statement is meant to do; the line printed counts what it did.
     const steps: [string, string][] = [
-      ['500 new orders with their items', `INSERT INTO orders SELECT g, 1 + g % 20000, 'new', now(), NULL FROM generate_series(100001, 100500) g; INSERT INTO order_items SELECT g, 'SKU-1', 1 FROM generate_series(100001, 100500) g;`],
-      ['a price rise on 200 products', `UPDATE products SET price = price * 1.1 WHERE sku LIKE 'SKU-1%' AND length(sku) = 7;`],
-      ['customer 42 changes id (primary key update)', `UPDATE customers SET id = 900042 WHERE id = 42 AND NOT EXISTS (SELECT 1 FROM orders WHERE customer_id = 42);`],
-      ['1,000 old page views deleted (no primary key: replica identity FULL)', `DELETE FROM page_views WHERE ctid IN (SELECT ctid FROM page_views LIMIT 1000);`],
-      ['a rolled-back transaction (never arrives)', `BEGIN; DELETE FROM order_items; ROLLBACK;`],
+      ['new orders with their items', `INSERT INTO orders SELECT g, 1 + g % 20000, 'new', now(), NULL FROM generate_series(100001, 100500) g; INSERT INTO order_items SELECT g, 'SKU-1', 1 FROM generate_series(100001, 100500) g;`],
+      ['a price rise on products SKU-1000 to SKU-1999', `UPDATE products SET price = price * 1.1 WHERE sku LIKE 'SKU-1___';`],
+      ['a new customer, then its id changes (primary key update)', `INSERT INTO customers VALUES (20001, 'Customer 20001', 'c20001@example.com', 'DE', now()); UPDATE customers SET id = 900042 WHERE id = 20001;`],
+      ['old page views deleted (no primary key: replica identity FULL)', `DELETE FROM page_views WHERE ctid IN (SELECT ctid FROM page_views LIMIT 1000);`],
       ['orders 1-100 cancelled', `UPDATE orders SET status = 'cancelled' WHERE id <= 100;`],
     ];
     for (const [what, sql] of steps) {
       const t0 = Date.now();
-      await pair.source.query(db, sql);
+      const result = await pair.source.query(db, sql);
+      const counts = (Array.isArray(result) ? result : [result]).map((r: { command: string; rowCount: number | null }) => `${r.command} ${(r.rowCount ?? 0).toLocaleString('en-US')}`);
       await waitCaughtUp(pair, db, 'demo');
-      process.stdout.write(`  ✓ ${what}: on the target after ${Date.now() - t0} ms\n`);
+      process.stdout.write(`  ✓ ${what} (${counts.join(', ')}): on the target after ${Date.now() - t0} ms\n`);
     }
+    // A rolled-back transaction never leaves the source: nothing to wait for, the target keeps every item.
+    const before = await tableFingerprint(pair.target, db, 'order_items');
+    await pair.source.query(db, 'BEGIN; DELETE FROM order_items; ROLLBACK;');
+    await waitCaughtUp(pair, db, 'demo');
+    const after = await tableFingerprint(pair.target, db, 'order_items');
+    process.stdout.write(`  ${after.rows === before.rows ? '✓' : '✗'} a rolled-back DELETE of every order item: nothing arrives (target still ${after.rows.toLocaleString('en-US')} items)\n`);
 
     say('verifying source and target are identical');
     let identical = true;
