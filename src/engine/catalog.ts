@@ -59,11 +59,14 @@ export async function listPublishedTables(client: pg.Client, publications: strin
               WHERE i.indrelid = c.oid AND i.indisunique AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL
                 AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull)
               ORDER BY i.indisprimary DESC, i.indexrelid LIMIT 1) AS candidate_index,
-            -- pg_partition_tree() has no rows for a plain table, so the table itself is counted explicitly.
+            -- A partitioned table counts its leaves only: ANALYZE gives the root and every middle level
+            -- reltuples of their own (the sum below them), which added in would count rows twice.
             (SELECT coalesce(sum(greatest(pc.reltuples, 0)), 0)::bigint FROM pg_class pc
-              WHERE pc.oid = c.oid OR (c.relkind = 'p' AND pc.oid IN (SELECT relid FROM pg_partition_tree(c.oid)))) AS approximate_rows,
+              WHERE (c.relkind <> 'p' AND pc.oid = c.oid)
+                 OR (c.relkind = 'p' AND pc.oid IN (SELECT relid FROM pg_partition_tree(c.oid) WHERE isleaf))) AS approximate_rows,
             (SELECT coalesce(sum(pg_table_size(pc.oid)), 0)::bigint FROM pg_class pc
-              WHERE pc.oid = c.oid OR (c.relkind = 'p' AND pc.oid IN (SELECT relid FROM pg_partition_tree(c.oid)))) AS approximate_size
+              WHERE (c.relkind <> 'p' AND pc.oid = c.oid)
+                 OR (c.relkind = 'p' AND pc.oid IN (SELECT relid FROM pg_partition_tree(c.oid) WHERE isleaf))) AS approximate_size
        FROM pt JOIN pg_class c ON c.oid = pt.relid
       GROUP BY pt.relid, pt.schemaname, pt.tablename, c.oid, c.relreplident, c.reltuples, c.relkind
       ORDER BY pt.schemaname, pt.tablename`,
