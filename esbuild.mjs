@@ -2,6 +2,9 @@
 // external), and the progress panel's webview script (browser, iife). Everything else is bundled
 // so the vsix and `dist/cli.js` carry no node_modules.
 import * as esbuild from 'esbuild';
+import { readFileSync } from 'node:fs';
+
+const { version } = JSON.parse(readFileSync(new URL('./package.json', import.meta.url), 'utf8'));
 
 const watch = process.argv.includes('--watch');
 const options = {
@@ -12,6 +15,7 @@ const options = {
   format: 'cjs',
   target: 'node20',
   external: ['vscode', 'pg-native'],
+  define: { PG_LIVE_SYNC_VERSION: JSON.stringify(version) },
   sourcemap: true,
   logLevel: 'warning',
 };

@@ -144,7 +144,7 @@ pg-live-sync sql role             --source URL --role NAME [--schema NAME]...`,
 const USAGE = `usage:
 ${Object.values(COMMANDS).map((c) => c.synopsis.replace(/^/gm, '  ')).join('\n')}
 --source and --target default to the SOURCE and TARGET environment variables.
-pg-live-sync COMMAND --help prints a command's flags.`;
+pg-live-sync COMMAND --help prints a command's flags; pg-live-sync --version the version.`;
 
 function commandHelp(c: CommandHelp): string {
   const width = Math.max(...c.flags.map(([flag]) => flag.length));
@@ -152,6 +152,10 @@ function commandHelp(c: CommandHelp): string {
 }
 
 class UsageError extends Error {}
+
+/** Set by the build (esbuild `define`) from package.json; `dev` when run from source. */
+declare const PG_LIVE_SYNC_VERSION: string | undefined;
+const VERSION = typeof PG_LIVE_SYNC_VERSION === 'string' ? PG_LIVE_SYNC_VERSION : 'dev';
 
 function log(level: LogLevel, message: string): void {
   if (level === 'debug' && !process.env.PG_LIVE_SYNC_DEBUG) return;
@@ -678,6 +682,11 @@ async function main(argv: string[]): Promise<number> {
       case 'hold-snapshot':
         // Internal: started detached by a run's chunked copy (snapshotHolder.ts), not by people.
         return await runSnapshotHolder(process.stdin, process.stdout);
+      case '--version':
+      case '-V':
+      case 'version':
+        process.stdout.write(`pg-live-sync ${VERSION}\n`);
+        return 0;
       case undefined:
       case 'help':
       case '--help':

@@ -45,4 +45,11 @@ describe('the extension manifest', () => {
       assert.doesNotMatch(f, /node_modules|^src\/|^test\/|\.map$|\.ts$|screenshots/, f);
     }
   });
+
+  it('pg-live-sync --version (and -V, version) prints the version of package.json the CLI was built from', () => {
+    for (const flag of ['--version', '-V', 'version']) {
+      const out = execFileSync(process.execPath, [path.join(REPO, 'dist/cli.js'), flag], { encoding: 'utf8' });
+      assert.equal(out, `pg-live-sync ${pkg.version}\n`, flag);
+    }
+  });
 });
