@@ -13,7 +13,7 @@ import { formatLsn } from '../engine/lsn';
 import { slotInfo, validateSubscriptionName } from '../engine/slot';
 import { secondsToInvalidation, walWriteRate } from '../engine/walHeadroom';
 import { describeHeadroom, listSyncSlots, slotsReport, slotWarnings } from '../engine/guardrails';
-import { checkSource, checkTarget } from '../engine/precheck';
+import { checkSource, checkTarget, unmatchedTableMaps } from '../engine/precheck';
 import { dropSync, notFound, readSyncReport } from '../engine/report';
 import { describeSequence, sequenceSql, syncSequencesOfSync } from '../engine/sequences';
 import { DDL_KINDS, type DdlKind } from '../engine/drift';
@@ -514,7 +514,7 @@ async function check(args: string[]): Promise<number> {
     try {
       const src = await checkSource(source, sourceEp, publications, subscription);
       const tgt = await checkTarget(target, targetEp, src.published, tableMaps, { source, freshStart: true });
-      const findings = [...src.findings, ...tgt.findings];
+      const findings = [...src.findings, ...unmatchedTableMaps(tableMaps, src.published, publications), ...tgt.findings];
       for (const f of findings) process.stdout.write(`${f.severity}: ${f.message}\n`);
       const errors = findings.filter((f) => f.severity === 'error').length;
       process.stdout.write(`check: ${src.published.length} table(s), ${errors} error(s), ${findings.length - errors} warning(s)${errors === 0 ? '; ready to run' : ''}\n`);

@@ -14,7 +14,7 @@ import { BackgroundAnalyzer, COPY_CHUNK_BYTES, copyTables, type CopyProgress } f
 import { endHolders, holdSnapshot, HOLDER_GRACE_MS, type HeldSnapshot } from './snapshotHolder';
 import { CheckError, errorMessage, isTransient, retryMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, type Lsn } from './lsn';
-import { checkSource, checkTarget, type Finding } from './precheck';
+import { checkSource, checkTarget, unmatchedTableMaps, type Finding } from './precheck';
 import { applyCreatePlan, planCreateTables } from './schema';
 import {
   createSlotWithSnapshot, dropSlotIfExists, dropTableSyncSlots, notOwnedSlots, slotInfo, slotNameFor, subscriptionSlots, tableSyncSlotName,
@@ -142,7 +142,7 @@ export class SyncEngine {
         await this.createMissingTables(src.published, { source, target });
       }
       const tgt = await checkTarget(target, this.target, src.published, options.tableMaps, { source, freshStart: fresh });
-      const findings = [...src.findings, ...tgt.findings];
+      const findings = [...src.findings, ...unmatchedTableMaps(options.tableMaps, src.published, options.publications), ...tgt.findings];
       // On a fresh start every problem is bad input. Once running, a table's own problem puts
       // that table in error (retried) and the others go on.
       refuseOnErrors(findings, fresh);

@@ -214,6 +214,22 @@ export async function checkTarget(
  * source no longer has is an error only on a fresh start: once syncing, it is a column dropped
  * on the source that the target never had.
  */
+/**
+ * `--table-map` entries that match nothing the publications publish: a typo there would otherwise
+ * sync the table under its own name, silently. A table's map is an error; a schema's a warning
+ * (it may be meant for tables added to the publication later).
+ */
+export function unmatchedTableMaps(maps: TableMap[], published: PublishedTable[], publications: string[]): Finding[] {
+  const pubs = publications.map((p) => `"${p}"`).join(', ');
+  return maps.flatMap((m): Finding[] => {
+    const { schema, table } = m.source;
+    if (published.some((t) => t.schema === schema && (table === undefined || t.table === table))) return [];
+    return table === undefined
+      ? [{ severity: 'warning', message: `--table-map maps schema ${quoteIdent(schema)}, but publication ${pubs} publishes no table in it; check the schema name` }]
+      : [{ severity: 'error', message: `--table-map names the source table ${qualified(schema, table)}, which publication ${pubs} does not publish; fix the name (names are exact, as the catalog spells them) or add the table to the publication` }];
+  });
+}
+
 export function mapColumns(t: PublishedTable, map: ColumnMap, freshStart: boolean, tableError: (message: string) => void): SyncedColumn[] {
   const sourceName = qualified(t.schema, t.table);
   const published = new Set(t.columns.map((c) => c.name));
