@@ -97,9 +97,10 @@ const COMMANDS: Record<string, CommandHelp> = {
   },
   check: {
     synopsis: `pg-live-sync check  --source URL --target URL --publication NAME [--publication NAME]...
-                    [--table-map JSON]... [--subscription NAME]`,
+                    [--table-map JSON]... [--subscription NAME] [--create-tables]`,
     about: 'Prints every problem run would refuse or warn about, each with its fix; exit 0 when there is no error.',
-    flags: [SOURCE_FLAG, TARGET_FLAG, PUBLICATION_FLAG, TABLE_MAP_FLAG, ['--subscription NAME', 'also check that slot of that sync']],
+    flags: [SOURCE_FLAG, TARGET_FLAG, PUBLICATION_FLAG, TABLE_MAP_FLAG, ['--subscription NAME', 'also check that slot of that sync'],
+      ['--create-tables', 'check as run --create-tables would run: missing target tables are to be created, not errors']],
   },
   slots: {
     synopsis: 'pg-live-sync slots  --source URL [--target URL]... [--json]',
@@ -500,6 +501,7 @@ async function check(args: string[]): Promise<number> {
     publication: { type: 'string', multiple: true },
     'table-map': { type: 'string', multiple: true },
     subscription: { type: 'string' },
+    'create-tables': { type: 'boolean' },
   });
   const publications = (v.publication as string[] | undefined) ?? [];
   if (publications.length === 0) throw new UsageError('missing --publication');
@@ -513,7 +515,7 @@ async function check(args: string[]): Promise<number> {
     const target = await connect(targetEp);
     try {
       const src = await checkSource(source, sourceEp, publications, subscription);
-      const tgt = await checkTarget(target, targetEp, src.published, tableMaps, { source, freshStart: true });
+      const tgt = await checkTarget(target, targetEp, src.published, tableMaps, { source, freshStart: true, createTables: v['create-tables'] === true });
       const findings = [...src.findings, ...unmatchedTableMaps(tableMaps, src.published, publications), ...tgt.findings];
       for (const f of findings) process.stdout.write(`${f.severity}: ${f.message}\n`);
       const errors = findings.filter((f) => f.severity === 'error').length;

@@ -115,7 +115,8 @@ export async function checkTarget(
   endpoint: Endpoint,
   published: PublishedTable[],
   maps: TableMap[],
-  opts: { source?: pg.Client; freshStart?: boolean } = {},
+  /** createTables: `check --create-tables` (run would create the missing tables first, so they are no error). */
+  opts: { source?: pg.Client; freshStart?: boolean; createTables?: boolean } = {},
 ): Promise<TargetCheck> {
   const where = describeEndpoint(endpoint.url);
   const findings: Finding[] = [];
@@ -166,6 +167,10 @@ export async function checkTarget(
     // The target's columns are checked against the map's names: a bad map comes first, alone.
     if (mapErrors > 0) continue;
     const cols = await targetColumns(client, target);
+    if (!cols && opts.createTables) {
+      findings.push({ severity: 'warning', message: `target table ${targetName} (for source table ${sourceName}) does not exist on the target ${where} yet; run --create-tables creates it from the source (pg-live-sync create-tables --dry-run prints its DDL)`, table: key });
+      continue;
+    }
     if (!cols) {
       const quotedForShell = sourceName.replace(/'/g, "'\\''");
       tableError(`target table ${targetName} (for source table ${sourceName}) does not exist on the target ${where}; run with --create-tables to have it created from the source (or pg-live-sync create-tables), or create it first, for example: pg_dump --schema-only -t '${quotedForShell}' "$SOURCE" | psql "$TARGET"`);

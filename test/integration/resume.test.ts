@@ -144,6 +144,19 @@ describe('check', () => {
     return { ...r, out };
   }
 
+  it('--create-tables: a missing target table is one run would create, not an error', { timeout: 120_000 }, async () => {
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'chk_create');
+    await pair.source.query(db, `CREATE TABLE made_later (id int PRIMARY KEY, v text); CREATE PUBLICATION pub FOR TABLE made_later;`);
+    const plain = await check(sourceUrl, targetUrl, '--publication', 'pub');
+    assert.equal(plain.code, 1, plain.stdout);
+    assert.ok(plain.out.some((l) => /^error: target table "public"\."made_later" .*does not exist.*--create-tables/.test(l)), plain.stdout);
+    const create = await check(sourceUrl, targetUrl, '--publication', 'pub', '--create-tables');
+    assert.equal(create.code, 0, create.stdout + create.stderr);
+    assert.ok(create.out.some((l) => /^warning: target table "public"\."made_later" .*does not exist on the target .* yet; run --create-tables creates it/.test(l)), create.stdout);
+    const tables = await pair.target.query(db, `SELECT count(*)::int AS n FROM pg_tables WHERE tablename = 'made_later'`);
+    assert.equal(tables.rows[0].n, 0, 'check created a table');
+  });
+
   it('all well: exit 0, ready to run; wal_sender_timeout = 0 is a warning; a slot in use is an error', { timeout: 180_000 }, async () => {
     const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'chk_ok', `CREATE TABLE ok1 (id int PRIMARY KEY, v text)`);
     await pair.source.query(db, `INSERT INTO ok1 SELECT g, 'v' FROM generate_series(1, 10) g; CREATE PUBLICATION pub FOR TABLE ok1;`);
