@@ -112,6 +112,15 @@ export function replicaIdentityFix(t: PublishedTable): string {
   return `ALTER TABLE ${name} REPLICA IDENTITY FULL;`;
 }
 
+/**
+ * The warning for a published table without a usable replica identity. It is synced as PostgreSQL's
+ * own subscriber syncs it: its INSERTs and TRUNCATEs arrive, and the source itself refuses an
+ * UPDATE or DELETE on it while a publication publishes them, so nothing can be lost on the way.
+ */
+export function noReplicaIdentityWarning(t: PublishedTable): string {
+  return `table ${qualified(t.schema, t.table)} has no usable replica identity: its INSERTs and TRUNCATEs are synced, but the source refuses every UPDATE and DELETE on it while it is published; to allow and sync them, on the source run: ${replicaIdentityFix(t)}`;
+}
+
 export interface TargetColumn {
   name: string;
   type: string;

@@ -6,7 +6,7 @@
 import type pg from 'pg';
 import { Applier } from './apply';
 import { OpenTransactionApplier } from './openApply';
-import { listPublishedTables, replicaIdentityFix, type PublishedTable } from './catalog';
+import { listPublishedTables, noReplicaIdentityWarning, type PublishedTable } from './catalog';
 import { abandonGroup, checkpoint, checkpointDue, checkpointPipelined, type CheckpointResult } from './checkpoint';
 import { connect, describeEndpoint, qualified, quoteIdent, tableKey, type Endpoint } from './connection';
 import { addColumnSql, addedColumns, type AddedColumn } from './drift';
@@ -1003,9 +1003,7 @@ export class SyncEngine {
     const { options } = this;
     const pub = job.published;
     try {
-      if (pub.publishesUpdateOrDelete && !pub.hasUsableIdentity) {
-        throw new SyncError(`table ${key} has no usable replica identity, so its UPDATEs and DELETEs cannot be replicated; on the source run: ${replicaIdentityFix(pub)}`, 'replica_identity');
-      }
+      if (pub.publishesUpdateOrDelete && !pub.hasUsableIdentity) this.hooks.log('warn', noReplicaIdentityWarning(pub));
       if (options.createTables) await this.createMissingTables([pub]);
       let check = await checkTarget(stateClient, this.target, [pub], options.tableMaps);
       const drift = check.driftOnly.get(key);

@@ -5,7 +5,7 @@
  */
 import type pg from 'pg';
 import { connect, describeEndpoint, endpointAddress, qualified, quoteIdent, quoteLiteral, tableKey, type Endpoint } from './connection';
-import { listPublishedTables, publicationsMissing, replicaIdentityFix, targetColumns, type PublishedTable } from './catalog';
+import { listPublishedTables, noReplicaIdentityWarning, publicationsMissing, targetColumns, type PublishedTable } from './catalog';
 import { errorMessage } from './errors';
 import { slotInfo, slotNameFor } from './slot';
 import { mappedColumn, resolveColumnMap, resolveTarget } from './tablemap';
@@ -81,7 +81,7 @@ export async function checkSource(client: pg.Client, endpoint: Endpoint, publica
     const error = (message: string) => findings.push({ severity: 'error', message, table });
     if (!t.canSelect) error(`role "${settings.role}" cannot SELECT from ${name} on the source; run GRANT SELECT ON ${name} TO ${quoteIdent(settings.role)};`);
     if (t.publishesUpdateOrDelete && !t.hasUsableIdentity) {
-      error(`table ${name} has no usable replica identity, so its UPDATEs and DELETEs cannot be replicated; on the source run: ${replicaIdentityFix(t)}`);
+      findings.push({ severity: 'warning', message: noReplicaIdentityWarning(t), table });
     } else if (t.replicaIdentity === 'f' && t.candidateIndex) {
       warning(`table ${name} uses REPLICA IDENTITY FULL: each UPDATE and DELETE scans for the row on the target; cheaper: ALTER TABLE ${name} REPLICA IDENTITY USING INDEX ${quoteIdent(t.candidateIndex)};`);
     }

@@ -133,15 +133,17 @@ describe('target does not match', () => {
 
 describe('several problems at once', () => {
   it('run names every failed check, one line each, the same ones check prints', async (t) => {
-    const { sourceUrl, targetUrl } = await setup('several', `CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE nokey (v int);`,
-      `CREATE TABLE only_on_source (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t, nokey, only_on_source;`);
+    const { db, sourceUrl, targetUrl } = await setup('several', `CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE nokey (v int);`,
+      `CREATE TABLE only_on_source (id int PRIMARY KEY); CREATE TABLE wider (id int PRIMARY KEY, extra text);
+       CREATE PUBLICATION pub FOR TABLE t, nokey, only_on_source, wider;`);
+    await pair.target.query(db, `CREATE TABLE wider (id int PRIMARY KEY)`);
     const r = await runCli(runArgs(sourceUrl, targetUrl, 'several', '--publication', 'pub'), {}, 45_000);
     t.diagnostic(`exit ${r.code} in ${r.ms} ms; stderr: ${r.stderr.trimEnd()}`);
     assert.equal(r.code, 1, r.stderr);
     const lines = r.stderr.split('\n').filter((l) => l.trim() !== '');
     const errors = lines.filter((l) => l.startsWith('pg-live-sync: error: ')).map((l) => l.slice('pg-live-sync: error: '.length));
     assert.equal(errors.length, 2, r.stderr);
-    assert.ok(errors.some((e) => /"public"\."nokey".*replica identity.*REPLICA IDENTITY FULL;/.test(e)), r.stderr);
+    assert.ok(errors.some((e) => /"public"\."wider" has no column "extra"/.test(e)), r.stderr);
     assert.ok(errors.some((e) => /only_on_source/.test(e)), r.stderr);
     assert.match(lines.at(-1) ?? '', /^pg-live-sync: 2 checks failed/);
     assert.equal(lines.length, 3, r.stderr);
@@ -153,25 +155,52 @@ describe('several problems at once', () => {
 });
 
 describe('replica identity', () => {
+  /**
+   * As PostgreSQL's own subscriber: a table without a usable replica identity is synced (copy,
+   * INSERTs, TRUNCATE) with a warning naming the fix; the source itself refuses its UPDATEs and
+   * DELETEs while published. The fix from the warning, run on the source, lets them through.
+   */
   const fixCase = async (t: TestContext, prefix: string, schema: string, expected: RegExp) => {
     const { db, sourceUrl, targetUrl } = await setup(prefix, schema, `INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g; CREATE PUBLICATION pub FOR TABLE t;`);
-    const line = await expectFailure(t, runArgs(sourceUrl, targetUrl, prefix, '--publication', 'pub'), [/"public"\."t"/, /replica identity/, expected]);
+    const checked = await runCli(['check', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub']);
+    assert.equal(checked.code, 0, checked.stdout + checked.stderr);
+    const line = checked.stdout.split('\n').find((l) => /^warning: table "public"\."t" has no usable replica identity/.test(l)) ?? '';
+    t.diagnostic(line);
+    assert.match(line, /INSERTs and TRUNCATEs are synced, but the source refuses every UPDATE and DELETE/);
+    assert.match(line, expected);
     const fix = /on the source run: (ALTER TABLE .*;)$/.exec(line)?.[1];
     assert.ok(fix, `no statement in: ${line}`);
-    await pair.source.query(db, fix);
-    await runsToReady(db, sourceUrl, targetUrl, prefix, ['t'], 'pub', `UPDATE t SET v = 'changed' WHERE id <= 10; DELETE FROM t WHERE id > 40;`);
+
+    const run = startCli(runArgs(sourceUrl, targetUrl, prefix, '--publication', 'pub'));
+    try {
+      await waitAllReady(pair.target, db, prefix, 1, 90_000);
+      assert.match(run.output(), /warn.*"public"\."t" has no usable replica identity/);
+      await pair.source.query(db, `INSERT INTO t SELECT g, 'new' FROM generate_series(51, 60) g`);
+      await assert.rejects(pair.source.query(db, `UPDATE t SET v = 'refused' WHERE id = 1`), /cannot update table "t" because it does not have a replica identity and publishes updates/);
+      await waitCaughtUp(pair, db, prefix, 90_000);
+      assert.ok(await sameContents(pair, db, 't'), 'copy and streamed inserts');
+      await pair.source.query(db, fix);
+      await pair.source.query(db, `UPDATE t SET v = 'changed' WHERE id <= 10; DELETE FROM t WHERE id > 40;`);
+      await waitCaughtUp(pair, db, prefix, 90_000);
+      assert.ok(await sameContents(pair, db, 't'), 'updates and deletes after the fix');
+    } finally {
+      assert.equal(await run.stop(), 0, run.output());
+    }
   };
 
-  it('no primary key: suggests REPLICA IDENTITY FULL, which then works', (t) =>
+  it('no primary key: synced with a warning suggesting REPLICA IDENTITY FULL, which then lets updates through', (t) =>
     fixCase(t, 'ident_full', `CREATE TABLE t (id int, v text)`, /ALTER TABLE "public"\."t" REPLICA IDENTITY FULL;$/));
 
-  it('unique index over NOT NULL columns: suggests REPLICA IDENTITY USING INDEX, which then works', (t) =>
+  it('unique index over NOT NULL columns: the warning suggests REPLICA IDENTITY USING INDEX, which then works', (t) =>
     fixCase(t, 'ident_index', `CREATE TABLE t (id int NOT NULL, v text); CREATE UNIQUE INDEX "T Key ü" ON t (id);`,
       /ALTER TABLE "public"\."t" REPLICA IDENTITY USING INDEX "T Key ü";$/));
 
   it('index name containing a dot is still quoted correctly', (t) =>
     fixCase(t, 'ident_dot', `CREATE TABLE t (id int NOT NULL, v text); CREATE UNIQUE INDEX "t.id_key" ON t (id);`,
       /ALTER TABLE "public"\."t" REPLICA IDENTITY USING INDEX "t\.id_key";$/));
+
+  it('REPLICA IDENTITY NOTHING: synced the same way, with the same warning', (t) =>
+    fixCase(t, 'ident_nothing', `CREATE TABLE t (id int, v text); ALTER TABLE t REPLICA IDENTITY NOTHING`, /ALTER TABLE "public"\."t" REPLICA IDENTITY FULL;$/));
 });
 
 describe('not bad input', () => {
