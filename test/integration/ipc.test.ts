@@ -14,7 +14,7 @@ import { dropSync, readSyncReport } from '../../src/engine/report';
 import { resetTableForResync } from '../../src/engine/state';
 import type { LogLevel, SyncOptions } from '../../src/engine/types';
 import {
-  CLI, freshDatabases, runCli, sameContents, startPair, tableFingerprint, tableStates, tail, waitCaughtUp, waitFor, type Pair,
+  CLI, freshDatabases, pg, runCli, sameContents, startPair, tableFingerprint, tableStates, tail, waitCaughtUp, waitFor, type Pair,
 } from '../harness/sync';
 
 const ROOT = path.resolve(__dirname, '../..');
@@ -228,6 +228,33 @@ describe('serve-ipc', () => {
     assert.deepEqual(await tableStates(pair.target, db, sub), {});
     assert.ok(logged.some((l) => l.includes(`dropped replication slot "pg_live_sync_${sub}"`)), logged.join('\n'));
     assert.equal((await tableFingerprint(pair.target, db, 'items')).rows, src.rows, 'the target data stays');
+  });
+
+  it('lag in bytes under a real backlog is the WAL the source wrote past what the target applied', { timeout: 180_000 }, async () => {
+    const sub = 'ipc_lag';
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'ipclag', SCHEMA);
+    await pair.source.query(db, `CREATE PUBLICATION pub FOR TABLE items, notes;`);
+    const child = startEngine(options(sourceUrl, targetUrl, sub));
+    const blocker = new pg.Client({ connectionString: pair.target.url(db) });
+    await blocker.connect();
+    try {
+      await waitStatus(child, 'both tables ready', allReady(2));
+      // The target stalls on a lock while the source writes about 32 MiB in 64 transactions.
+      await blocker.query('BEGIN; LOCK TABLE notes IN ACCESS EXCLUSIVE MODE');
+      const start = (await pair.source.query(db, `SELECT pg_current_wal_lsn()::text AS lsn`)).rows[0].lsn as string;
+      for (let i = 0; i < 64; i++) await pair.source.query(db, `INSERT INTO notes (body) SELECT repeat(md5(g::text), 16) FROM generate_series(1, 1000) g`);
+      const written = Number((await pair.source.query(db, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)::bigint AS n`, [start])).rows[0].n);
+      assert.ok(written > 30 * 2 ** 20, `wrote ${written} bytes of WAL`);
+      // Before the fix the engine took the WAL end from the records it had received: a few MiB at most.
+      const behind = await waitStatus(child, 'lag in bytes near the WAL written', (st) => st.lagBytes !== null && st.lagBytes >= written * 0.9);
+      assert.ok(behind.lagBytes! <= written * 1.5, `lag ${behind.lagBytes} for ${written} bytes written`);
+      await blocker.query('ROLLBACK');
+      await waitCaughtUp(pair, db, sub, 120_000);
+      await waitStatus(child, 'lag back under 1 MiB once applied', (st) => st.lagBytes !== null && st.lagBytes < 2 ** 20);
+    } finally {
+      await blocker.end().catch(() => undefined);
+      await stopEngine(child);
+    }
   });
 
   it('a start with a wrong target password: one exit error line without the password, exit code 1', async () => {
