@@ -1,8 +1,9 @@
 import * as vscode from 'vscode';
 import type pg from 'pg';
 import { connect, describeEndpoint, type Endpoint } from '../engine/connection';
-import { listSyncSlots, slotsReport } from '../engine/guardrails';
+import { listSyncSlots, slotsDocument } from '../engine/guardrails';
 import { errorMessage } from '../engine/errors';
+import { oneLine } from '../engine/oneLine';
 import { readSyncReport, dropSync } from '../engine/report';
 import { slotInfo, slotNameFor } from '../engine/slot';
 import { parseLsn, type Lsn } from '../engine/lsn';
@@ -284,7 +285,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
       }),
     );
     const { lines, ok } = verifyLines(report, false);
-    const doc = await vscode.workspace.openTextDocument({ language: 'log', content: `${lines.join('\n')}\n` });
+    const doc = await vscode.workspace.openTextDocument({ language: 'log', content: `${lines.map(oneLine).join('\n')}\n` });
     await vscode.window.showTextDocument(doc, { preview: false });
     const summary = lines[lines.length - 1];
     if (ok) void vscode.window.showInformationMessage(`Sync ${name}: ${summary}`);
@@ -306,9 +307,8 @@ export class SyncManager implements PanelSource, vscode.Disposable {
         opened.push({ client: await connect(ep), where: `${t} (${describeEndpoint(ep.url)})` });
       }
       const found = await listSyncSlots(source, opened);
-      const { listing, orphans } = slotsReport(found, targets.length === 0 ? 'any target (this window has no syncs)' : `the targets of this window's syncs (${targets.join(', ')})`);
-      const text = [`-- Replication slots of Postgres Live Sync on ${connection}`, ...listing.map((l) => `-- ${l}`), ...orphans].join('\n');
-      const doc = await vscode.workspace.openTextDocument({ language: 'sql', content: `${text}\n` });
+      const content = slotsDocument(connection, found, targets.length === 0 ? 'any target (this window has no syncs)' : `the targets of this window's syncs (${targets.join(', ')})`);
+      const doc = await vscode.workspace.openTextDocument({ language: 'sql', content });
       await vscode.window.showTextDocument(doc, { preview: false });
     } finally {
       await Promise.all(opened.map((t) => t.client.end()));
