@@ -8,7 +8,7 @@ import type { SyncReport } from '../../src/engine/report';
 import type { SlotInfo } from '../../src/engine/slot';
 import type { TableProgress } from '../../src/engine/types';
 import {
-  ConnectionInputError, ConnectionSecrets, connectionIdentity, connectionUrl, connectionUser, describeConnection, legacySecretKey, sanitizeConfig, secretKey, splitUri,
+  ConnectionInputError, ConnectionSecrets, connectionIdentity, connectionUrl, connectionUser, describeConnection, legacySecretKey, previousSecretKey, sanitizeConfig, secretKey, splitUri,
   type ConnectionConfig,
 } from '../../src/extension/connectionModel';
 import type { PanelSnapshot } from '../../src/extension/panelSource';
@@ -237,7 +237,85 @@ describe('connection model: stored passwords (ConnectionSecrets)', () => {
     assert.equal(storage.map.size, 0);
     assert.equal(secrets.sameServer(user, { ...user, name: 'renamed', sslmode: 'require' }), true);
     assert.equal(secrets.sameServer(user, shadow), false);
-    assert.equal(connectionIdentity(user, env), 'repl@db.example.com:5432/app');
+    assert.equal(connectionIdentity(user, env), '["repl","db.example.com","5432","app","prefer",""]');
+  });
+
+  // The user's connection, saved with its password: verify-full against the user's CA.
+  const saved: ConnectionConfig = { name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app?sslmode=verify-full&sslrootcert=%2Fhome%2Fme%2Fca.pem' };
+  const withQuery = (q: string): ConnectionConfig => ({ name: 'prod', uri: `${saved.uri}&${q}` });
+
+  it('a URI whose query sends pg elsewhere (host, port, user) is another server, and the tree shows where it goes', async () => {
+    for (const [q, seen] of [['host=attacker.example.net', 'attacker.example.net'], ['port=6543', '6543'], ['user=postgres', 'postgres']] as const) {
+      const shadow = sanitizeConfig(withQuery(q))!;
+      const url = new URL(connectionUrl(shadow, 'x'));
+      url.searchParams.delete('sslrootcert'); // pg would read the file
+      const pgSees = seenByPg(url.toString());
+      assert.ok([pgSees.host, String(pgSees.port), pgSees.user].includes(seen), `pg itself connects with ${q}: ${JSON.stringify(pgSees)}`);
+      const storage = memorySecrets();
+      const secrets = new ConnectionSecrets(storage, env);
+      await secrets.set(saved, 'user-secret');
+      assert.equal(await secrets.get(shadow, [shadow, saved]), null, q);
+      assert.equal(secrets.sameServer(saved, shadow), false, q);
+      assert.match(`${connectionUser(shadow, env)}@${describeConnection(shadow, env)}`, new RegExp(seen), `prompts show where it goes: ${q}`);
+    }
+    assert.equal(describeConnection(sanitizeConfig(withQuery('host=attacker.example.net'))!, env), 'attacker.example.net:5432/app');
+    // Given twice, pg takes the last: whichever it takes, not the saved identity.
+    const twice = sanitizeConfig({ name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app?host=db.example.com&host=attacker.example.net' })!;
+    assert.equal(seenByPg(connectionUrl(twice, 'x')).host, 'attacker.example.net');
+    assert.notEqual(connectionIdentity(twice, env), connectionIdentity({ name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app' }, env));
+  });
+
+  it('libpq keywords that choose another server or database (hostaddr, dbname, service) make another identity too', async () => {
+    const storage = memorySecrets();
+    const secrets = new ConnectionSecrets(storage, env);
+    await secrets.set(saved, 'user-secret');
+    for (const q of ['hostaddr=203.0.113.9', 'dbname=other', 'database=other', 'service=evil']) {
+      const shadow = withQuery(q);
+      assert.equal(await secrets.get(shadow, [shadow, saved]), null, q);
+      assert.match(describeConnection(shadow, env), new RegExp(q.replace('.', '\\.')), q);
+    }
+  });
+
+  it('a weaker sslmode or another CA is another identity: no stored password is sent over it', async () => {
+    const storage = memorySecrets();
+    const secrets = new ConnectionSecrets(storage, env);
+    await secrets.set(saved, 'user-secret');
+    const weaker = [
+      { name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app?sslmode=disable&sslrootcert=%2Fhome%2Fme%2Fca.pem' },
+      { name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app?sslrootcert=%2Fhome%2Fme%2Fca.pem' },
+      { name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app?sslmode=verify-full&sslrootcert=%2Ftmp%2Fattacker.pem' },
+      { name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app?ssl=no-verify&sslrootcert=%2Fhome%2Fme%2Fca.pem' },
+      // Later keys win in pg's parse: a second sslmode is as good as replacing the first.
+      withQuery('sslmode=disable'),
+    ];
+    for (const shadow of weaker) {
+      assert.equal(await secrets.get(shadow, [shadow, saved]), null, shadow.uri);
+      assert.equal(secrets.sameServer(saved, shadow), false, shadow.uri);
+    }
+    assert.equal(await secrets.get(saved, [saved]), 'user-secret');
+    // An edit may carry the password to a stronger sslmode, never to a weaker one.
+    const plain: ConnectionConfig = { name: 'p', host: 'h', user: 'u', database: 'd', sslmode: 'require' };
+    assert.equal(secrets.sameServer(plain, { ...plain, sslmode: 'verify-full' }), true);
+    assert.equal(secrets.sameServer(plain, { ...plain, sslmode: 'prefer' }), false);
+    assert.equal(secrets.sameServer(plain, { ...plain, sslmode: 'require' }, ), true);
+    assert.equal(connectionIdentity({ ...plain, sslmode: undefined }, { PGSSLMODE: 'disable' }) === connectionIdentity({ ...plain, sslmode: undefined }, {}), false, 'PGSSLMODE counts');
+  });
+
+  it('a password under the previous version\'s key moves to its connection, never to one whose query differs', async () => {
+    const old = previousSecretKey(saved, env);
+    const shadow = withQuery('host=attacker.example.net');
+    assert.equal(previousSecretKey(shadow, env), old, 'the previous key read only the authority: both had it');
+    const ambiguous = memorySecrets({ [old]: 'old-secret' });
+    const a = new ConnectionSecrets(ambiguous, env);
+    assert.equal(await a.get(shadow, [shadow, saved]), null, 'not to the shadowing workspace entry');
+    assert.equal(await a.get(saved, [shadow, saved]), null, 'nor to the user entry while it is ambiguous');
+    assert.equal(ambiguous.map.get(old), 'old-secret');
+    const alone = memorySecrets({ [old]: 'old-secret' });
+    const b = new ConnectionSecrets(alone, env);
+    assert.equal(await b.get(saved, [saved]), 'old-secret');
+    assert.deepEqual([...alone.map.keys()], [secretKey(saved, env)]);
+    await b.delete(saved);
+    assert.equal(alone.map.size, 0);
   });
 });
 
