@@ -78,7 +78,8 @@ export function activate(context: vscode.ExtensionContext): void {
       if (name) await syncs.pause(name);
     },
     resumeSync: async (n?: SyncsNode) => {
-      const name = await syncName(n, 'Resume Sync', (d) => !d.attach && !syncs.isRunning(d.name));
+      // An attached sync from a folder's settings is resumed to confirm its servers and watch it.
+      const name = await syncName(n, 'Resume Sync', (d) => (!d.attach || !syncs.isApproved(d.name)) && !syncs.isRunning(d.name));
       if (name) await syncs.resume(name);
     },
     dropSync: async (n?: SyncsNode) => {

@@ -15,7 +15,8 @@ import type { PanelSnapshot } from '../../src/extension/panelSource';
 import { commentText, note } from '../../src/engine/sqlgen';
 import { runConfirmation, splitStatements, statementSummary } from '../../src/extension/sqlSplit';
 import {
-  describeActivity, readingFromReport, readingFromStatus, sanitizeSyncDefinition, severity, syncEngineOptions, syncTableMaps, SyncTracker, type Reading,
+  describeActivity, readingFromReport, readingFromStatus, sanitizeSyncDefinition, severity, syncApprovalKey, syncDefinitionProblems, syncEngineOptions, syncsFromSettings,
+  syncTableMaps, SyncTracker, type Reading,
 } from '../../src/extension/syncModel';
 import type { PanelTable } from '../../webview/protocol';
 
@@ -643,5 +644,71 @@ describe('sync model: sanitizeSyncDefinition', () => {
     assert.deepEqual(JSON.parse(JSON.stringify({ type: 'start', options: { tableMaps: maps } })).options.tableMaps, [map], 'the start message to the CLI carries it');
     const bad = sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b', tableMaps: [{ source: { schema: 'public' }, target: { schema: 'app' }, columns: { a: 'b' } }] })!;
     assert.throws(() => syncTableMaps(bad), /whole-schema map/);
+  });
+});
+
+describe('sync model: settings a folder may not be trusted with', () => {
+  const base = { name: 's1', source: 'src', target: 'tgt', publications: ['pub'] };
+
+  it('a folder\'s sync named like a user sync is left out, with a note naming the fix', () => {
+    const { syncs, notes } = syncsFromSettings([base], [{ ...base, source: 'evil_src', target: 'evil_tgt' }, { ...base, name: 'own' }]);
+    assert.deepEqual(syncs.map((s) => [s.def.name, s.scope, s.def.source]), [['s1', 'user', 'src'], ['own', 'workspace', 'src']]);
+    assert.equal(notes.length, 1);
+    assert.match(notes[0], /pgLiveSync\.syncs entry "s1" in this folder's settings is ignored: your user settings define a sync of that name already; rename one \(Preferences: Open Workspace Settings \(JSON\)\)/);
+  });
+
+  it('a sync needs approval when it or either connection comes from the folder; the approval is for exactly those servers', () => {
+    const user = { scope: 'user' as const, identity: 'u' };
+    const folder = { scope: 'workspace' as const, identity: 'w' };
+    const def = sanitizeSyncDefinition(base)!;
+    assert.equal(syncApprovalKey({ def, scope: 'user' }, user, user), null, 'all the user\'s own: no question');
+    const keys = [
+      syncApprovalKey({ def, scope: 'workspace' }, user, user),
+      syncApprovalKey({ def, scope: 'user' }, folder, user),
+      syncApprovalKey({ def, scope: 'user' }, user, folder),
+    ];
+    assert.ok(keys.every((k) => typeof k === 'string'), JSON.stringify(keys));
+    const approved = syncApprovalKey({ def, scope: 'workspace' }, user, user);
+    assert.notEqual(syncApprovalKey({ def, scope: 'workspace' }, user, { ...user, identity: 'elsewhere' }), approved, 'a target moved to another server needs approving again');
+    assert.notEqual(syncApprovalKey({ def: { ...def, target: 'other' }, scope: 'workspace' }, user, user), approved);
+    assert.equal(syncApprovalKey({ def, scope: 'workspace' }, user, user), approved, 'the same servers: approved once');
+  });
+
+  it('range-checks every field, naming the setting, the value and the fix', () => {
+    assert.deepEqual(syncDefinitionProblems(base, 'user'), []);
+    assert.deepEqual(syncDefinitionProblems({ ...base, tableSyncWorkers: 8, copyChunkSize: '64MiB', streaming: 'on', spoolDir: '/data/spool', copyData: false, applyDdl: ['add-column'], tableMaps: [{ source: { schema: 'public' }, target: { schema: 'm' } }] }, 'workspace'), []);
+    assert.deepEqual(syncDefinitionProblems({ name: 'a', source: '', target: 't', attach: true }, 'user'), [], 'attached without a source');
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ tableSyncWorkers: -3 }, /"tableSyncWorkers" is -3; set a whole number from 1 to 64/],
+      [{ tableSyncWorkers: 100000 }, /"tableSyncWorkers" is 100000/],
+      [{ tableSyncWorkers: 2.5 }, /"tableSyncWorkers" is 2\.5/],
+      [{ tableSyncWorkers: '4' }, /"tableSyncWorkers" is "4"/],
+      [{ copyChunkSize: '-1MiB' }, /"copyChunkSize" is "-1MiB"; set a size such as "256MiB"/],
+      [{ copyChunkSize: 'lots' }, /"copyChunkSize" is "lots"/],
+      [{ copyChunkSize: -5 }, /"copyChunkSize" is -5/],
+      [{ copyChunkSize: 1e300 }, /"copyChunkSize" is 1e\+300/],
+      [{ streaming: 'sometimes' }, /"streaming" is "sometimes"; set one of "parallel", "on", "off"/],
+      [{ streaming: true }, /"streaming" is true/],
+      [{ spoolDir: 'spool' }, /"spoolDir" is "spool"; set an absolute folder path/],
+      [{ copyData: 'no' }, /"copyData" is "no"; set true or false/],
+      [{ applyDdl: ['drop-table'] }, /"applyDdl" is \["drop-table"\]/],
+      [{ publications: [] }, /"publications" is \[\]; list at least one publication/],
+      [{ name: 'Bad Name\n; DROP' }, /"name" is "Bad Name\\n; DROP"; use 1 to 50 lowercase/],
+      [{ tableMaps: [{ source: { schema: 'public' }, target: { schema: 'app' }, columns: { a: 'b' } }] }, /tableMaps\[0\]: .*whole-schema map/],
+    ];
+    for (const [over, expected] of cases) {
+      const problems = syncDefinitionProblems({ ...base, ...over }, 'user');
+      assert.equal(problems.length, 1, `${JSON.stringify(over)}: ${problems.join(' | ')}`);
+      assert.match(problems[0], expected);
+      assert.match(problems[0], /^pgLiveSync\.syncs entry ".*" in your user settings: .*\(Preferences: Open User Settings \(JSON\)\)$/s);
+    }
+    assert.match(syncDefinitionProblems({ ...base, tableSyncWorkers: 0 }, 'workspace')[0], /in this folder's settings: .*\(Preferences: Open Workspace Settings \(JSON\)\)$/);
+  });
+
+  it('syncsFromSettings keeps a broken entry (to show why it does not run) and notes one it cannot read', () => {
+    const { syncs, notes } = syncsFromSettings([{ ...base, tableSyncWorkers: -1 }, { name: 'x' }, 'junk'], undefined);
+    assert.deepEqual(syncs.map((s) => [s.def.name, s.problems.length]), [['s1', 1]]);
+    assert.equal(notes.length, 2, notes.join('\n'));
+    assert.ok(notes.every((n) => /is ignored$/.test(n)), notes.join('\n'));
   });
 });
