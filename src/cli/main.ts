@@ -26,6 +26,7 @@ import { listPublishedTables, publicationsMissing } from '../engine/catalog';
 import { statusToJson, type FromEngine, type ToEngine } from './ipc';
 import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
 import { formatBytes, formatColumns, formatCount, parseSize } from '../engine/units';
+import { oneLine } from '../engine/oneLine';
 import { DEFAULT_CHUNK_ROWS, VERIFY_CATCH_UP_SECONDS, verifyLines, verifySync } from '../engine/verify';
 
 interface CommandHelp {
@@ -160,7 +161,8 @@ const VERSION = typeof PG_LIVE_SYNC_VERSION === 'string' ? PG_LIVE_SYNC_VERSION 
 
 function log(level: LogLevel, message: string): void {
   if (level === 'debug' && !process.env.PG_LIVE_SYNC_DEBUG) return;
-  process.stderr.write(`${new Date().toISOString()} ${level.padEnd(5)} ${message}\n`);
+  // Messages carry names from the servers: one message stays one line.
+  process.stderr.write(`${new Date().toISOString()} ${level.padEnd(5)} ${oneLine(message)}\n`);
 }
 
 function required(value: string | undefined, flag: string, env?: string): string {
@@ -381,13 +383,13 @@ async function status(args: string[]): Promise<number> {
       return 0;
     }
     const out: string[] = [];
-    out.push(`subscription ${sub.subname} (slot ${sub.slotName}, publications ${sub.publications.join(', ')}, source ${sub.source})`);
+    out.push(oneLine(`subscription ${sub.subname} (slot ${sub.slotName}, publications ${sub.publications.join(', ')}, source ${sub.source})`));
     out.push(`applied LSN  ${sub.appliedLsn === null ? '-' : formatLsn(sub.appliedLsn)}${sub.appliedCommitTime ? ` (source commit ${sub.appliedCommitTime.toISOString()})` : ''}`);
     if (lagBytes !== null) out.push(`lag          ${formatBytes(lagBytes)} of source WAL, ${lagSeconds === null ? 'time behind unknown (stopped, with too much WAL to look through)' : `${lagSeconds.toFixed(1)} s behind`}`);
     if (slot) out.push(`slot         ${slot.active ? 'active' : 'inactive'}, wal_status ${slot.walStatus}, ${describeHeadroom(slot, walRate)}`);
     else if (sourceUrl) out.push(`slot         missing on the source: the sync cannot resume; run pg-live-sync drop and run again`);
     for (const w of warnings) out.push(`warning      ${w}`);
-    if (sub.lastError) out.push(`last error   ${sub.lastError}`);
+    if (sub.lastError) out.push(`last error   ${oneLine(sub.lastError)}`);
     out.push(tableRows(tables));
     process.stdout.write(out.join('\n') + '\n');
     return 0;
@@ -481,11 +483,11 @@ async function resync(args: string[]): Promise<number> {
       running = (await readSyncReport(target, subscription, null))?.running ?? false;
     }
     if (!(await resyncPending(target, subscription, table))) {
-      process.stdout.write(`${name}: the running sync is copying it afresh through its own slot; the other tables go on streaming (watch pg-live-sync status)\n`);
+      process.stdout.write(`${oneLine(name)}: the running sync is copying it afresh through its own slot; the other tables go on streaming (watch pg-live-sync status)\n`);
     } else if (running) {
-      process.stdout.write(`${name}: marked for resync; the running sync copies it afresh once its current copy of the table is done\n`);
+      process.stdout.write(`${oneLine(name)}: marked for resync; the running sync copies it afresh once its current copy of the table is done\n`);
     } else {
-      process.stdout.write(`${name}: marked for resync; the next pg-live-sync run of ${subscription} copies it afresh\n`);
+      process.stdout.write(`${oneLine(name)}: marked for resync; the next pg-live-sync run of ${subscription} copies it afresh\n`);
     }
     return 0;
   } finally {
@@ -517,7 +519,7 @@ async function check(args: string[]): Promise<number> {
       const src = await checkSource(source, sourceEp, publications, subscription);
       const tgt = await checkTarget(target, targetEp, src.published, tableMaps, { source, freshStart: true, createTables: v['create-tables'] === true });
       const findings = [...src.findings, ...unmatchedTableMaps(tableMaps, src.published, publications), ...tgt.findings];
-      for (const f of findings) process.stdout.write(`${f.severity}: ${f.message}\n`);
+      for (const f of findings) process.stdout.write(`${f.severity}: ${oneLine(f.message)}\n`);
       const errors = findings.filter((f) => f.severity === 'error').length;
       process.stdout.write(`check: ${src.published.length} table(s), ${errors} error(s), ${findings.length - errors} warning(s)${errors === 0 ? '; ready to run' : ''}\n`);
       return errors === 0 ? 0 : 1;
@@ -620,7 +622,7 @@ async function verify(args: string[]): Promise<number> {
     process.stdout.write(JSON.stringify({ ...report, ok }, null, 2) + '\n');
     return ok ? 0 : 1;
   }
-  process.stdout.write(lines.join('\n') + '\n');
+  process.stdout.write(lines.map(oneLine).join('\n') + '\n');
   return ok ? 0 : 1;
 }
 
@@ -701,16 +703,16 @@ async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (err instanceof UsageError || (err instanceof SyncError && err.code === 'usage')) {
       const more = command !== undefined && Object.hasOwn(COMMANDS, command) ? `pg-live-sync ${command} --help` : 'pg-live-sync --help';
-      process.stderr.write(`pg-live-sync: ${err.message}; run ${more} for usage\n`);
+      process.stderr.write(`pg-live-sync: ${oneLine(err.message)}; run ${more} for usage\n`);
       return 2;
     }
     // Every failed check on a line of its own, as `check` prints them, so all are fixed in one go.
     if (err instanceof CheckError && err.problems.length > 1) {
-      for (const p of err.problems) process.stderr.write(`pg-live-sync: error: ${p}\n`);
+      for (const p of err.problems) process.stderr.write(`pg-live-sync: error: ${oneLine(p)}\n`);
       process.stderr.write(`pg-live-sync: ${err.problems.length} checks failed (above); nothing was created; fix them and run again\n`);
       return 1;
     }
-    process.stderr.write(`pg-live-sync: error: ${errorMessage(err)}\n`);
+    process.stderr.write(`pg-live-sync: error: ${oneLine(errorMessage(err))}\n`);
     return 1;
   }
 }

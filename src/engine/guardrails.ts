@@ -6,6 +6,7 @@
  */
 import type pg from 'pg';
 import { quoteLiteral } from './connection';
+import { note } from './sqlgen';
 import { slotNameFor, tableSyncSlotPattern, type SlotInfo } from './slot';
 import { invalidationAtRisk, secondsToInvalidation } from './walHeadroom';
 import { stateSchemaExists } from './state';
@@ -109,8 +110,18 @@ export function slotsReport(found: SyncSlot[], known: string): { listing: string
   return {
     listing,
     orphans: [
-      `-- ${unowned.length} slot(s) have no state on ${known} and hold WAL for nobody, unless a target not known here owns them; to drop the unused ones, on the source:`,
-      ...unowned.map((s) => s.dropSql ?? `-- ${s.name} is in use right now: stop the run that holds it first`),
+      note(`${unowned.length} slot(s) have no state on ${known} and hold WAL for nobody, unless a target not known here owns them; to drop the unused ones, on the source:`),
+      ...unowned.map((s) => s.dropSql ?? note(`${s.name} is in use right now: stop the run that holds it first`)),
     ],
   };
+}
+
+/**
+ * List Sync Slots' document: the listing as comments, then the drop statements for review. The
+ * owners' names come from the targets' state tables, so every line goes through `note`: a name
+ * with a line break would otherwise end its comment and leave a statement to run.
+ */
+export function slotsDocument(connection: string, found: SyncSlot[], known: string): string {
+  const { listing, orphans } = slotsReport(found, known);
+  return `${[note(`Replication slots of Postgres Live Sync on ${connection}`), ...listing.map(note), ...orphans].join('\n')}\n`;
 }

@@ -6,6 +6,7 @@
  */
 import type pg from 'pg';
 import { qualified, quoteIdent, quoteLiteral } from './connection';
+import { oneLine } from './oneLine';
 
 export interface ServerFacts {
   version: string;
@@ -36,15 +37,8 @@ export async function readServerFacts(client: pg.Client): Promise<ServerFacts> {
   };
 }
 
-const CONTROL_ESCAPES: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
-
-/**
- * Text that is safe inside a `--` comment or on one display line: line breaks (which end a comment
- * in PostgreSQL) and every other control character are written as escapes.
- */
-export function commentText(text: string): string {
-  return text.replace(/[\p{Cc}\u2028\u2029]/gu, (c) => CONTROL_ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
-}
+/** Text that is safe inside a comment or on one display line: the one escaping, under its older name. */
+export const commentText = oneLine;
 
 /** A `--` comment line, whatever the names in it hold. */
 export function note(text: string): string {

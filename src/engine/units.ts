@@ -1,8 +1,9 @@
 /**
  * The one way sizes, counts and durations are written, by the CLI, the extension and the progress panel
  * (webview/format.ts re-exports these): IEC units for bytes, thousands separators for counts, 3m 20s for durations.
- * Plain functions with no imports, so the browser bundle can share them.
+ * Plain functions importing nothing but oneLine (itself import-free), so the browser bundle can share them.
  */
+import { oneLine } from './oneLine';
 
 /** What a size or count that is not known shows. */
 export const DASH = '—';
@@ -45,8 +46,10 @@ export function formatDuration(seconds: number | null): string {
 
 /** Rows of cells as aligned text columns, two spaces apart (the first row is the heading). */
 export function formatColumns(rows: string[][]): string[] {
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd());
+  // A cell holds names and errors read from servers: one row stays one line.
+  const cells = rows.map((r) => r.map(oneLine));
+  const widths = cells[0].map((_, i) => Math.max(...cells.map((r) => r[i].length)));
+  return cells.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd());
 }
 
 /**

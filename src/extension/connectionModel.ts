@@ -80,18 +80,66 @@ export function connectionUrl(c: ConnectionConfig, password: string | null): str
   return url.toString();
 }
 
-/** host:port/database for the tree, prompts and errors, filled from PG* variables like `pg` does. */
-export function describeConnection(c: ConnectionConfig, env: NodeJS.ProcessEnv = process.env): string {
+/**
+ * The server, role and TLS a connection uses, read as the driver reads its URL: pg-connection-string
+ * (like libpq) lets the query's `host`, `port` and `user` replace the URI's authority, so a URI
+ * whose authority names the user's server may still connect elsewhere. `extra` holds the libpq
+ * keywords that choose a server or database which `pg` ignores today (hostaddr, dbname, ...):
+ * they make a connection another one, whether or not a driver honours them.
+ */
+export interface ConnectionTarget {
+  user: string;
+  host: string;
+  port: string;
+  database: string;
+  sslmode: SslMode;
+  sslrootcert: string;
+  extra: [string, string][];
+}
+
+const EXTRA_KEYS = ['hostaddr', 'dbname', 'database', 'service', 'servicefile'];
+/** Keys read above: given twice, pg takes the last and the engine the first of its own; either way, another identity. */
+const READ_KEYS = ['host', 'port', 'user', 'sslmode', 'ssl', 'sslrootcert'];
+
+export function connectionTarget(c: ConnectionConfig, env: NodeJS.ProcessEnv = process.env): ConnectionTarget {
   const u = new URL(connectionUrl(c, null));
-  const host = decodeURIComponent(u.hostname) || u.searchParams.get('host') || env.PGHOST || 'localhost';
-  const port = u.port || u.searchParams.get('port') || env.PGPORT || '5432';
-  const database = decodeURIComponent(u.pathname.slice(1)) || env.PGDATABASE || connectionUser(c, env) || 'postgres';
-  return `${host}:${port}/${database}`;
+  // pg-connection-string keeps a key's last value, the engine the first of the TLS keys it reads
+  // itself; an empty value counts as absent.
+  const last = (k: string) => u.searchParams.getAll(k).at(-1) || null;
+  const query = (k: string) => u.searchParams.get(k) || null;
+  const repeated = READ_KEYS.filter((k) => u.searchParams.getAll(k).length > 1);
+  const user = last('user') ?? (decodeURIComponent(u.username) || env.PGUSER || env.USER || '');
+  const host = last('host') ?? (decodeURIComponent(u.hostname) || env.PGHOST || 'localhost');
+  return {
+    user,
+    host,
+    port: last('port') ?? (u.port || env.PGPORT || '5432'),
+    database: decodeURIComponent(u.pathname.slice(1)) || env.PGDATABASE || user || 'postgres',
+    sslmode: effectiveSslMode(query('sslmode'), query('ssl'), host, env),
+    sslrootcert: query('sslrootcert') ?? env.PGSSLROOTCERT ?? '',
+    extra: [...EXTRA_KEYS, ...repeated].flatMap((k) => u.searchParams.getAll(k).map((v): [string, string] => [k, v])),
+  };
+}
+
+/** sslmode as the engine's `connect` decides it: the URL's, pg's `ssl`, PGSSLMODE, then prefer; never TLS on a socket. */
+function effectiveSslMode(sslmode: string | null, ssl: string | null, host: string, env: NodeJS.ProcessEnv): SslMode {
+  if (host.startsWith('/')) return 'disable';
+  const fromSsl = ssl === null ? null : ssl === 'no-verify' ? 'require' : ['true', '1'].includes(ssl) ? 'verify-full' : 'disable';
+  const mode = sslmode ?? fromSsl ?? (env.PGSSLMODE || 'prefer');
+  if (mode === 'no-verify') return 'require';
+  // Unknown: the engine refuses to connect; as weak as can be here, so it never passes for a stronger one.
+  return (SSL_MODES as readonly string[]).includes(mode) ? mode as SslMode : 'disable';
+}
+
+/** host:port/database for the tree, prompts and errors, as the driver resolves them (PG* variables included). */
+export function describeConnection(c: ConnectionConfig, env: NodeJS.ProcessEnv = process.env): string {
+  const t = connectionTarget(c, env);
+  const extra = t.extra.length > 0 ? ` (${t.extra.map(([k, v]) => `${k}=${v}`).join(', ')})` : '';
+  return `${t.host}:${t.port}/${t.database}${extra}`;
 }
 
 export function connectionUser(c: ConnectionConfig, env: NodeJS.ProcessEnv = process.env): string {
-  const u = new URL(connectionUrl(c, null));
-  return decodeURIComponent(u.username) || u.searchParams.get('user') || env.PGUSER || env.USER || '';
+  return connectionTarget(c, env).user;
 }
 
 /** Keeps only known keys of a setting entry; drops anything that looks like a password. */
@@ -116,9 +164,14 @@ export function sanitizeConfig(raw: unknown): ConnectionConfig | null {
   return out;
 }
 
-/** The server and role a connection reaches: user@host:port/database, with the PG* fallbacks applied. */
+/**
+ * The server, role and TLS settings a connection reaches, with the PG* fallbacks applied: a
+ * password is kept under it, so it goes nowhere else and never over a weaker sslmode or another
+ * CA than it was saved with. JSON, so no two different targets read as one.
+ */
 export function connectionIdentity(c: ConnectionConfig, env: NodeJS.ProcessEnv = process.env): string {
-  return `${connectionUser(c, env)}@${describeConnection(c, env)}`;
+  const t = connectionTarget(c, env);
+  return JSON.stringify([t.user, t.host, t.port, t.database, t.sslmode, t.sslrootcert, ...t.extra]);
 }
 
 /**
@@ -127,12 +180,31 @@ export function connectionIdentity(c: ConnectionConfig, env: NodeJS.ProcessEnv =
  * server never finds it.
  */
 export function secretKey(c: ConnectionConfig, env: NodeJS.ProcessEnv = process.env): string {
-  return `pgLiveSync.password:${JSON.stringify([c.name, connectionIdentity(c, env)])}`;
+  return `pgLiveSync.password:2:${JSON.stringify([c.name, connectionIdentity(c, env)])}`;
+}
+
+/**
+ * The key of the version before: name and user@host:port/database read from the URI's authority
+ * (which the query can override) and without the TLS settings.
+ */
+export function previousSecretKey(c: ConnectionConfig, env: NodeJS.ProcessEnv = process.env): string {
+  const u = new URL(connectionUrl(c, null));
+  const user = decodeURIComponent(u.username) || u.searchParams.get('user') || env.PGUSER || env.USER || '';
+  const host = decodeURIComponent(u.hostname) || u.searchParams.get('host') || env.PGHOST || 'localhost';
+  const port = u.port || u.searchParams.get('port') || env.PGPORT || '5432';
+  const database = decodeURIComponent(u.pathname.slice(1)) || env.PGDATABASE || user || 'postgres';
+  return `pgLiveSync.password:${JSON.stringify([c.name, `${user}@${host}:${port}/${database}`])}`;
 }
 
 /** The key of earlier versions: the name alone. */
 export function legacySecretKey(name: string): string {
   return `pgLiveSync.password:${name}`;
+}
+
+/** Whether `to` reaches the server and role of `from` at least as safely: the same CA, an sslmode no weaker. */
+function atLeastAsSafe(from: ConnectionTarget, to: ConnectionTarget): boolean {
+  const same = (t: ConnectionTarget) => JSON.stringify([t.user, t.host, t.port, t.database, t.sslrootcert, ...t.extra]);
+  return same(from) === same(to) && SSL_MODES.indexOf(to.sslmode) >= SSL_MODES.indexOf(from.sslmode);
 }
 
 /** The part of VS Code's SecretStorage used here. */
@@ -148,18 +220,23 @@ export class ConnectionSecrets {
 
   /**
    * The password saved for `c`, or null. `sameName` is every setting entry of that name (user
-   * and workspace): a password kept under the name alone (earlier versions) moves to `c` only
-   * when all of them reach the same server as `c`, since it cannot tell which one it was for.
+   * and workspace): a password kept under an earlier version's key (the name alone, or a server
+   * read without the URI's query and TLS) moves to `c` only when all of them are `c`'s identity,
+   * since that key cannot tell which one it was for.
    */
   async get(c: ConnectionConfig, sameName: ConnectionConfig[]): Promise<string | null> {
     const stored = await this.storage.get(secretKey(c, this.env));
     if (stored !== undefined) return stored;
-    const legacy = await this.storage.get(legacySecretKey(c.name));
     const identity = connectionIdentity(c, this.env);
-    if (legacy === undefined || !sameName.every((o) => connectionIdentity(o, this.env) === identity)) return null;
-    await this.storage.store(secretKey(c, this.env), legacy);
-    await this.storage.delete(legacySecretKey(c.name));
-    return legacy;
+    if (!sameName.every((o) => connectionIdentity(o, this.env) === identity)) return null;
+    for (const old of [previousSecretKey(c, this.env), legacySecretKey(c.name)]) {
+      const value = await this.storage.get(old);
+      if (value === undefined) continue;
+      await this.storage.store(secretKey(c, this.env), value);
+      await this.storage.delete(old);
+      return value;
+    }
+    return null;
   }
 
   async set(c: ConnectionConfig, password: string | null): Promise<void> {
@@ -170,11 +247,15 @@ export class ConnectionSecrets {
   /** Forgets `c`'s password, and the name-only one of earlier versions. */
   async delete(c: ConnectionConfig): Promise<void> {
     await this.storage.delete(secretKey(c, this.env));
+    await this.storage.delete(previousSecretKey(c, this.env));
     await this.storage.delete(legacySecretKey(c.name));
   }
 
-  /** The same server and role: a password may follow an edit (or a rename) only then. */
-  sameServer(a: ConnectionConfig, b: ConnectionConfig): boolean {
-    return connectionIdentity(a, this.env) === connectionIdentity(b, this.env);
+  /**
+   * A password may follow an edit (or a rename) of `from` into `to` only to the same server and
+   * role, with the same CA and an sslmode no weaker.
+   */
+  sameServer(from: ConnectionConfig, to: ConnectionConfig): boolean {
+    return atLeastAsSafe(connectionTarget(from, this.env), connectionTarget(to, this.env));
   }
 }

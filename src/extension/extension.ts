@@ -1,5 +1,6 @@
 import * as vscode from 'vscode';
 import { errorMessage } from '../engine/errors';
+import { oneLine } from '../engine/oneLine';
 import { ConnectionStore } from './connections';
 import { guidedCutover } from './cutover';
 import { ProgressPanel } from './panel';
@@ -16,7 +17,7 @@ let manager: SyncManager | null = null;
  * The engine never runs in this process: each sync is a child process (see engineProcess.ts).
  */
 export function activate(context: vscode.ExtensionContext): void {
-  const log = vscode.window.createOutputChannel('Postgres Live Sync', { log: true });
+  const log = oneLineLog(vscode.window.createOutputChannel('Postgres Live Sync', { log: true }));
   const connections = new ConnectionStore(context.secrets, log);
   const syncs = new SyncManager(context, connections, log);
   manager = syncs;
@@ -77,7 +78,8 @@ export function activate(context: vscode.ExtensionContext): void {
       if (name) await syncs.pause(name);
     },
     resumeSync: async (n?: SyncsNode) => {
-      const name = await syncName(n, 'Resume Sync', (d) => !d.attach && !syncs.isRunning(d.name));
+      // An attached sync from a folder's settings is resumed to confirm its servers and watch it.
+      const name = await syncName(n, 'Resume Sync', (d) => (!d.attach || !syncs.isApproved(d.name)) && !syncs.isRunning(d.name));
       if (name) await syncs.resume(name);
     },
     dropSync: async (n?: SyncsNode) => {
@@ -129,6 +131,23 @@ export function activate(context: vscode.ExtensionContext): void {
   }
   void syncs.offerResume();
   void showWalkthroughOnce(context);
+}
+
+const LOG_METHODS = new Set<string | symbol>(['trace', 'debug', 'info', 'warn', 'error', 'appendLine']);
+
+/**
+ * The log, every message one line: they carry names from settings (a folder's included) and from
+ * servers, and a line break in one would forge log lines of its own.
+ */
+function oneLineLog(channel: vscode.LogOutputChannel): vscode.LogOutputChannel {
+  return new Proxy(channel, {
+    get(target, key) {
+      const value = Reflect.get(target, key, target) as unknown;
+      if (typeof value !== 'function') return value;
+      if (!LOG_METHODS.has(key)) return value.bind(target);
+      return (message: unknown, ...rest: unknown[]) => value.call(target, typeof message === 'string' ? oneLine(message) : message, ...rest);
+    },
+  });
 }
 
 /** The first activation on a machine opens the getting-started walkthrough; later ones do not. */

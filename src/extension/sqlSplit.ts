@@ -1,4 +1,4 @@
-import { commentText } from '../engine/sqlgen';
+import { oneLine } from '../engine/oneLine';
 
 /**
  * Splits a script into statements the way psql does for the cases generated and hand-written
@@ -83,6 +83,6 @@ export function runConfirmation(statements: string[], where: string, what: strin
   const count = `${statements.length} statement(s)`;
   return {
     message: what ? `${what} on ${where}? (${count})` : `Run ${count} on ${where}?`,
-    detail: statements.map((s, i) => `${i + 1}. ${commentText(statementSummary(s, Infinity))}`).join('\n'),
+    detail: statements.map((s, i) => `${i + 1}. ${oneLine(statementSummary(s, Infinity))}`).join('\n'),
   };
 }

@@ -1,8 +1,9 @@
 import * as vscode from 'vscode';
 import type pg from 'pg';
 import { connect, describeEndpoint, type Endpoint } from '../engine/connection';
-import { listSyncSlots, slotsReport } from '../engine/guardrails';
+import { listSyncSlots, slotsDocument } from '../engine/guardrails';
 import { errorMessage } from '../engine/errors';
+import { oneLine } from '../engine/oneLine';
 import { readSyncReport, dropSync } from '../engine/report';
 import { slotInfo, slotNameFor } from '../engine/slot';
 import { parseLsn, type Lsn } from '../engine/lsn';
@@ -15,12 +16,18 @@ import { EngineProcess } from './engineProcess';
 import { LoopDelayMonitor } from './loopDelay';
 import { MonitorClients } from './monitorClients';
 import type { PanelSnapshot, PanelSource } from './panelSource';
-import { readingFromReport, readingFromStatus, sanitizeSyncDefinition, syncEngineOptions, SyncTracker, type SlotReading, type SyncDefinition } from './syncModel';
+import { connectionIdentity, connectionUser } from './connectionModel';
+import {
+  readingFromReport, readingFromStatus, sanitizeSyncDefinition, syncApprovalKey, syncEngineOptions, syncsFromSettings, SyncTracker,
+  type SlotReading, type SyncConnection, type SyncDefinition, type SyncSetting,
+} from './syncModel';
 
 const SECTION = 'pgLiveSync';
 const KEY = 'syncs';
 const RUNNING_AT_CLOSE = 'pgLiveSync.runningAtClose';
 const PAUSED = 'pgLiveSync.paused';
+/** Approvals (syncApprovalKey) of syncs from a folder's settings: kept by VS Code, never in the folder. */
+const APPROVED = 'pgLiveSync.approvedSyncs';
 const SLOT_POLL_MS = 5_000;
 
 interface LocalRun {
@@ -44,6 +51,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
   private timer: NodeJS.Timeout | undefined;
   private polling = false;
   private shuttingDown = false;
+  private lastNotes = '';
   private readonly disposables: vscode.Disposable[] = [];
   private readonly monitor = new MonitorClients();
   private readonly loopDelay: LoopDelayMonitor;
@@ -81,32 +89,95 @@ export class SyncManager implements PanelSource, vscode.Disposable {
 
   // ---- definitions -------------------------------------------------------------------------
 
-  definitions(): SyncDefinition[] {
+  /** The syncs of both settings scopes; an untrusted folder's are left out until it is trusted. */
+  private settings(): SyncSetting[] {
     const inspect = vscode.workspace.getConfiguration(SECTION).inspect<unknown[]>(KEY);
-    const seen = new Set<string>();
-    const out: SyncDefinition[] = [];
-    // An untrusted folder's syncs are left out until it is trusted.
-    for (const values of [vscode.workspace.isTrusted ? inspect?.workspaceValue : undefined, inspect?.globalValue]) {
-      for (const raw of values ?? []) {
-        const d = sanitizeSyncDefinition(raw);
-        if (!d || seen.has(d.name)) continue;
-        seen.add(d.name);
-        out.push(d);
-      }
+    const { syncs, notes } = syncsFromSettings(inspect?.globalValue, vscode.workspace.isTrusted ? inspect?.workspaceValue : undefined);
+    // Said once per change, not at every poll.
+    const text = notes.join('\n');
+    if (text !== this.lastNotes) {
+      this.lastNotes = text;
+      for (const n of notes) this.log.warn(n);
     }
-    return out;
+    return syncs;
+  }
+
+  definitions(): SyncDefinition[] {
+    return this.settings().map((s) => s.def);
   }
 
   definition(name: string): SyncDefinition | undefined {
     return this.definitions().find((d) => d.name === name);
   }
 
+  /** What is wrong with a sync's settings entry (each line names the fix); empty when nothing. */
+  problems(name: string): string[] {
+    return this.settings().find((s) => s.def.name === name)?.problems ?? [];
+  }
+
+  /** The approval a sync still needs before anything connects for it (see syncApprovalKey), or null. */
+  private pendingApproval(name: string): string | null {
+    const s = this.settings().find((x) => x.def.name === name);
+    const key = s ? this.approvalKey(s) : null;
+    return key === null || this.context.workspaceState.get<string[]>(APPROVED, []).includes(key) ? null : key;
+  }
+
+  private approvalKey(s: Pick<SyncSetting, 'def' | 'scope'>): string | null {
+    const conn = (n: string): SyncConnection | undefined => {
+      const c = n ? this.connections.get(n) : undefined;
+      return c && { scope: c.scope, identity: connectionIdentity(c) };
+    };
+    return syncApprovalKey(s, conn(s.def.source), conn(s.def.target));
+  }
+
+  /** Whether this window may connect to a sync's servers without asking (polling, List Sync Slots). */
+  isApproved(name: string): boolean {
+    return this.pendingApproval(name) === null;
+  }
+
+  /** Starting or attaching here is the user's word that these servers are the ones meant. */
+  private async approve(s: Pick<SyncSetting, 'def' | 'scope'>): Promise<void> {
+    const key = this.approvalKey(s);
+    const approved = this.context.workspaceState.get<string[]>(APPROVED, []);
+    if (key !== null && !approved.includes(key)) await this.context.workspaceState.update(APPROVED, [...approved, key]);
+  }
+
+  /**
+   * A folder's sync (or one using a folder's connection) never used from this window: asks, naming
+   * the servers, before `doing` connects to them. False when the user declines.
+   */
+  private async confirmServers(def: SyncDefinition, doing: string): Promise<boolean> {
+    if (this.isApproved(def.name)) return true;
+    const describe = (role: string, n: string) => {
+      const c = n ? this.connections.get(n) : undefined;
+      return c ? `${role} ${n}: ${connectionUser(c)}@${this.connections.describe(c)} (${c.scope === 'workspace' ? "this folder's" : 'your user'} settings)` : null;
+    };
+    const servers = [describe('source', def.source), describe('target', def.target)].filter((x) => x !== null);
+    const answer = await vscode.window.showWarningMessage(
+      `Sync ${def.name} comes from this folder's settings, or uses a connection from them, and has not connected from this window yet. ${doing} connects to its servers: are they yours?`,
+      { modal: true, detail: `${servers.join('\n')}\n\nYour stored password for each connection (or PGPASSWORD, or a matching ~/.pgpass line) is sent to these servers.` },
+      'Connect',
+    );
+    if (answer !== 'Connect') return false;
+    const setting = this.settings().find((x) => x.def.name === def.name);
+    if (setting) await this.approve(setting);
+    return true;
+  }
+
+  /** A sync's settings entry must be valid before it runs or is watched. */
+  private checkProblems(name: string): void {
+    const problems = this.problems(name);
+    if (problems.length > 0) throw new Error(problems.join('; '));
+  }
+
+  /** Saves a sync the user set up in this window's prompts, and with it the approval of its servers. */
   private async saveDefinition(def: SyncDefinition): Promise<void> {
     const config = vscode.workspace.getConfiguration(SECTION);
     const inWorkspace = (vscode.workspace.workspaceFolders?.length ?? 0) > 0;
     const inspect = config.inspect<unknown[]>(KEY);
     const current = ((inWorkspace ? inspect?.workspaceValue : inspect?.globalValue) ?? []).filter((raw) => sanitizeSyncDefinition(raw)?.name !== def.name);
     await config.update(KEY, [...current, def], inWorkspace ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global);
+    await this.approve({ def, scope: inWorkspace ? 'workspace' : 'user' });
   }
 
   private async removeDefinition(name: string): Promise<void> {
@@ -168,6 +239,8 @@ export class SyncManager implements PanelSource, vscode.Disposable {
     if (!def || def.attach) throw new Error(`sync ${name} is not run by this window; resync it where it runs`);
     const table = this.snapshot(name)?.tables.find((t) => t.key === key);
     if (!table) throw new Error(`sync ${name} has no table ${key}`);
+    this.checkProblems(name);
+    if (!(await this.confirmServers(def, 'Resyncing a table'))) return;
     const wasRunning = this.runs.has(name);
     if (wasRunning) await this.stopRun(name, false);
     const target = await connect(await this.connections.endpoint(def.target));
@@ -185,6 +258,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
 
   /** A new named sync (from Start Sync's prompts): saved, then run. */
   async create(def: SyncDefinition): Promise<void> {
+    // Its connections were picked in Start Sync's prompts: saving approves them.
     await this.saveDefinition(def);
     await this.startRun(def);
   }
@@ -220,7 +294,14 @@ export class SyncManager implements PanelSource, vscode.Disposable {
   async resume(name: string): Promise<void> {
     const def = this.definition(name);
     if (!def) return;
+    this.checkProblems(name);
+    if (def.attach && !this.isApproved(name)) {
+      // An attached sync from a folder's settings: resuming it here means watching it.
+      if (await this.confirmServers(def, 'Watching it')) void this.poll();
+      return;
+    }
     if (def.attach) throw new Error(`sync ${name} is attached read-only; resume it where it runs`);
+    if (!(await this.confirmServers(def, 'Starting it'))) return;
     await this.setPaused(name, false);
     await this.startRun(def);
   }
@@ -237,6 +318,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
       'Drop',
     );
     if (answer !== 'Drop') return;
+    if (!(await this.confirmServers(def, 'Dropping it'))) return;
     await this.stopRun(name, false);
     const { notOwned } = await dropSync(await this.connections.endpoint(def.source), await this.connections.endpoint(def.target), name, (level, message) => this.log[level](`sync ${name}: ${message}`));
     await this.setPaused(name, false);
@@ -250,7 +332,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
    * listing every change a dry run found; running it again changes nothing.
    */
   async syncSequences(name: string): Promise<'set' | 'unchanged' | 'declined'> {
-    const def = this.withSource(name, 'syncing sequences');
+    const def = await this.withConfirmedSource(name, 'syncing sequences');
     const planned = await this.withBoth(def, (source, target) => syncSequencesOfSync(source, target, name, true));
     const changes = planned.filter((r) => r.skipped === null);
     if (changes.length === 0) {
@@ -274,7 +356,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
    * sync streams or not; the report opens in an editor. True when everything matches.
    */
   async verify(name: string): Promise<boolean> {
-    const def = this.withSource(name, 'verifying');
+    const def = await this.withConfirmedSource(name, 'verifying');
     const [source, target] = [await this.connections.endpoint(def.source!), await this.connections.endpoint(def.target)];
     const report = await vscode.window.withProgress(
       { location: vscode.ProgressLocation.Notification, title: `Verifying sync ${name}: comparing source and target in key ranges…` },
@@ -284,7 +366,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
       }),
     );
     const { lines, ok } = verifyLines(report, false);
-    const doc = await vscode.workspace.openTextDocument({ language: 'log', content: `${lines.join('\n')}\n` });
+    const doc = await vscode.workspace.openTextDocument({ language: 'log', content: `${lines.map(oneLine).join('\n')}\n` });
     await vscode.window.showTextDocument(doc, { preview: false });
     const summary = lines[lines.length - 1];
     if (ok) void vscode.window.showInformationMessage(`Sync ${name}: ${summary}`);
@@ -297,7 +379,8 @@ export class SyncManager implements PanelSource, vscode.Disposable {
    * that owns it; the drop statements for the others open as SQL to review and run.
    */
   async listSlots(connection: string): Promise<void> {
-    const targets = [...new Set(this.definitions().map((d) => d.target))];
+    // A folder's syncs name targets only once the user has used them here.
+    const targets = [...new Set(this.definitions().filter((d) => this.isApproved(d.name)).map((d) => d.target))];
     const source = await connect(await this.connections.endpoint(connection));
     const opened: { client: pg.Client; where: string }[] = [];
     try {
@@ -306,9 +389,8 @@ export class SyncManager implements PanelSource, vscode.Disposable {
         opened.push({ client: await connect(ep), where: `${t} (${describeEndpoint(ep.url)})` });
       }
       const found = await listSyncSlots(source, opened);
-      const { listing, orphans } = slotsReport(found, targets.length === 0 ? 'any target (this window has no syncs)' : `the targets of this window's syncs (${targets.join(', ')})`);
-      const text = [`-- Replication slots of Postgres Live Sync on ${connection}`, ...listing.map((l) => `-- ${l}`), ...orphans].join('\n');
-      const doc = await vscode.workspace.openTextDocument({ language: 'sql', content: `${text}\n` });
+      const content = slotsDocument(connection, found, targets.length === 0 ? 'any target (this window has no syncs)' : `the targets of this window's syncs (${targets.join(', ')})`);
+      const doc = await vscode.workspace.openTextDocument({ language: 'sql', content });
       await vscode.window.showTextDocument(doc, { preview: false });
     } finally {
       await Promise.all(opened.map((t) => t.client.end()));
@@ -318,7 +400,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
 
   /** The source's WAL position now, and whether the slot confirms (the target applied) up to a position. */
   async slotProgress(name: string): Promise<{ caughtUp: (lsn: Lsn) => Promise<boolean>; sourceLsn: () => Promise<Lsn> }> {
-    const def = this.withSource(name, 'a cutover');
+    const def = await this.withConfirmedSource(name, 'a cutover');
     const source = await this.connections.endpoint(def.source!);
     return {
       sourceLsn: () => this.monitor.use(source, async (c) => parseLsn((await c.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l)),
@@ -331,6 +413,13 @@ export class SyncManager implements PanelSource, vscode.Disposable {
     if (!def) throw new Error(`there is no sync ${name}`);
     if (!def.source) throw new Error(`sync ${name} was attached without a source connection; ${doing} needs the source`);
     return def as SyncDefinition & { source: string };
+  }
+
+  /** withSource, once the user has confirmed the servers of a folder's sync. */
+  private async withConfirmedSource(name: string, doing: string): Promise<SyncDefinition & { source: string }> {
+    const def = this.withSource(name, doing);
+    if (!(await this.confirmServers(def, doing[0].toUpperCase() + doing.slice(1)))) throw new Error(`sync ${name}: ${doing} cancelled; nothing connected to its servers`);
+    return def;
   }
 
   private async withBoth<T>(def: SyncDefinition & { source: string }, work: (source: pg.Client, target: pg.Client) => Promise<T>): Promise<T> {
@@ -351,6 +440,9 @@ export class SyncManager implements PanelSource, vscode.Disposable {
 
   async startRun(def: SyncDefinition): Promise<void> {
     if (this.runs.has(def.name)) return;
+    this.checkProblems(def.name);
+    // Every way here asks first (confirmServers) or is the user's own new sync.
+    if (!this.isApproved(def.name)) throw new Error(`sync ${def.name} comes from this folder's settings (or uses a connection from them) and its servers were not confirmed; start it with Postgres Live Sync: Resume Sync`);
     const source = await this.connections.endpoint(def.source, 'source');
     const target = await this.connections.endpoint(def.target, 'target');
     const tracker = this.tracker(def);
@@ -475,6 +567,8 @@ export class SyncManager implements PanelSource, vscode.Disposable {
   private async pollOne(def: SyncDefinition): Promise<void> {
     const tracker = this.tracker(def);
     const run = this.runs.get(def.name);
+    // Not a connection before the user has used a folder's sync here, nor for a broken entry.
+    if (!run && (!this.isApproved(def.name) || this.problems(def.name).length > 0)) return;
     try {
       if (run) {
         const last = this.retained.get(def.name);

@@ -72,6 +72,113 @@ export function sanitizeSyncDefinition(raw: unknown): SyncDefinition | null {
   };
 }
 
+export type SettingScope = 'user' | 'workspace';
+
+/** Where the user fixes a setting, in VS Code's words. */
+function settingsCommand(scope: SettingScope): string {
+  return scope === 'user' ? 'Preferences: Open User Settings (JSON)' : 'Preferences: Open Workspace Settings (JSON)';
+}
+
+const MAX_WORKERS = 64;
+
+/**
+ * What is wrong with one `pgLiveSync.syncs` entry, each as one line naming the setting, the value
+ * and the fix; empty when nothing is. sanitizeSyncDefinition falls back to defaults quietly, so a
+ * sync with problems is shown but neither run nor polled.
+ */
+export function syncDefinitionProblems(raw: unknown, scope: SettingScope): string[] {
+  const settings = scope === 'user' ? 'your user settings' : "this folder's settings";
+  const where = (name: string) => `pgLiveSync.syncs entry "${name}" in ${settings}`;
+  const fix = settingsCommand(scope);
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return [`pgLiveSync.syncs in ${settings} holds ${JSON.stringify(raw)}, not a sync: remove it (${fix})`];
+  const r = raw as Record<string, unknown>;
+  const name = typeof r.name === 'string' ? r.name : JSON.stringify(r.name ?? null);
+  const out: string[] = [];
+  const bad = (key: string, want: string) => out.push(`${where(name)}: "${key}" is ${r[key] === undefined ? 'missing' : JSON.stringify(r[key])}; ${want} (${fix})`);
+  if (typeof r.name !== 'string') bad('name', 'set the sync\'s name, 1 to 50 lowercase letters, digits and underscores');
+  else if (!/^[a-z0-9_]{1,50}$/.test(r.name)) bad('name', 'use 1 to 50 lowercase letters, digits and underscores (it names the replication slot)');
+  for (const key of ['source', 'target']) if (typeof r[key] !== 'string' || (key === 'target' && !r[key])) bad(key, `set the name of a connection (${key === 'source' ? 'empty only for an attached sync' : 'the target'})`);
+  if (r.source === '' && r.attach !== true) bad('source', 'set the name of the source connection');
+  if (r.publications !== undefined && (!Array.isArray(r.publications) || r.publications.some((p) => typeof p !== 'string' || !p))) bad('publications', 'list publication names, e.g. ["app_pub"]');
+  else if (r.attach !== true && (!Array.isArray(r.publications) || r.publications.length === 0)) bad('publications', 'list at least one publication of the source, e.g. ["app_pub"]');
+  if (r.tableSyncWorkers !== undefined && !(Number.isInteger(r.tableSyncWorkers) && (r.tableSyncWorkers as number) >= 1 && (r.tableSyncWorkers as number) <= MAX_WORKERS)) {
+    bad('tableSyncWorkers', `set a whole number from 1 to ${MAX_WORKERS} (default 4)`);
+  }
+  if (r.copyChunkSize !== undefined && copyChunkBytes(r.copyChunkSize) === null) bad('copyChunkSize', 'set a size such as "256MiB" or "64MB", or "0" to never split a table');
+  if (r.streaming !== undefined && !(STREAMING_MODES as readonly unknown[]).includes(r.streaming)) bad('streaming', `set one of ${STREAMING_MODES.map((m) => `"${m}"`).join(', ')}`);
+  if (r.spoolDir !== undefined && !(typeof r.spoolDir === 'string' && path.isAbsolute(r.spoolDir.trim()))) bad('spoolDir', 'set an absolute folder path, or remove it for the default');
+  for (const key of ['copyData', 'createTables', 'attach']) if (r[key] !== undefined && typeof r[key] !== 'boolean') bad(key, 'set true or false');
+  if (r.applyDdl !== undefined && (!Array.isArray(r.applyDdl) || r.applyDdl.some((k) => !(DDL_KINDS as readonly unknown[]).includes(k)))) bad('applyDdl', `list some of ${DDL_KINDS.map((k) => `"${k}"`).join(', ')}, or []`);
+  if (r.tableMaps !== undefined && !Array.isArray(r.tableMaps)) bad('tableMaps', 'set a list of table maps, e.g. [{"source":{"schema":"public"},"target":{"schema":"mirror"}}]');
+  else for (const [i, m] of ((r.tableMaps as unknown[] | undefined) ?? []).entries()) {
+    try {
+      parseTableMap(JSON.stringify(m));
+    } catch (err) {
+      out.push(`${where(name)}: tableMaps[${i}]: ${err instanceof Error ? err.message : String(err)} (${fix})`);
+    }
+  }
+  return out;
+}
+
+/** copyChunkSize in bytes: a size string or a whole number of bytes, 0 included; null when it is neither. */
+function copyChunkBytes(v: unknown): number | null {
+  const bytes = typeof v === 'string' ? parseSize(v) : typeof v === 'number' && Number.isInteger(v) ? v : null;
+  return bytes !== null && bytes >= 0 && Number.isSafeInteger(bytes) ? bytes : null;
+}
+
+/** One sync as the settings define it: where, and what is wrong with it. */
+export interface SyncSetting {
+  def: SyncDefinition;
+  scope: SettingScope;
+  problems: string[];
+}
+
+/**
+ * The syncs of both scopes. The user's come first and win: a folder's sync of the same name is
+ * left out (with a note), or it would take over the user's name, its paused state and its runs.
+ * `notes` also names entries too broken to show.
+ */
+export function syncsFromSettings(user: unknown[] | undefined, workspace: unknown[] | undefined): { syncs: SyncSetting[]; notes: string[] } {
+  const syncs: SyncSetting[] = [];
+  const notes: string[] = [];
+  for (const [scope, values] of [['user', user], ['workspace', workspace]] as const) {
+    for (const raw of values ?? []) {
+      const def = sanitizeSyncDefinition(raw);
+      if (!def) {
+        notes.push(`${syncDefinitionProblems(raw, scope).join('; ')}; the entry is ignored`);
+        continue;
+      }
+      const first = syncs.find((x) => x.def.name === def.name);
+      if (first) {
+        notes.push(`pgLiveSync.syncs entry "${def.name}" in ${scope === 'workspace' ? "this folder's" : 'your user'} settings is ignored: ${first.scope === 'user' ? 'your user settings' : 'the same settings'} define a sync of that name already; rename one (${settingsCommand(scope)})`);
+        continue;
+      }
+      syncs.push({ def, scope, problems: syncDefinitionProblems(raw, scope) });
+    }
+  }
+  return { syncs, notes };
+}
+
+/** A connection a sync names, as the connections setting resolves it. */
+export interface SyncConnection {
+  scope: SettingScope;
+  /** connectionIdentity: the server, role and TLS it reaches. */
+  identity: string;
+}
+
+/**
+ * What the user approves by starting or attaching a sync once, or null for a sync that needs no
+ * approval: one whose definition and connections all come from the user's own settings. A
+ * folder's sync (or a user's sync whose connection a folder's entry of the same name replaces)
+ * could name any server, and connecting would hand it PGPASSWORD or a wildcard ~/.pgpass line:
+ * nothing connects for it until the user approves exactly these servers.
+ */
+export function syncApprovalKey(s: Pick<SyncSetting, 'def' | 'scope'>, source: SyncConnection | undefined, target: SyncConnection | undefined): string | null {
+  const fromFolder = s.scope === 'workspace' || source?.scope === 'workspace' || target?.scope === 'workspace';
+  if (!fromFolder) return null;
+  return JSON.stringify([s.def.name, s.def.attach, s.def.source, source?.identity ?? null, s.def.target, target?.identity ?? null]);
+}
+
 /**
  * What the engine is asked to run for a sync, as `pg-live-sync run` builds it from its flags:
  * `streaming` off is `streaming: false`, on is `applyWhileOpen: false`, parallel the engine's defaults.

@@ -173,11 +173,16 @@ export class SyncsTree implements vscode.TreeDataProvider<SyncsNode> {
       const running = this.syncs.isRunning(node.name);
       const item = new vscode.TreeItem(node.name, vscode.TreeItemCollapsibleState.Expanded);
       item.id = `sync:${node.name}`;
-      const activity = snap ? describeActivity(snap) : running ? 'starting' : this.syncs.isPaused(node.name) ? 'paused' : 'no state on the target yet';
+      const problems = this.syncs.problems(node.name);
+      // A folder's sync is not polled until its servers are confirmed: say why it shows nothing.
+      const unconfirmed = !running && !this.syncs.isApproved(node.name);
+      const activity = problems.length > 0 ? `invalid settings: ${problems[0]}`
+        : unconfirmed ? "from this folder's settings, not connected: Resume Sync to confirm its servers"
+        : snap ? describeActivity(snap) : running ? 'starting' : this.syncs.isPaused(node.name) ? 'paused' : 'no state on the target yet';
       item.description = def?.attach ? `${activity} (attached)` : activity;
-      item.tooltip = new vscode.MarkdownString(`**${node.name}**: ${def?.source || '?'} > ${def?.target}\n\npublications ${def?.publications.join(', ')}${snap?.header.lastError ? `\n\n${snap.header.lastError}` : ''}`);
-      item.iconPath = new vscode.ThemeIcon(snap?.header.activity === 'error' ? 'error' : running ? 'sync~spin' : def?.attach ? 'eye' : 'debug-pause');
-      item.contextValue = def?.attach ? 'sync-attached' : running ? 'sync-running' : 'sync-stopped';
+      item.tooltip = new vscode.MarkdownString(`**${node.name}**: ${def?.source || '?'} > ${def?.target}\n\npublications ${def?.publications.join(', ')}${[...problems, snap?.header.lastError ?? ''].filter(Boolean).map((p) => `\n\n${p}`).join('')}`);
+      item.iconPath = new vscode.ThemeIcon(snap?.header.activity === 'error' || problems.length > 0 ? 'error' : running ? 'sync~spin' : unconfirmed ? 'shield' : def?.attach ? 'eye' : 'debug-pause');
+      item.contextValue = unconfirmed ? 'sync-stopped' : def?.attach ? 'sync-attached' : running ? 'sync-running' : 'sync-stopped';
       item.command = { command: 'pgLiveSync.showProgress', title: 'Show Sync Progress', arguments: [node] };
       return item;
     }

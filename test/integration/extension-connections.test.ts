@@ -12,7 +12,7 @@ import { connect, type Endpoint } from '../../src/engine/connection';
 import { listPublishedTables } from '../../src/engine/catalog';
 import { SyncError } from '../../src/engine/errors';
 import { listPublications, probeServer, publicationTables, userTables } from '../../src/engine/probe';
-import { ConnectionSecrets, connectionUrl, type ConnectionConfig } from '../../src/extension/connectionModel';
+import { ConnectionSecrets, connectionUrl, describeConnection, sanitizeConfig, type ConnectionConfig } from '../../src/extension/connectionModel';
 import { PASSWORD, startCluster, type Cluster } from '../harness/cluster';
 import { startProxy } from '../harness/proxy';
 
@@ -170,6 +170,32 @@ describe('stored passwords and shadowing connections', () => {
         assert.equal(await currentDatabase(connectionUrl(userEntry, await secrets.get(userEntry, [workspaceEntry, userEntry]))), db);
       });
       assert.ok(proxy.accepted > 0, 'the workspace connection did reach the other host');
+    } finally {
+      await proxy.close();
+    }
+  });
+});
+
+describe('a workspace URI whose query sends pg elsewhere', () => {
+  it('?port= (or ?host=) behind the user connection\'s authority gets no stored password, and its description shows where pg goes', async () => {
+    const db = await freshDatabase('query');
+    const proxy = await startProxy(cluster.port);
+    try {
+      const storage = new Map<string, string>();
+      const secrets = new ConnectionSecrets({ get: async (k) => storage.get(k), store: async (k, v) => void storage.set(k, v), delete: async (k) => void storage.delete(k) });
+      const userEntry: ConnectionConfig = { name: 'src', uri: `postgresql://postgres@127.0.0.1:${cluster.port}/${encodeURIComponent(db)}?sslmode=disable` };
+      await secrets.set(userEntry, PASSWORD);
+      // The same authority: only the query says "the other host".
+      const workspaceEntry = sanitizeConfig({ name: 'src', uri: `${userEntry.uri}&port=${proxy.port}` })!;
+      assert.equal(describeConnection(workspaceEntry), `127.0.0.1:${proxy.port}/${db}`);
+      await withEnv({ HOME: tmp }, async () => {
+        const shadowPassword = await secrets.get(workspaceEntry, [workspaceEntry, userEntry]);
+        assert.equal(shadowPassword, null);
+        const err = await probeServer(endpoint(connectionUrl(workspaceEntry, shadowPassword))).then(() => null, (e: unknown) => e);
+        assert.ok(err instanceof SyncError && err.code === 'auth', `the server behind the other port asks for a password it never got: ${String(err)}`);
+        assert.equal(await currentDatabase(connectionUrl(userEntry, await secrets.get(userEntry, [workspaceEntry, userEntry]))), db);
+      });
+      assert.ok(proxy.accepted > 0, 'pg did connect where the query said');
     } finally {
       await proxy.close();
     }

@@ -8,14 +8,15 @@ import type { SyncReport } from '../../src/engine/report';
 import type { SlotInfo } from '../../src/engine/slot';
 import type { TableProgress } from '../../src/engine/types';
 import {
-  ConnectionInputError, ConnectionSecrets, connectionIdentity, connectionUrl, connectionUser, describeConnection, legacySecretKey, sanitizeConfig, secretKey, splitUri,
+  ConnectionInputError, ConnectionSecrets, connectionIdentity, connectionUrl, connectionUser, describeConnection, legacySecretKey, previousSecretKey, sanitizeConfig, secretKey, splitUri,
   type ConnectionConfig,
 } from '../../src/extension/connectionModel';
 import type { PanelSnapshot } from '../../src/extension/panelSource';
 import { commentText, note } from '../../src/engine/sqlgen';
 import { runConfirmation, splitStatements, statementSummary } from '../../src/extension/sqlSplit';
 import {
-  describeActivity, readingFromReport, readingFromStatus, sanitizeSyncDefinition, severity, syncEngineOptions, syncTableMaps, SyncTracker, type Reading,
+  describeActivity, readingFromReport, readingFromStatus, sanitizeSyncDefinition, severity, syncApprovalKey, syncDefinitionProblems, syncEngineOptions, syncsFromSettings,
+  syncTableMaps, SyncTracker, type Reading,
 } from '../../src/extension/syncModel';
 import type { PanelTable } from '../../webview/protocol';
 
@@ -237,7 +238,85 @@ describe('connection model: stored passwords (ConnectionSecrets)', () => {
     assert.equal(storage.map.size, 0);
     assert.equal(secrets.sameServer(user, { ...user, name: 'renamed', sslmode: 'require' }), true);
     assert.equal(secrets.sameServer(user, shadow), false);
-    assert.equal(connectionIdentity(user, env), 'repl@db.example.com:5432/app');
+    assert.equal(connectionIdentity(user, env), '["repl","db.example.com","5432","app","prefer",""]');
+  });
+
+  // The user's connection, saved with its password: verify-full against the user's CA.
+  const saved: ConnectionConfig = { name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app?sslmode=verify-full&sslrootcert=%2Fhome%2Fme%2Fca.pem' };
+  const withQuery = (q: string): ConnectionConfig => ({ name: 'prod', uri: `${saved.uri}&${q}` });
+
+  it('a URI whose query sends pg elsewhere (host, port, user) is another server, and the tree shows where it goes', async () => {
+    for (const [q, seen] of [['host=attacker.example.net', 'attacker.example.net'], ['port=6543', '6543'], ['user=postgres', 'postgres']] as const) {
+      const shadow = sanitizeConfig(withQuery(q))!;
+      const url = new URL(connectionUrl(shadow, 'x'));
+      url.searchParams.delete('sslrootcert'); // pg would read the file
+      const pgSees = seenByPg(url.toString());
+      assert.ok([pgSees.host, String(pgSees.port), pgSees.user].includes(seen), `pg itself connects with ${q}: ${JSON.stringify(pgSees)}`);
+      const storage = memorySecrets();
+      const secrets = new ConnectionSecrets(storage, env);
+      await secrets.set(saved, 'user-secret');
+      assert.equal(await secrets.get(shadow, [shadow, saved]), null, q);
+      assert.equal(secrets.sameServer(saved, shadow), false, q);
+      assert.match(`${connectionUser(shadow, env)}@${describeConnection(shadow, env)}`, new RegExp(seen), `prompts show where it goes: ${q}`);
+    }
+    assert.equal(describeConnection(sanitizeConfig(withQuery('host=attacker.example.net'))!, env), 'attacker.example.net:5432/app');
+    // Given twice, pg takes the last: whichever it takes, not the saved identity.
+    const twice = sanitizeConfig({ name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app?host=db.example.com&host=attacker.example.net' })!;
+    assert.equal(seenByPg(connectionUrl(twice, 'x')).host, 'attacker.example.net');
+    assert.notEqual(connectionIdentity(twice, env), connectionIdentity({ name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app' }, env));
+  });
+
+  it('libpq keywords that choose another server or database (hostaddr, dbname, service) make another identity too', async () => {
+    const storage = memorySecrets();
+    const secrets = new ConnectionSecrets(storage, env);
+    await secrets.set(saved, 'user-secret');
+    for (const q of ['hostaddr=203.0.113.9', 'dbname=other', 'database=other', 'service=evil']) {
+      const shadow = withQuery(q);
+      assert.equal(await secrets.get(shadow, [shadow, saved]), null, q);
+      assert.match(describeConnection(shadow, env), new RegExp(q.replace('.', '\\.')), q);
+    }
+  });
+
+  it('a weaker sslmode or another CA is another identity: no stored password is sent over it', async () => {
+    const storage = memorySecrets();
+    const secrets = new ConnectionSecrets(storage, env);
+    await secrets.set(saved, 'user-secret');
+    const weaker = [
+      { name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app?sslmode=disable&sslrootcert=%2Fhome%2Fme%2Fca.pem' },
+      { name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app?sslrootcert=%2Fhome%2Fme%2Fca.pem' },
+      { name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app?sslmode=verify-full&sslrootcert=%2Ftmp%2Fattacker.pem' },
+      { name: 'prod', uri: 'postgresql://repl@db.example.com:5432/app?ssl=no-verify&sslrootcert=%2Fhome%2Fme%2Fca.pem' },
+      // Later keys win in pg's parse: a second sslmode is as good as replacing the first.
+      withQuery('sslmode=disable'),
+    ];
+    for (const shadow of weaker) {
+      assert.equal(await secrets.get(shadow, [shadow, saved]), null, shadow.uri);
+      assert.equal(secrets.sameServer(saved, shadow), false, shadow.uri);
+    }
+    assert.equal(await secrets.get(saved, [saved]), 'user-secret');
+    // An edit may carry the password to a stronger sslmode, never to a weaker one.
+    const plain: ConnectionConfig = { name: 'p', host: 'h', user: 'u', database: 'd', sslmode: 'require' };
+    assert.equal(secrets.sameServer(plain, { ...plain, sslmode: 'verify-full' }), true);
+    assert.equal(secrets.sameServer(plain, { ...plain, sslmode: 'prefer' }), false);
+    assert.equal(secrets.sameServer(plain, { ...plain, sslmode: 'require' }, ), true);
+    assert.equal(connectionIdentity({ ...plain, sslmode: undefined }, { PGSSLMODE: 'disable' }) === connectionIdentity({ ...plain, sslmode: undefined }, {}), false, 'PGSSLMODE counts');
+  });
+
+  it('a password under the previous version\'s key moves to its connection, never to one whose query differs', async () => {
+    const old = previousSecretKey(saved, env);
+    const shadow = withQuery('host=attacker.example.net');
+    assert.equal(previousSecretKey(shadow, env), old, 'the previous key read only the authority: both had it');
+    const ambiguous = memorySecrets({ [old]: 'old-secret' });
+    const a = new ConnectionSecrets(ambiguous, env);
+    assert.equal(await a.get(shadow, [shadow, saved]), null, 'not to the shadowing workspace entry');
+    assert.equal(await a.get(saved, [shadow, saved]), null, 'nor to the user entry while it is ambiguous');
+    assert.equal(ambiguous.map.get(old), 'old-secret');
+    const alone = memorySecrets({ [old]: 'old-secret' });
+    const b = new ConnectionSecrets(alone, env);
+    assert.equal(await b.get(saved, [saved]), 'old-secret');
+    assert.deepEqual([...alone.map.keys()], [secretKey(saved, env)]);
+    await b.delete(saved);
+    assert.equal(alone.map.size, 0);
   });
 });
 
@@ -289,7 +368,8 @@ describe('splitStatements', () => {
     assert.equal(lines.length, 31);
     for (let i = 0; i < 30; i++) assert.equal(lines[i], `${i + 1}. ALTER TABLE "public"."t${i}" REPLICA IDENTITY FULL`);
     // A name's line break cannot make one statement look like two, and nothing is cut short.
-    assert.equal(lines[30], `31. ALTER TABLE "a ; DROP TABLE x; --" REPLICA IDENTITY FULL /* ${'y'.repeat(300)} */`);
+    // (The one escaping of names on a line also keeps a `*/` from closing a comment.)
+    assert.equal(lines[30], `31. ALTER TABLE "a ; DROP TABLE x; --" REPLICA IDENTITY FULL /* ${'y'.repeat(300)} *\\/`);
     assert.match(runConfirmation(statements.slice(0, 2), 'source', 'Create publication p with 2 table(s)').message, /^Create publication p with 2 table\(s\) on source\? \(2 statement\(s\)\)$/);
   });
 
@@ -564,5 +644,71 @@ describe('sync model: sanitizeSyncDefinition', () => {
     assert.deepEqual(JSON.parse(JSON.stringify({ type: 'start', options: { tableMaps: maps } })).options.tableMaps, [map], 'the start message to the CLI carries it');
     const bad = sanitizeSyncDefinition({ name: 's', source: 'a', target: 'b', tableMaps: [{ source: { schema: 'public' }, target: { schema: 'app' }, columns: { a: 'b' } }] })!;
     assert.throws(() => syncTableMaps(bad), /whole-schema map/);
+  });
+});
+
+describe('sync model: settings a folder may not be trusted with', () => {
+  const base = { name: 's1', source: 'src', target: 'tgt', publications: ['pub'] };
+
+  it('a folder\'s sync named like a user sync is left out, with a note naming the fix', () => {
+    const { syncs, notes } = syncsFromSettings([base], [{ ...base, source: 'evil_src', target: 'evil_tgt' }, { ...base, name: 'own' }]);
+    assert.deepEqual(syncs.map((s) => [s.def.name, s.scope, s.def.source]), [['s1', 'user', 'src'], ['own', 'workspace', 'src']]);
+    assert.equal(notes.length, 1);
+    assert.match(notes[0], /pgLiveSync\.syncs entry "s1" in this folder's settings is ignored: your user settings define a sync of that name already; rename one \(Preferences: Open Workspace Settings \(JSON\)\)/);
+  });
+
+  it('a sync needs approval when it or either connection comes from the folder; the approval is for exactly those servers', () => {
+    const user = { scope: 'user' as const, identity: 'u' };
+    const folder = { scope: 'workspace' as const, identity: 'w' };
+    const def = sanitizeSyncDefinition(base)!;
+    assert.equal(syncApprovalKey({ def, scope: 'user' }, user, user), null, 'all the user\'s own: no question');
+    const keys = [
+      syncApprovalKey({ def, scope: 'workspace' }, user, user),
+      syncApprovalKey({ def, scope: 'user' }, folder, user),
+      syncApprovalKey({ def, scope: 'user' }, user, folder),
+    ];
+    assert.ok(keys.every((k) => typeof k === 'string'), JSON.stringify(keys));
+    const approved = syncApprovalKey({ def, scope: 'workspace' }, user, user);
+    assert.notEqual(syncApprovalKey({ def, scope: 'workspace' }, user, { ...user, identity: 'elsewhere' }), approved, 'a target moved to another server needs approving again');
+    assert.notEqual(syncApprovalKey({ def: { ...def, target: 'other' }, scope: 'workspace' }, user, user), approved);
+    assert.equal(syncApprovalKey({ def, scope: 'workspace' }, user, user), approved, 'the same servers: approved once');
+  });
+
+  it('range-checks every field, naming the setting, the value and the fix', () => {
+    assert.deepEqual(syncDefinitionProblems(base, 'user'), []);
+    assert.deepEqual(syncDefinitionProblems({ ...base, tableSyncWorkers: 8, copyChunkSize: '64MiB', streaming: 'on', spoolDir: '/data/spool', copyData: false, applyDdl: ['add-column'], tableMaps: [{ source: { schema: 'public' }, target: { schema: 'm' } }] }, 'workspace'), []);
+    assert.deepEqual(syncDefinitionProblems({ name: 'a', source: '', target: 't', attach: true }, 'user'), [], 'attached without a source');
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ tableSyncWorkers: -3 }, /"tableSyncWorkers" is -3; set a whole number from 1 to 64/],
+      [{ tableSyncWorkers: 100000 }, /"tableSyncWorkers" is 100000/],
+      [{ tableSyncWorkers: 2.5 }, /"tableSyncWorkers" is 2\.5/],
+      [{ tableSyncWorkers: '4' }, /"tableSyncWorkers" is "4"/],
+      [{ copyChunkSize: '-1MiB' }, /"copyChunkSize" is "-1MiB"; set a size such as "256MiB"/],
+      [{ copyChunkSize: 'lots' }, /"copyChunkSize" is "lots"/],
+      [{ copyChunkSize: -5 }, /"copyChunkSize" is -5/],
+      [{ copyChunkSize: 1e300 }, /"copyChunkSize" is 1e\+300/],
+      [{ streaming: 'sometimes' }, /"streaming" is "sometimes"; set one of "parallel", "on", "off"/],
+      [{ streaming: true }, /"streaming" is true/],
+      [{ spoolDir: 'spool' }, /"spoolDir" is "spool"; set an absolute folder path/],
+      [{ copyData: 'no' }, /"copyData" is "no"; set true or false/],
+      [{ applyDdl: ['drop-table'] }, /"applyDdl" is \["drop-table"\]/],
+      [{ publications: [] }, /"publications" is \[\]; list at least one publication/],
+      [{ name: 'Bad Name\n; DROP' }, /"name" is "Bad Name\\n; DROP"; use 1 to 50 lowercase/],
+      [{ tableMaps: [{ source: { schema: 'public' }, target: { schema: 'app' }, columns: { a: 'b' } }] }, /tableMaps\[0\]: .*whole-schema map/],
+    ];
+    for (const [over, expected] of cases) {
+      const problems = syncDefinitionProblems({ ...base, ...over }, 'user');
+      assert.equal(problems.length, 1, `${JSON.stringify(over)}: ${problems.join(' | ')}`);
+      assert.match(problems[0], expected);
+      assert.match(problems[0], /^pgLiveSync\.syncs entry ".*" in your user settings: .*\(Preferences: Open User Settings \(JSON\)\)$/s);
+    }
+    assert.match(syncDefinitionProblems({ ...base, tableSyncWorkers: 0 }, 'workspace')[0], /in this folder's settings: .*\(Preferences: Open Workspace Settings \(JSON\)\)$/);
+  });
+
+  it('syncsFromSettings keeps a broken entry (to show why it does not run) and notes one it cannot read', () => {
+    const { syncs, notes } = syncsFromSettings([{ ...base, tableSyncWorkers: -1 }, { name: 'x' }, 'junk'], undefined);
+    assert.deepEqual(syncs.map((s) => [s.def.name, s.problems.length]), [['s1', 1]]);
+    assert.equal(notes.length, 2, notes.join('\n'));
+    assert.ok(notes.every((n) => /is ignored$/.test(n)), notes.join('\n'));
   });
 });
