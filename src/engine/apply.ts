@@ -34,6 +34,7 @@ import { emptyTables, qualified, quoteIdent, tableKey } from './connection';
 import { errorMessage, isTransient, SyncError } from './errors';
 import { formatLsn, type Lsn } from './lsn';
 import { RawTuple, tupleValues, UNCHANGED_TOAST, type Change, type Relation, type Tuple } from './stream';
+import { columnList } from './copy';
 import { mappedColumn } from './tablemap';
 import type { Logger, SyncedTable } from './types';
 
@@ -451,7 +452,7 @@ export class Applier {
     const data = copyData(rows, bytes);
     const n = rows.length;
     await this.pipeline(plan, 'insert', bytes, () => new Promise<pg.QueryResult>((resolve, reject) => {
-      const stream = this.target.query(copyFrom(`COPY ${plan.targetName} (${plan.columns.join(', ')}) FROM STDIN`));
+      const stream = this.target.query(copyFrom(`COPY ${plan.targetName}${columnList(plan.columns.join(', '))} FROM STDIN`));
       stream.on('error', reject);
       stream.on('finish', () => resolve({ rowCount: n } as pg.QueryResult));
       stream.end(data);

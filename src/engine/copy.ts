@@ -400,13 +400,19 @@ export async function pipeRows(source: pg.Client, target: pg.Client, t: SyncedTa
   const format = t.copyFormat === 'binary' ? 'FORMAT binary' : 'FORMAT text';
   const conditions = [t.rowFilter, where].filter((c): c is string => c !== null);
   // COPY TO refuses a partitioned table; a SELECT on it reads every partition.
+  // A table with no columns still has rows: `COPY t ()` is a syntax error, `COPY t` copies them.
   const selectSql = conditions.length > 0 || t.partitioned
     ? `COPY (SELECT ${columns} FROM ${t.partitioned ? '' : 'ONLY '}${sourceName}${conditions.length > 0 ? ` WHERE ${conditions.map((c) => `(${c})`).join(' AND ')}` : ''}) TO STDOUT (${format})`
-    : `COPY ${sourceName} (${columns}) TO STDOUT (${format})`;
+    : `COPY ${sourceName}${columnList(columns)} TO STDOUT (${format})`;
   const reader = source.query(copyTo(selectSql));
-  const writer = target.query(copyFrom(`COPY ${targetName} (${targetColumns}) FROM STDIN (${format})`));
+  const writer = target.query(copyFrom(`COPY ${targetName}${columnList(targetColumns)} FROM STDIN (${format})`));
   await pipeline(reader, counter, writer, signal ? { signal } : {});
   return counter;
+}
+
+/** A COPY statement's column list: none at all for a table without columns. */
+export function columnList(joined: string): string {
+  return joined === '' ? '' : ` (${joined})`;
 }
 
 /** Passes COPY data through unchanged while counting rows and bytes. */

@@ -99,6 +99,28 @@ describe('initial copy then streaming', () => {
   });
 });
 
+describe('a table with no columns (001_rep_changes tab_no_col)', () => {
+  it('its rows are copied, streamed and truncated', async () => {
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'nocol', `CREATE TABLE tab_no_col ()`);
+    await pair.source.query(db, `INSERT INTO tab_no_col DEFAULT VALUES; INSERT INTO tab_no_col DEFAULT VALUES;
+      CREATE PUBLICATION pub FOR TABLE tab_no_col WITH (publish = 'insert, truncate');`);
+    const count = async () => (await pair.target.query(db, `SELECT count(*)::int AS n FROM tab_no_col`)).rows[0].n as number;
+    const run = startCli(runArgs(sourceUrl, targetUrl, 'nocol', '--publication', 'pub'));
+    try {
+      await waitAllReady(pair.target, db, 'nocol', 1);
+      assert.equal(await count(), 2, 'copied');
+      await pair.source.query(db, `INSERT INTO tab_no_col DEFAULT VALUES; INSERT INTO tab_no_col DEFAULT VALUES; INSERT INTO tab_no_col DEFAULT VALUES;`);
+      await waitCaughtUp(pair, db, 'nocol');
+      assert.equal(await count(), 5, 'streamed');
+      await pair.source.query(db, `TRUNCATE tab_no_col; INSERT INTO tab_no_col DEFAULT VALUES;`);
+      await waitCaughtUp(pair, db, 'nocol');
+      assert.equal(await count(), 1, 'truncated, then one more');
+    } finally {
+      assert.equal(await run.stop(), 0, run.output());
+    }
+  });
+});
+
 describe('mapping and options', () => {
   it('table maps (one table and a whole schema), two publications, status and drop', async () => {
     const schema = `CREATE SCHEMA sales; CREATE TABLE public.metrics (id int PRIMARY KEY, v int); CREATE TABLE sales.orders (id int PRIMARY KEY, total numeric);`;
