@@ -34,13 +34,13 @@ const SCHEMA = `
   CREATE TABLE orders (id int PRIMARY KEY, customer int NOT NULL, amount numeric(12,2) NOT NULL, note text);
 `;
 /**
- * On the target only: orders' copy pauses 40 ms every 2,000 rows (an ALWAYS trigger fires even
+ * On the target only: orders' copy pauses 40 ms every 1,000 rows (8 s in all) (an ALWAYS trigger fires even
  * under session_replication_role = replica), so the panel can be seen mid-copy on any machine.
  */
 const TARGET_SLOW_COPY = `
   CREATE FUNCTION slow_copy() RETURNS trigger LANGUAGE plpgsql AS $$
   BEGIN
-    IF NEW.id % 2000 = 0 THEN PERFORM pg_sleep(0.04); END IF;
+    IF NEW.id % 1000 = 0 THEN PERFORM pg_sleep(0.04); END IF;
     RETURN NEW;
   END $$;
   CREATE TRIGGER slow_copy BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION slow_copy();
