@@ -141,18 +141,38 @@ export function replicaIdentitySql(tables: TableIdentity[], scope: string): stri
     } else if (t.candidateIndex) {
       changes++;
       lines.push(note(`${name}: no primary key; its unique index ${quoteIdent(t.candidateIndex)} (non-partial, NOT NULL columns) can identify rows`));
-      lines.push(`ALTER TABLE ${name} REPLICA IDENTITY USING INDEX ${quoteIdent(t.candidateIndex)};`);
+      lines.push(identityFix(t));
     } else {
       changes++;
       lines.push(note(`${name}: no primary key and no usable unique index. WARNING: FULL writes the whole old row to WAL`));
       lines.push(note('for every UPDATE and DELETE, and the target scans for it; add a primary key if you can.'));
-      lines.push(`ALTER TABLE ${name} REPLICA IDENTITY FULL;`);
+      lines.push(identityFix(t));
     }
   }
   if (tables.length === 0) lines.push(note('No tables.'));
   else if (changes === 0) lines.push(note('Every table already has a usable replica identity.'));
   lines.push('');
   return lines.join('\n');
+}
+
+/** The statement that gives a table a usable replica identity: its unique index if it has one, else FULL. */
+function identityFix(t: TableIdentity): string {
+  const name = qualified(t.schema, t.table);
+  return t.candidateIndex ? `ALTER TABLE ${name} REPLICA IDENTITY USING INDEX ${quoteIdent(t.candidateIndex)};` : `ALTER TABLE ${name} REPLICA IDENTITY FULL;`;
+}
+
+/**
+ * Add Table to Publication: the ALTER PUBLICATION, and for picked tables without a usable replica
+ * identity the warning and the statements that give them one. Once published, the source refuses
+ * every UPDATE and DELETE on such a table, which the application would meet first.
+ */
+export function addTablesPlan(publication: string, tables: TableIdentity[]): { add: string; identityFixes: string[]; warning: string | null } {
+  const add = `ALTER PUBLICATION ${quoteIdent(publication)} ADD TABLE ${tables.map((t) => qualified(t.schema, t.table)).join(', ')};`;
+  const lacking = tables.filter((t) => t.identity === 'none');
+  if (lacking.length === 0) return { add, identityFixes: [], warning: null };
+  const names = lacking.map((t) => qualified(t.schema, t.table)).join(', ');
+  const warning = `${lacking.length === 1 ? `${names} has` : `${lacking.length} of these tables have`} no replica identity${lacking.length === 1 ? '' : ` (${names})`}: once published, the source refuses every UPDATE and DELETE on ${lacking.length === 1 ? 'it' : 'them'} ("does not have a replica identity and publishes updates"). Add ${lacking.length === 1 ? 'it' : 'them'} with a replica identity (a unique index where there is one, else FULL), or add only if ${lacking.length === 1 ? 'it is' : 'they are'} never updated or deleted from.`;
+  return { add, identityFixes: lacking.map(identityFix), warning: oneLine(warning) };
 }
 
 /** A role for the connector: can replicate, read the published schemas, create its slot's state. */

@@ -3,7 +3,7 @@ import type pg from 'pg';
 import { connect, qualified, quoteIdent, tableKey } from '../engine/connection';
 import { errorMessage } from '../engine/errors';
 import { listPublications, publicationTables, userTables } from '../engine/probe';
-import { connectorRoleSql, note, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
+import { addTablesPlan, connectorRoleSql, note, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
 import type { ConnectionStore } from './connections';
 import { runConfirmation, splitStatements, statementSummary } from './sqlSplit';
 
@@ -110,14 +110,22 @@ export class SqlCommands {
     if (!name) return;
     const pub = publication ?? (await this.pickPublication(name, 'Add Table to Publication'));
     if (!pub) return;
-    const [all, inPub] = await this.withClient(name, async (c) => [await userTables(c), await publicationTables(c, pub)] as const);
+    const [all, inPub] = await this.withClient(name, async (c) => [await tableIdentities(c), await publicationTables(c, pub)] as const);
     const present = new Set(inPub.map((t) => tableKey(t.schema, t.table)));
     const picked = await vscode.window.showQuickPick(
-      all.filter((t) => !present.has(tableKey(t.schema, t.table))).map((t) => ({ label: `${t.schema}.${t.table}`, t })),
+      all.filter((t) => !present.has(tableKey(t.schema, t.table))).map((t) => ({ label: `${t.schema}.${t.table}`, description: t.identity === 'none' ? 'no replica identity' : t.identity, t })),
       { title: `Add Table to Publication ${pub}`, canPickMany: true, ignoreFocusOut: true },
     );
     if (!picked || picked.length === 0) return;
-    await this.runConfirmed(name, [`ALTER PUBLICATION ${quoteIdent(pub)} ADD TABLE ${picked.map((p) => qualified(p.t.schema, p.t.table)).join(', ')}`], `Add ${picked.length} table(s) to ${pub}`);
+    const plan = addTablesPlan(pub, picked.map((p) => p.t));
+    let statements = [plan.add];
+    if (plan.warning) {
+      const withIdentity = 'Add with Replica Identity';
+      const answer = await vscode.window.showWarningMessage(plan.warning, { modal: true, detail: plan.identityFixes.join('\n') }, withIdentity, 'Add Only');
+      if (!answer) return;
+      if (answer === withIdentity) statements = [...plan.identityFixes, plan.add];
+    }
+    await this.runConfirmed(name, statements, `Add ${picked.length === 1 ? 'a table' : `${picked.length} tables`} to ${pub}`);
   }
 
   async removeTable(connection?: string, publication?: string, table?: { schema: string; table: string }): Promise<void> {

@@ -462,7 +462,7 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     assert.equal(dropped.code, 0, dropped.stderr);
   }, SYNC_TIMEOUT + 3 * 60_000);
 
-  step('Create Publication, Add Table to Publication, Remove Table from Publication', async () => {
+  step('Create Publication, Add Table to Publication (a table without replica identity: warned, offered its identity), Remove Table from Publication', async () => {
     const pubTables = async () => (await src().query(db, `SELECT tablename FROM pg_publication_tables WHERE pubname = 'extra_pub' ORDER BY 1`)).rows.map((r) => r.tablename);
     await w().clearNotifications();
     await w().runCommand('Create Publication');
@@ -473,14 +473,18 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     await w().waitForNotification(/Ran 1 statement\(s\) on source/);
     assert.deepEqual(await pubTables(), ['audit_log', 'customers']);
     await w().clearNotifications();
+    // bare_log has no key: adding it warns that the source would refuse its UPDATEs, and offers its identity.
+    await src().query(db, `CREATE TABLE bare_log (at timestamptz DEFAULT now(), line text); INSERT INTO bare_log (line) VALUES ('one')`);
     await w().runCommand('Add Table to Publication');
     await w().pick('source', /connection/i);
     await w().pick('extra_pub', /publication/i);
-    await w().pickMany(['public.events'], /Add Table to Publication extra_pub/);
-    await w().clickDialogButton('Run');
+    await w().pickMany(['public.events', 'public.bare_log'], /Add Table to Publication extra_pub/);
+    assert.match(await w().clickDialogButton('Add with Replica Identity'), /"public"\."bare_log" has no replica identity: once published, the source refuses every UPDATE and DELETE/);
+    assert.match(await w().clickDialogButton('Run'), /REPLICA IDENTITY FULL/);
     // The results editor opens before this notification; a palette opened earlier would lose focus to it.
-    await w().waitForNotification(/Ran 1 statement\(s\) on source/);
+    await w().waitForNotification(/Ran 2 statement\(s\) on source/);
     assert.ok((await pubTables()).includes('events'), 'events added to extra_pub');
+    await src().query(db, `UPDATE bare_log SET line = 'updated'`);
     await w().clearNotifications();
     await w().runCommand('Remove Table from Publication');
     await w().pick('source', /connection/i);
@@ -488,12 +492,12 @@ describe('e2e: Postgres Live Sync in VS Code (code-server + Chromium)', { timeou
     await w().pickMany(['public.customers'], /Remove Table from Publication extra_pub/);
     await w().clickDialogButton('Run');
     await w().waitForNotification(/Ran 1 statement\(s\) on source/);
-    assert.deepEqual(await pubTables(), ['audit_log', 'events']);
+    assert.deepEqual(await pubTables(), ['audit_log', 'bare_log', 'events']);
     // The tree follows: source > extra_pub lists what the server says.
     await w().expand(w().treeItem('Connections', /^source\b/));
-    await poll('extra_pub in the tree with 2 tables', async () => {
+    await poll('extra_pub in the tree with 3 tables', async () => {
       const item = w().treeItem('Connections', /^extra_pub\b/);
-      return (await item.isVisible()) && /^2 tables/.test((await w().itemText(item)).description);
+      return (await item.isVisible()) && /^3 tables/.test((await w().itemText(item)).description);
     }, SLOW_TIMEOUT, 200);
   });
 

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { addTablesPlan, tableIdentities } from '../../src/engine/sqlgen';
 import { splitStatements, statementSummary } from '../../src/extension/sqlSplit';
 import pg from 'pg';
 import { PASSWORD, PG_BIN, startCluster, SUPERUSER, type Cluster } from '../harness/cluster';
@@ -100,6 +101,36 @@ describe('pg-live-sync sql', () => {
     const idents = await ready.query('ri', `SELECT relname, relreplident::text AS r FROM pg_class WHERE relname IN ('keyed', 'Unique Ü', 'partial_only', 'nullable_unique', 'bare') ORDER BY relname`);
     assert.deepEqual(idents.rows.map((r) => [r.relname, r.r]), [['Unique Ü', 'i'], ['bare', 'f'], ['keyed', 'd'], ['nullable_unique', 'f'], ['partial_only', 'f']]);
     assert.match(await sql(ready, 'ri', 'replica-identity'), /Every table already has a usable replica identity/);
+  });
+
+  it('Add Table to Publication: a table without replica identity gets a warning and the statements that let its updates through', async () => {
+    await ready.createDatabase('addtab');
+    await ready.query('addtab', `
+      CREATE TABLE keyed (id int PRIMARY KEY);
+      CREATE TABLE "Unique Ü" (code text NOT NULL, v int, CONSTRAINT "code key" UNIQUE (code));
+      CREATE TABLE bare (v int);
+      INSERT INTO keyed VALUES (1); INSERT INTO "Unique Ü" VALUES ('a', 1); INSERT INTO bare VALUES (1);
+      CREATE PUBLICATION pub;`);
+    const client = new pg.Client({ connectionString: ready.url('addtab') });
+    await client.connect();
+    try {
+      const tables = await tableIdentities(client);
+      const keyedOnly = addTablesPlan('pub', tables.filter((t) => t.table === 'keyed'));
+      assert.equal(keyedOnly.warning, null);
+      assert.deepEqual(keyedOnly.identityFixes, []);
+      const plan = addTablesPlan('pub', tables);
+      assert.match(plan.warning ?? '', /^2 of these tables have no replica identity \("public"\."Unique Ü", "public"\."bare"\): once published, the source refuses every UPDATE and DELETE/);
+      assert.deepEqual(plan.identityFixes, ['ALTER TABLE "public"."Unique Ü" REPLICA IDENTITY USING INDEX "code key";', 'ALTER TABLE "public"."bare" REPLICA IDENTITY FULL;']);
+      // Added only: what the warning says happens.
+      await client.query(plan.add);
+      await assert.rejects(client.query(`UPDATE bare SET v = 2`), /does not have a replica identity and publishes updates/);
+      await client.query(`ALTER PUBLICATION pub DROP TABLE keyed, "Unique Ü", bare`);
+      // Added with the offered statements: updates and deletes go through.
+      for (const st of [...plan.identityFixes, plan.add]) await client.query(st);
+      await client.query(`UPDATE bare SET v = 2; UPDATE "Unique Ü" SET v = 2; DELETE FROM keyed`);
+    } finally {
+      await client.end();
+    }
   });
 
   it('connector role: after running it (and setting a password) the role passes every source check', async () => {
