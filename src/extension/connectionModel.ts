@@ -259,3 +259,16 @@ export class ConnectionSecrets {
     return atLeastAsSafe(connectionTarget(from, this.env), connectionTarget(to, this.env));
   }
 }
+
+/**
+ * The sslmode picker's items, the connection's own mode (else libpq's default, prefer) first: a
+ * single-choice quick pick starts on its first item, so a picker in libpq's order started on
+ * `disable`, and Enter on an edit quietly turned TLS off.
+ */
+export function sslModeChoices(current: SslMode | undefined): { label: SslMode; description?: string }[] {
+  const first = current ?? 'prefer';
+  return [first, ...SSL_MODES.filter((m) => m !== first)].map((m) => ({
+    label: m,
+    ...(m === current ? { description: 'current' } : m === 'prefer' ? { description: 'default: TLS if the server offers it' } : {}),
+  }));
+}

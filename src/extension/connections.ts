@@ -3,7 +3,7 @@ import type { Endpoint } from '../engine/connection';
 import { errorMessage } from '../engine/errors';
 import { describeProbe, probeServer } from '../engine/probe';
 import {
-  ConnectionInputError, ConnectionSecrets, SSL_MODES, connectionUrl, connectionUser, describeConnection, sanitizeConfig, splitUri, validateConnectionName,
+  ConnectionInputError, ConnectionSecrets, connectionUrl, sslModeChoices, connectionUser, describeConnection, sanitizeConfig, splitUri, validateConnectionName,
   type ConnectionConfig, type SslMode,
 } from './connectionModel';
 
@@ -248,7 +248,7 @@ export class ConnectionStore implements vscode.Disposable {
     const user = await vscode.window.showInputBox({ title: step, prompt: 'User (empty: PGUSER or your OS user)', value: existing?.user, ignoreFocusOut: true });
     if (user === undefined) return undefined;
     const ssl = await vscode.window.showQuickPick(
-      SSL_MODES.map((m) => ({ label: m, picked: m === (existing?.sslmode ?? 'prefer') })),
+      sslModeChoices(existing?.sslmode),
       { title: step, placeHolder: 'sslmode', ignoreFocusOut: true },
     );
     if (!ssl) return undefined;

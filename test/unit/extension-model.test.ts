@@ -8,7 +8,7 @@ import type { SyncReport } from '../../src/engine/report';
 import type { SlotInfo } from '../../src/engine/slot';
 import type { TableProgress } from '../../src/engine/types';
 import {
-  ConnectionInputError, ConnectionSecrets, connectionIdentity, connectionUrl, connectionUser, describeConnection, legacySecretKey, previousSecretKey, sanitizeConfig, secretKey, splitUri,
+  ConnectionInputError, ConnectionSecrets, connectionIdentity, connectionUrl, connectionUser, describeConnection, legacySecretKey, previousSecretKey, sanitizeConfig, secretKey, splitUri, sslModeChoices,
   type ConnectionConfig,
 } from '../../src/extension/connectionModel';
 import type { PanelSnapshot } from '../../src/extension/panelSource';
@@ -142,6 +142,18 @@ describe('connection model: describeConnection, connectionUser', () => {
     assert.equal(connectionUser({ name: 'a', user: 'bob' }, { PGUSER: 'x' }), 'bob');
     assert.equal(connectionUser({ name: 'a', host: 'h' }, { PGUSER: 'x', USER: 'y' }), 'x');
     assert.equal(connectionUser({ name: 'a', host: 'h' }, { USER: 'y' }), 'y');
+  });
+});
+
+describe('connection model: the sslmode picker', () => {
+  it('starts on the connection\'s own mode, else on prefer (libpq\'s default), never on disable by position', () => {
+    assert.deepEqual(sslModeChoices(undefined)[0], { label: 'prefer', description: 'default: TLS if the server offers it' });
+    assert.deepEqual(sslModeChoices('prefer')[0], { label: 'prefer', description: 'current' });
+    assert.deepEqual(sslModeChoices('verify-full')[0], { label: 'verify-full', description: 'current' });
+    for (const mode of [undefined, 'disable', 'require', 'verify-ca'] as const) {
+      const labels = sslModeChoices(mode).map((c) => c.label);
+      assert.deepEqual([...labels].sort(), ['allow', 'disable', 'prefer', 'require', 'verify-ca', 'verify-full'], 'every mode once');
+    }
   });
 });
 
