@@ -43,7 +43,7 @@ export function spoolBase(base?: string): string {
 /**
  * Where streams on `slot` of `sourceUrl` keep their open transactions: a folder of its own under
  * the base (spoolBase), in which each stream has its own (TransactionSpool.create). The slot name
- * comes first so that `drop` finds a subscription's folders (spoolFoldersOf).
+ * comes first so that `drop` finds a subscription's folders (removeSpoolFolders).
  */
 export function spoolDirFor(sourceUrl: string, slot: string, base?: string): string {
   // Slot names are unique per source cluster only; the address (never the password) tells clusters apart.
