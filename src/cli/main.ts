@@ -54,12 +54,12 @@ const COMMANDS: Record<string, CommandHelp> = {
       ['--subscription NAME', "the sync's name (its slot is pg_live_sync_<NAME>)"],
       TABLE_MAP_FLAG,
       ['--table-sync-workers N', 'tables copied at once, 1 to 64 (default 4)'],
-      ['--copy-chunk-size SIZE', 'tables larger than this are copied in page ranges by all workers at once, resumable chunk by chunk, e.g. 64MiB; 0 never splits (default 256MiB)'],
+      ['--copy-chunk-size SIZE', 'tables larger than this are copied in page ranges by all workers at once, resumable chunk by chunk, e.g. 64MiB, at least 1MiB; 0 never splits (default 256MiB)'],
       ['--copy-data true|false', 'false: skip the initial copy, sync only later changes (default true)'],
       ['--apply-ddl add-column', 'add a column added on the source to the target as it streams by (default: that table stops with the ALTER to run)'],
       ['--create-tables', 'first create the target tables that are missing, as create-tables does (default: a missing table is an error)'],
       ['--streaming parallel|on|off', 'on: the source sends transactions bigger than its logical_decoding_work_mem while they run, kept on local disk until their commit (PostgreSQL 14+); parallel: also applied as they arrive, in a target transaction that commits at their commit (default parallel); off: the source keeps them until their commit'],
-      ['--spool-dir DIR', 'where source transactions still in progress wait for their commit, on local disk (default $PG_LIVE_SYNC_SPOOL_DIR or the temp folder)'],
+      ['--spool-dir DIR', 'where source transactions still in progress wait for their commit, on local disk: a folder of your own, mode 0700 (default $PG_LIVE_SYNC_SPOOL_DIR, else ~/.cache/pg-live-sync/spool)'],
     ],
   },
   'create-tables': {
@@ -83,9 +83,9 @@ const COMMANDS: Record<string, CommandHelp> = {
     ],
   },
   drop: {
-    synopsis: 'pg-live-sync drop   --subscription NAME --source URL --target URL',
-    about: "Removes the sync's slot from the source and its state from the target; the target's data stays.",
-    flags: [['--subscription NAME', "the sync's name"], SOURCE_FLAG, TARGET_FLAG],
+    synopsis: 'pg-live-sync drop   --subscription NAME --source URL --target URL [--spool-dir DIR]',
+    about: "Removes the sync's slot from the source, its state from the target and what stopped runs left in its local spool; the target's data stays.",
+    flags: [['--subscription NAME', "the sync's name"], SOURCE_FLAG, TARGET_FLAG, ['--spool-dir DIR', "the sync's runs' --spool-dir (default as run's)"]],
   },
   resync: {
     synopsis: 'pg-live-sync resync --subscription NAME --target URL --table SCHEMA.TABLE',
@@ -178,6 +178,35 @@ function parse(args: string[], options: NonNullable<ParseArgsConfig['options']>)
   }
 }
 
+/**
+ * A whole number as people type one: decimal digits only, so "1e1", "0x10", "1.5" and " 3" (which
+ * Number() would take as 10, 16, 1.5 and 3) are refused rather than run as something else.
+ */
+function wholeNumber(text: string, flag: string, min: number, max: number): number {
+  const n = /^[0-9]{1,15}$/.test(text) ? Number(text) : NaN;
+  if (!(n >= min && n <= max)) throw new UsageError(`--${flag} must be a whole number from ${min} to ${max}, in decimal digits only, not "${text}"`);
+  return n;
+}
+
+/** Values of a string flag, none of them empty: an empty name would be passed on as a name ("" in SQL). */
+function named<T extends string | string[] | undefined>(value: T, flag: string, what: string): T {
+  for (const x of typeof value === 'string' ? [value] : (value ?? [])) {
+    if (x.trim() === '') throw new UsageError(`--${flag} needs ${what}, not an empty string`);
+  }
+  return value;
+}
+
+/** Smallest --copy-chunk-size but 0: each chunk costs a target transaction, a state row and a scan, so 8 KiB chunks (one page) only burn time. */
+const MIN_COPY_CHUNK_BYTES = 1024 * 1024;
+
+function copyChunkBytes(text: string): number {
+  const bytes = parseBytes(text, 'copy-chunk-size', '256MiB or 0');
+  // The chunked-copy tests split tables of a few hundred kB: PG_LIVE_SYNC_TEST_SMALL_CHUNKS lets them (tests only).
+  const min = process.env.PG_LIVE_SYNC_TEST_SMALL_CHUNKS ? 1 : MIN_COPY_CHUNK_BYTES;
+  if (bytes !== 0 && bytes < min) throw new UsageError(`--copy-chunk-size must be 0 (copy each table in one stream) or at least 1MiB, not "${text}"`);
+  return bytes;
+}
+
 async function run(args: string[]): Promise<number> {
   const v = parse(args, {
     source: { type: 'string' },
@@ -193,11 +222,9 @@ async function run(args: string[]): Promise<number> {
     'spool-dir': { type: 'string' },
     streaming: { type: 'string' },
   });
-  const publications = (v.publication as string[] | undefined) ?? [];
+  const publications = named((v.publication as string[] | undefined) ?? [], 'publication', 'a publication name');
   if (publications.length === 0) throw new UsageError('missing --publication');
-  const workersText = (v['table-sync-workers'] as string | undefined) ?? '4';
-  const workers = Number(workersText);
-  if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new UsageError(`--table-sync-workers must be a whole number from 1 to 64, not "${workersText}"`);
+  const workers = wholeNumber((v['table-sync-workers'] as string | undefined) ?? '4', 'table-sync-workers', 1, 64);
   const copyDataText = (v['copy-data'] as string | undefined) ?? 'true';
   if (copyDataText !== 'true' && copyDataText !== 'false') throw new UsageError(`--copy-data takes true or false, not "${copyDataText}"`);
   const streamingText = (v.streaming as string | undefined) ?? 'parallel';
@@ -206,6 +233,8 @@ async function run(args: string[]): Promise<number> {
   validateSubscriptionName(subscription);
   const applyDdl = ((v['apply-ddl'] as string[] | undefined) ?? []).flatMap((x) => x.split(','));
   for (const kind of applyDdl) if (!(DDL_KINDS as readonly string[]).includes(kind)) throw new UsageError(`--apply-ddl takes ${DDL_KINDS.join(', ')}, not "${kind}"`);
+  const chunkBytes = copyChunkBytes((v['copy-chunk-size'] as string | undefined) ?? `${COPY_CHUNK_BYTES}B`);
+  const spoolDir = named(v['spool-dir'] as string | undefined, 'spool-dir', 'a folder (leave the flag out for the default)');
 
   const engine = new SyncEngine(
     {
@@ -216,10 +245,10 @@ async function run(args: string[]): Promise<number> {
       tableMaps: ((v['table-map'] as string[] | undefined) ?? []).map(parseTableMap),
       tableSyncWorkers: workers,
       copyData: copyDataText === 'true',
-      copyChunkBytes: parseBytes((v['copy-chunk-size'] as string | undefined) ?? `${COPY_CHUNK_BYTES}B`, 'copy-chunk-size', '256MiB or 0'),
+      copyChunkBytes: chunkBytes,
       applyDdl: applyDdl as DdlKind[],
       createTables: v['create-tables'] === true,
-      spoolDir: v['spool-dir'] as string | undefined,
+      spoolDir,
       streaming: streamingText !== 'off',
       applyWhileOpen: streamingText === 'parallel',
     },
@@ -343,6 +372,7 @@ async function status(args: string[]): Promise<number> {
     'warn-retained-wal': { type: 'string' },
   });
   const subscription = required(v.subscription as string | undefined, 'subscription');
+  validateSubscriptionName(subscription);
   const walWarnBytes = parseBytes((v['warn-retained-wal'] as string | undefined) ?? '1GiB');
   const targetUrl = required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET');
   const sourceUrl = (v.source as string | undefined) ?? process.env.SOURCE;
@@ -422,7 +452,7 @@ async function slots(args: string[]): Promise<number> {
 
 /** A size as PostgreSQL writes one (kB, MB: powers of 1024) or in IEC units (KiB, MiB). */
 function parseBytes(text: string, flag = 'warn-retained-wal', examples = '512MiB or 2GiB'): number {
-  const bytes = parseSize(text);
+  const bytes = text.trim() === text ? parseSize(text) : null;
   if (bytes === null) throw new UsageError(`--${flag} takes a size such as ${examples}, not "${text}"`);
   return bytes;
 }
@@ -438,13 +468,16 @@ function tableRows(tables: TableProgress[]): string {
 }
 
 async function drop(args: string[]): Promise<number> {
-  const v = parse(args, { subscription: { type: 'string' }, source: { type: 'string' }, target: { type: 'string' } });
+  const v = parse(args, { subscription: { type: 'string' }, source: { type: 'string' }, target: { type: 'string' }, 'spool-dir': { type: 'string' } });
   const subscription = required(v.subscription as string | undefined, 'subscription');
+  validateSubscriptionName(subscription);
+  const spoolDir = named(v['spool-dir'] as string | undefined, 'spool-dir', 'the folder the runs used (leave the flag out for the default)');
   await dropSync(
     { url: required((v.source as string | undefined) ?? process.env.SOURCE, 'source', 'SOURCE'), role: 'source' },
     { url: required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET'), role: 'target' },
     subscription,
     log,
+    { spoolDir },
   );
   return 0;
 }
@@ -505,7 +538,7 @@ async function check(args: string[]): Promise<number> {
     subscription: { type: 'string' },
     'create-tables': { type: 'boolean' },
   });
-  const publications = (v.publication as string[] | undefined) ?? [];
+  const publications = named((v.publication as string[] | undefined) ?? [], 'publication', 'a publication name');
   if (publications.length === 0) throw new UsageError('missing --publication');
   const subscription = (v.subscription as string | undefined) ?? null;
   if (subscription !== null) validateSubscriptionName(subscription);
@@ -540,7 +573,7 @@ async function createTables(args: string[]): Promise<number> {
     'table-map': { type: 'string', multiple: true },
     'dry-run': { type: 'boolean' },
   });
-  const publications = (v.publication as string[] | undefined) ?? [];
+  const publications = named((v.publication as string[] | undefined) ?? [], 'publication', 'a publication name');
   if (publications.length === 0) throw new UsageError('missing --publication');
   const tableMaps = ((v['table-map'] as string[] | undefined) ?? []).map(parseTableMap);
   const dryRun = v['dry-run'] === true;
@@ -573,6 +606,7 @@ async function createTables(args: string[]): Promise<number> {
 async function syncSequencesCommand(args: string[]): Promise<number> {
   const v = parse(args, { subscription: { type: 'string' }, source: { type: 'string' }, target: { type: 'string' }, 'dry-run': { type: 'boolean' } });
   const subscription = required(v.subscription as string | undefined, 'subscription');
+  validateSubscriptionName(subscription);
   const dryRun = v['dry-run'] === true;
   const target = await connect({ url: required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET'), role: 'target' });
   try {
@@ -604,9 +638,7 @@ async function verify(args: string[]): Promise<number> {
   });
   const subscription = required(v.subscription as string | undefined, 'subscription');
   validateSubscriptionName(subscription);
-  const chunkText = (v['chunk-rows'] as string | undefined) ?? String(DEFAULT_CHUNK_ROWS);
-  const chunkRows = Number(chunkText);
-  if (!Number.isInteger(chunkRows) || chunkRows < 100 || chunkRows > 10_000_000) throw new UsageError(`--chunk-rows must be a whole number from 100 to 10000000, not "${chunkText}"`);
+  const chunkRows = wholeNumber((v['chunk-rows'] as string | undefined) ?? String(DEFAULT_CHUNK_ROWS), 'chunk-rows', 100, 10_000_000);
   const report = await verifySync({
     source: { url: required((v.source as string | undefined) ?? process.env.SOURCE, 'source', 'SOURCE'), role: 'source' },
     target: { url: required((v.target as string | undefined) ?? process.env.TARGET, 'target', 'TARGET'), role: 'target' },
@@ -630,6 +662,9 @@ async function verify(args: string[]): Promise<number> {
 async function sql(args: string[]): Promise<number> {
   const [kind, ...rest] = args;
   const v = parse(rest, { source: { type: 'string' }, publication: { type: 'string' }, role: { type: 'string' }, schema: { type: 'string', multiple: true } });
+  if (kind !== 'tuning' && kind !== 'replica-identity' && kind !== 'role') throw new UsageError(`sql takes tuning, replica-identity or role, not "${kind ?? ''}"`);
+  const publication = named(v.publication as string | undefined, 'publication', 'a publication name (leave the flag out for every table)');
+  named(v.schema as string[] | undefined, 'schema', 'a schema name');
   const url = required((v.source as string | undefined) ?? process.env.SOURCE, 'source', 'SOURCE');
   const client = await connect({ url, role: 'source' });
   try {
@@ -637,7 +672,9 @@ async function sql(args: string[]): Promise<number> {
     let text: string;
     if (kind === 'tuning') text = tuningSql(await readServerFacts(client), where);
     else if (kind === 'replica-identity') {
-      const publication = v.publication as string | undefined;
+      if (publication !== undefined && (await publicationsMissing(client, [publication])).length > 0) {
+        throw new SyncError(`publication "${publication}" does not exist on the source ${where}; fix --publication, or leave it out for every table`, 'check');
+      }
       text = replicaIdentitySql(await tableIdentities(client, publication), publication ? `publication "${publication}" on ${where}` : `every table on ${where}`);
     } else if (kind === 'role') {
       const role = required(v.role as string | undefined, 'role');
@@ -650,6 +687,8 @@ async function sql(args: string[]): Promise<number> {
     await client.end();
   }
 }
+
+const HOLD_SNAPSHOT_BY_HAND = 'hold-snapshot is internal: pg-live-sync run starts it to keep a chunked copy\'s snapshot and sends its orders on stdin; copy with pg-live-sync run instead';
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...args] = argv;
@@ -685,7 +724,12 @@ async function main(argv: string[]): Promise<number> {
         return await serveIpc();
       case 'hold-snapshot':
         // Internal: started detached by a run's chunked copy (snapshotHolder.ts), not by people.
-        return await runSnapshotHolder(process.stdin, process.stdout);
+        if (process.stdin.isTTY) throw new UsageError(HOLD_SNAPSHOT_BY_HAND);
+        return await runSnapshotHolder(process.stdin, process.stdout).then((code) => {
+          // 2: no orders came (stdin was empty or not a run's), which is what running it by hand gives.
+          if (code === 2) throw new UsageError(HOLD_SNAPSHOT_BY_HAND);
+          return code;
+        });
       case '--version':
       case '-V':
       case 'version':

@@ -5,9 +5,10 @@
  */
 import type pg from 'pg';
 import { connect, quoteIdent, type Endpoint } from './connection';
-import { SyncError } from './errors';
+import { errorMessage, SyncError } from './errors';
 import { formatLsn } from './lsn';
-import { dropSlotIfExists, dropTableSyncSlots, notOwnedSlots, slotInfo, subscriptionSlots, validateSubscriptionName, type SlotInfo } from './slot';
+import { dropSlotIfExists, dropTableSyncSlots, notOwnedSlots, slotInfo, slotNameFor, subscriptionSlots, tableSyncSlotPattern, validateSubscriptionName, type SlotInfo } from './slot';
+import { removeSpoolFolders } from './spool';
 import { endHolders } from './snapshotHolder';
 import { deleteSubscriptionRows, loadHeldSnapshots, loadSubscription, loadTableProgress, stateSchemaExists, type SubscriptionRow } from './state';
 import type { Logger, TableProgress } from './types';
@@ -107,7 +108,7 @@ async function pendingSeconds(source: pg.Client, sub: SubscriptionRow, slot: Slo
  * Only slots this target's state records are dropped: a sync of the same name into another target
  * has slots of the same names. Returns the slots left on the source for that reason.
  */
-export async function dropSync(sourceEp: Endpoint, targetEp: Endpoint, subname: string, log: Logger): Promise<{ notOwned: string[] }> {
+export async function dropSync(sourceEp: Endpoint, targetEp: Endpoint, subname: string, log: Logger, opts: { spoolDir?: string } = {}): Promise<{ notOwned: string[] }> {
   validateSubscriptionName(subname);
   const source = await connect(sourceEp);
   try {
@@ -118,6 +119,7 @@ export async function dropSync(sourceEp: Endpoint, targetEp: Endpoint, subname: 
         const notOwned = await subscriptionSlots(source, subname);
         if (notOwned.length > 0) log('warn', notOwnedSlots(subname, notOwned, 'drop'));
         else log('info', `nothing to drop: the target has no state for subscription "${subname}" and the source has no slot of it`);
+        await dropSpools(subname, opts.spoolDir, log);
         return { notOwned };
       }
       // Holders of copy snapshots end with their sessions; they would otherwise wait out their grace period.
@@ -129,12 +131,30 @@ export async function dropSync(sourceEp: Endpoint, targetEp: Endpoint, subname: 
       await deleteSubscriptionRows(target, subname);
       await target.query('COMMIT');
       log('info', `removed the state of subscription "${subname}" from the target; the target tables and their data stay`);
+      await dropSpools(subname, opts.spoolDir, log);
       return { notOwned: [] };
     } finally {
       await target.end();
     }
   } finally {
     await source.end();
+  }
+}
+
+/**
+ * The local spool folders of the subscription's slots (spool.ts) under `spoolDir` (as `run
+ * --spool-dir`): a run killed with a transaction open leaves its rows there. Folders of a stream
+ * still running stay, and a folder that is not the user's own is left with a warning, not a failure:
+ * the slot and the state are gone already.
+ */
+async function dropSpools(subname: string, spoolDir: string | undefined, log: Logger): Promise<void> {
+  const tableSync = tableSyncSlotPattern(subname).replace(/%$/, '');
+  const isOurs = (slot: string) => slot === slotNameFor(subname) || (slot.startsWith(tableSync) && /^\d+$/.test(slot.slice(tableSync.length)));
+  try {
+    const removed = await removeSpoolFolders(isOurs, spoolDir);
+    if (removed.length > 0) log('info', `removed ${removed.length} local spool folder(s) of subscription "${subname}" (source transactions a stopped run had kept): ${removed.join(', ')}`);
+  } catch (err) {
+    log('warn', `left the local spool folders of subscription "${subname}": ${errorMessage(err)}`);
   }
 }
 

@@ -16,7 +16,7 @@ export interface SyncOptions {
   createTables?: boolean;
   /** Source DDL to apply to the target as it streams by (drift.ts); default none. */
   applyDdl?: DdlKind[];
-  /** Where transactions the source streams while still open wait for their commit (spool.ts); default the system's temp folder. */
+  /** Where transactions the source streams while still open wait for their commit (spool.ts); a folder of the user's own (spool.ts spoolBase); default ~/.cache/pg-live-sync/spool. */
   spoolDir?: string;
   /** false: never ask the source to stream open transactions (protocol 1); default true on PostgreSQL 14+. */
   streaming?: boolean;

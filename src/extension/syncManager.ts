@@ -320,7 +320,7 @@ export class SyncManager implements PanelSource, vscode.Disposable {
     if (answer !== 'Drop') return;
     if (!(await this.confirmServers(def, 'Dropping it'))) return;
     await this.stopRun(name, false);
-    const { notOwned } = await dropSync(await this.connections.endpoint(def.source), await this.connections.endpoint(def.target), name, (level, message) => this.log[level](`sync ${name}: ${message}`));
+    const { notOwned } = await dropSync(await this.connections.endpoint(def.source), await this.connections.endpoint(def.target), name, (level, message) => this.log[level](`sync ${name}: ${message}`), { spoolDir: def.spoolDir });
     await this.setPaused(name, false);
     await this.removeDefinition(name);
     if (notOwned.length > 0) void vscode.window.showWarningMessage(`Dropped sync ${name}, but its target has no state for it: slot ${notOwned.join(', ')} belongs to a sync of the same name into another target and stays. See the log.`);

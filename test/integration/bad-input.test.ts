@@ -228,6 +228,49 @@ describe('usage errors', () => {
     ];
     for (const [args, match] of cases) await expectFailure(t, args, [match, /--help/], { code: 2 });
   });
+
+  it('numbers are decimal digits only, sizes have minimums, names are not empty: exit 2 naming the flag', async (t) => {
+    const { sourceUrl, targetUrl } = await setup('strict');
+    const run = (...extra: string[]) => runArgs(sourceUrl, targetUrl, 'strict', '--publication', 'pub', ...extra);
+    const both = ['--source', sourceUrl, '--target', targetUrl];
+    const quoted = (n: string) => `"${n.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}"`;
+    const cases: [string[], RegExp][] = [
+      // Number() would run these as 10, 16, 1.5 (refused as not whole) and 3.
+      ...['1e1', '0x10', '1.5', ' 3', '3 ', '+3', ''].map((n): [string[], RegExp] => [run('--table-sync-workers', n), new RegExp(`--table-sync-workers must be a whole number from 1 to 64, in decimal digits only, not ${quoted(n)}`)]),
+      [['verify', '--subscription', 'strict', ...both, '--chunk-rows', '1e3'], /--chunk-rows must be a whole number from 100 to 10000000, in decimal digits only, not "1e3"/],
+      // One chunk per 8 KiB page would be a target transaction and a state row per page.
+      ...['1', '8kB', '1023KiB'].map((n): [string[], RegExp] => [run('--copy-chunk-size', n), new RegExp(`--copy-chunk-size must be 0 \\(copy each table in one stream\\) or at least 1MiB, not ${quoted(n)}`)]),
+      [run('--copy-chunk-size', ' 64MiB'), /--copy-chunk-size takes a size such as 256MiB or 0, not " 64MiB"/],
+      // The sizes that are fine get past it to the next flag's error.
+      [run('--copy-chunk-size', '1MiB', '--spool-dir', ''), /--spool-dir needs a folder/],
+      [run('--copy-chunk-size', '0', '--spool-dir', ''), /--spool-dir needs a folder/],
+      [['drop', '--subscription', 'strict', ...both, '--spool-dir', ''], /--spool-dir needs the folder the runs used/],
+      [runArgs(sourceUrl, targetUrl, 'strict', '--publication', ''), /--publication needs a publication name, not an empty string/],
+      [runArgs(sourceUrl, targetUrl, 'strict', '--publication', 'pub', '--publication', ' '), /--publication needs a publication name/],
+      [['check', ...both, '--publication', ''], /--publication needs a publication name/],
+      [['create-tables', ...both, '--publication', ''], /--publication needs a publication name/],
+      [['sql', 'replica-identity', '--source', sourceUrl, '--publication', ''], /--publication needs a publication name \(leave the flag out for every table\)/],
+      [['sql', 'role', '--source', sourceUrl, '--role', 'r', '--schema', ''], /--schema needs a schema name/],
+      [['status', '--subscription', 'Bad-Name', '--target', targetUrl], /subscription name "Bad-Name"/],
+      [['drop', '--subscription', 'Bad-Name', ...both], /subscription name "Bad-Name"/],
+      [['sync-sequences', '--subscription', 'Bad-Name', ...both], /subscription name "Bad-Name"/],
+    ];
+    for (const [args, match] of cases) await expectFailure(t, args, [match, /--help/], { code: 2 });
+  });
+
+  it('sql replica-identity with a publication the source lacks: one line with the fix, exit 1', async (t) => {
+    const { sourceUrl } = await setup('ri_nopub');
+    await expectFailure(t, ['sql', 'replica-identity', '--source', sourceUrl, '--publication', 'nosuchpub'],
+      [/publication "nosuchpub" does not exist on the source .*; fix --publication, or leave it out for every table/], { code: 1 });
+    const ok = await runCli(['sql', 'replica-identity', '--source', sourceUrl, '--publication', 'pub']);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /publication "pub"/);
+  });
+
+  it('hold-snapshot run by hand says what it is: one line, exit 2', async (t) => {
+    // runCli gives it an empty stdin, as a shell with </dev/null does; a terminal gets the same line at once.
+    await expectFailure(t, ['hold-snapshot'], [/hold-snapshot is internal: pg-live-sync run starts it .*; copy with pg-live-sync run instead/], { code: 2 });
+  });
 });
 
 describe('help', () => {

@@ -14,6 +14,8 @@ after(() => pair?.stop());
 
 /** Tiny chunks, so tables of a few hundred kB split into dozens of chunks. */
 const CHUNK = '16kB';
+// Below run's 1 MiB minimum: the CLI takes it for tests only, from this (inherited by every run started here).
+process.env.PG_LIVE_SYNC_TEST_SMALL_CHUNKS = '1';
 
 const processAlive = (pid: number) => {
   try {
