@@ -52,7 +52,7 @@ export function sanitizeSyncDefinition(raw: unknown): SyncDefinition | null {
   if (typeof raw !== 'object' || raw === null) return null;
   const r = raw as Record<string, unknown>;
   if (typeof r.name !== 'string' || typeof r.source !== 'string' || typeof r.target !== 'string') return null;
-  const chunkBytes = typeof r.copyChunkSize === 'string' ? parseSize(r.copyChunkSize) : typeof r.copyChunkSize === 'number' && r.copyChunkSize >= 0 ? Math.floor(r.copyChunkSize) : null;
+  const chunkBytes = r.copyChunkSize === undefined ? null : copyChunkBytes(r.copyChunkSize);
   // The engine runs in a child process whose working folder is not the user's: only an absolute folder means one place.
   const spoolDir = typeof r.spoolDir === 'string' && path.isAbsolute(r.spoolDir.trim()) ? r.spoolDir.trim() : null;
   return {
@@ -104,7 +104,7 @@ export function syncDefinitionProblems(raw: unknown, scope: SettingScope): strin
   if (r.tableSyncWorkers !== undefined && !(Number.isInteger(r.tableSyncWorkers) && (r.tableSyncWorkers as number) >= 1 && (r.tableSyncWorkers as number) <= MAX_WORKERS)) {
     bad('tableSyncWorkers', `set a whole number from 1 to ${MAX_WORKERS} (default 4)`);
   }
-  if (r.copyChunkSize !== undefined && copyChunkBytes(r.copyChunkSize) === null) bad('copyChunkSize', 'set a size such as "256MiB" or "64MB", or "0" to never split a table');
+  if (r.copyChunkSize !== undefined && copyChunkBytes(r.copyChunkSize) === null) bad('copyChunkSize', 'set a size of at least "1MiB", such as "256MiB" or "64MB", or "0" to never split a table');
   if (r.streaming !== undefined && !(STREAMING_MODES as readonly unknown[]).includes(r.streaming)) bad('streaming', `set one of ${STREAMING_MODES.map((m) => `"${m}"`).join(', ')}`);
   if (r.spoolDir !== undefined && !(typeof r.spoolDir === 'string' && path.isAbsolute(r.spoolDir.trim()))) bad('spoolDir', 'set an absolute folder path, or remove it for the default');
   for (const key of ['copyData', 'createTables', 'attach']) if (r[key] !== undefined && typeof r[key] !== 'boolean') bad(key, 'set true or false');
@@ -120,10 +120,14 @@ export function syncDefinitionProblems(raw: unknown, scope: SettingScope): strin
   return out;
 }
 
-/** copyChunkSize in bytes: a size string or a whole number of bytes, 0 included; null when it is neither. */
+/**
+ * copyChunkSize in bytes: a size string or a whole number of bytes, 0 (never split) or at least
+ * 1 MiB as `run --copy-chunk-size` takes it (each chunk costs a target transaction and a state row);
+ * null when it is neither.
+ */
 function copyChunkBytes(v: unknown): number | null {
   const bytes = typeof v === 'string' ? parseSize(v) : typeof v === 'number' && Number.isInteger(v) ? v : null;
-  return bytes !== null && bytes >= 0 && Number.isSafeInteger(bytes) ? bytes : null;
+  return bytes !== null && (bytes === 0 || bytes >= 1024 * 1024) && Number.isSafeInteger(bytes) ? bytes : null;
 }
 
 /** One sync as the settings define it: where, and what is wrong with it. */
