@@ -1,12 +1,14 @@
 import * as vscode from 'vscode';
 import type { SyncManager } from './syncManager';
-import { describeActivity, severity } from './syncModel';
+import { describeActivity, lagAlert, severity } from './syncModel';
 
 /** The running and attached syncs' worst state and lag; a click opens the progress panel. */
 export class SyncStatusBar implements vscode.Disposable {
   private readonly item = vscode.window.createStatusBarItem('pgLiveSync.status', vscode.StatusBarAlignment.Left, 50);
   private pending: NodeJS.Timeout | null = null;
   private readonly subscription: vscode.Disposable;
+  /** Syncs whose lag is past the user's line (pgLiveSync.lagWarningSeconds), each alerted once. */
+  private readonly lagging = new Set<string>();
 
   constructor(private readonly syncs: SyncManager) {
     this.item.name = 'Postgres Live Sync';
@@ -41,7 +43,19 @@ export class SyncStatusBar implements vscode.Disposable {
     const md = new vscode.MarkdownString(shown.map((x) => `**${x.d.name}**: ${describeActivity(x.snap!)}${x.snap!.header.lagSeconds !== null ? `, ${x.snap!.header.lagSeconds.toFixed(1)} s behind` : ''}`).join('\n\n'));
     md.appendMarkdown('\n\nClick to show the sync progress.');
     this.item.tooltip = md;
-    this.item.backgroundColor = severity(worst.snap!) === 5 ? new vscode.ThemeColor('statusBarItem.errorBackground') : undefined;
+    const threshold = vscode.workspace.getConfiguration('pgLiveSync').get<number>('lagWarningSeconds', 60);
+    for (const x of shown) {
+      const alert = lagAlert(x.d.name, x.snap!.header.lagSeconds, threshold, this.lagging.has(x.d.name));
+      if (alert.alerting) this.lagging.add(x.d.name);
+      else this.lagging.delete(x.d.name);
+      if (alert.notify) {
+        void vscode.window.showWarningMessage(alert.notify, 'Show Sync Progress').then((a) => {
+          if (a) void vscode.commands.executeCommand('pgLiveSync.showProgress', { kind: 'sync', name: x.d.name });
+        });
+      }
+    }
+    this.item.backgroundColor = severity(worst.snap!) === 5 ? new vscode.ThemeColor('statusBarItem.errorBackground')
+      : shown.some((x) => this.lagging.has(x.d.name)) ? new vscode.ThemeColor('statusBarItem.warningBackground') : undefined;
     this.item.show();
   }
 }

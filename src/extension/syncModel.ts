@@ -387,6 +387,21 @@ export function tableWord(t: Pick<PanelTable, 'state' | 'lastError' | 'removed'>
 }
 
 /** Worst first: what the status bar shows when several syncs run. */
+/**
+ * Whether a sync's lag calls for the user: past `thresholdSeconds` it does (0: never), and it stays
+ * so until the lag falls under half of it, so a lag hovering at the line raises one alert, not one
+ * per poll. `notify` is set once, when the lag crosses the line.
+ */
+export function lagAlert(name: string, lagSeconds: number | null, thresholdSeconds: number, alerting: boolean): { alerting: boolean; notify: string | null } {
+  if (thresholdSeconds <= 0 || lagSeconds === null) return { alerting: false, notify: null };
+  const now = alerting ? lagSeconds >= thresholdSeconds / 2 : lagSeconds > thresholdSeconds;
+  if (!now || alerting) return { alerting: now, notify: null };
+  return {
+    alerting: true,
+    notify: `Sync ${name} is ${Math.round(lagSeconds).toLocaleString('en-US')} s behind its source (the warning is set at ${thresholdSeconds.toLocaleString('en-US')} s in pgLiveSync.lagWarningSeconds): the source writes faster than the target applies, or a lock or a long query on the target holds the sync up. Show Sync Progress shows the lag and which tables are busy.`,
+  };
+}
+
 export function severity(s: PanelSnapshot): number {
   if (s.header.activity === 'error' || s.tables.some((t) => t.lastError && !t.removed)) return 5;
   if (s.header.activity === 'starting' || s.header.activity === 'copying') return 3;

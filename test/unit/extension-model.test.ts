@@ -15,7 +15,7 @@ import type { PanelSnapshot } from '../../src/extension/panelSource';
 import { commentText, note } from '../../src/engine/sqlgen';
 import { runConfirmation, splitStatements, statementSummary } from '../../src/extension/sqlSplit';
 import {
-  describeActivity, readingFromReport, readingFromStatus, sanitizeSyncDefinition, severity, syncApprovalKey, syncDefinitionProblems, syncEngineOptions, syncsFromSettings,
+  describeActivity, lagAlert, readingFromReport, readingFromStatus, sanitizeSyncDefinition, severity, syncApprovalKey, syncDefinitionProblems, syncEngineOptions, syncsFromSettings,
   syncTableMaps, SyncTracker, type Reading,
 } from '../../src/extension/syncModel';
 import type { PanelTable } from '../../webview/protocol';
@@ -724,5 +724,28 @@ describe('sync model: settings a folder may not be trusted with', () => {
     assert.deepEqual(syncs.map((s) => [s.def.name, s.problems.length]), [['s1', 1]]);
     assert.equal(notes.length, 2, notes.join('\n'));
     assert.ok(notes.every((n) => /is ignored$/.test(n)), notes.join('\n'));
+  });
+});
+
+describe('sync model: growing lag raises a warning', () => {
+  it('once past the line, with the setting and the cause; held until under half of it; never with 0', () => {
+    let state = false;
+    const step = (lag: number | null, threshold = 60) => {
+      const r = lagAlert('orders_sync', lag, threshold, state);
+      state = r.alerting;
+      return r;
+    };
+    assert.deepEqual(step(10), { alerting: false, notify: null });
+    assert.deepEqual(step(60), { alerting: false, notify: null }, 'at the line: not past it');
+    const crossed = step(75);
+    assert.equal(crossed.alerting, true);
+    assert.match(crossed.notify ?? '', /^Sync orders_sync is 75 s behind its source \(the warning is set at 60 s in pgLiveSync.lagWarningSeconds\): .*Show Sync Progress/);
+    assert.deepEqual(step(120), { alerting: true, notify: null }, 'one notification per crossing');
+    assert.deepEqual(step(45), { alerting: true, notify: null }, 'held above half the line');
+    assert.deepEqual(step(29), { alerting: false, notify: null }, 'cleared under half');
+    assert.equal(step(61).notify !== null, true, 'a new crossing alerts again');
+    state = false;
+    assert.deepEqual(step(10_000, 0), { alerting: false, notify: null }, '0 turns it off');
+    assert.deepEqual(step(null), { alerting: false, notify: null }, 'lag unknown');
   });
 });
