@@ -25,7 +25,7 @@ import { applyCreatePlan, createPlanSql, planCreateTables } from '../engine/sche
 import { listPublishedTables, publicationsMissing } from '../engine/catalog';
 import { statusToJson, type FromEngine, type ToEngine } from './ipc';
 import { TABLE_STATE_WORDS, type LogLevel, type SyncStatus, type TableProgress } from '../engine/types';
-import { formatBytes, formatColumns, formatCount, parseSize } from '../engine/units';
+import { counted, formatBytes, formatColumns, formatCount, parseSize } from '../engine/units';
 import { oneLine } from '../engine/oneLine';
 import { DEFAULT_CHUNK_ROWS, VERIFY_CATCH_UP_SECONDS, verifyLines, verifySync } from '../engine/verify';
 
@@ -441,7 +441,7 @@ async function slots(args: string[]): Promise<number> {
       process.stdout.write(JSON.stringify(found, null, 2) + '\n');
       return 0;
     }
-    const { listing, orphans } = slotsReport(found, targets.length === 0 ? 'any target (none given: pass every --target that syncs from this source)' : `the ${targets.length} target(s) given`);
+    const { listing, orphans } = slotsReport(found, targets.length === 0 ? 'any target (none given: pass every --target that syncs from this source)' : `the ${counted(targets.length, 'target')} given`);
     process.stdout.write([...listing, ...orphans].join('\n') + '\n');
     return 0;
   } finally {
@@ -554,7 +554,7 @@ async function check(args: string[]): Promise<number> {
       const findings = [...src.findings, ...unmatchedTableMaps(tableMaps, src.published, publications), ...tgt.findings];
       for (const f of findings) process.stdout.write(`${f.severity}: ${oneLine(f.message)}\n`);
       const errors = findings.filter((f) => f.severity === 'error').length;
-      process.stdout.write(`check: ${src.published.length} table(s), ${errors} error(s), ${findings.length - errors} warning(s)${errors === 0 ? '; ready to run' : ''}\n`);
+      process.stdout.write(`check: ${counted(src.published.length, 'table')}, ${counted(errors, 'error')}, ${counted(findings.length - errors, 'warning')}${errors === 0 ? '; ready to run' : ''}\n`);
       return errors === 0 ? 0 : 1;
     } finally {
       await target.end();
@@ -595,7 +595,7 @@ async function createTables(args: string[]): Promise<number> {
       for (const n of plan.notes) log('warn', n);
       process.stdout.write(createPlanSql({ ...plan, tables: [], notes: [], statements: [] }));
     }
-    log('info', `create-tables: ${plan.tables.length} table(s) ${dryRun ? 'to create' : 'created'}, ${plan.optional.length} other index(es) and constraint(s) not created${plan.optional.length > 0 ? ' (on stdout, commented out)' : ''}`);
+    log('info', `create-tables: ${counted(plan.tables.length, 'table')} ${dryRun ? 'to create' : 'created'}, ${formatCount(plan.optional.length)} other ${plan.optional.length === 1 ? 'index or constraint' : 'indexes and constraints'} not created${plan.optional.length > 0 ? ' (on stdout, commented out)' : ''}`);
     return 0;
   } finally {
     await target.end();
@@ -618,7 +618,7 @@ async function syncSequencesCommand(args: string[]): Promise<number> {
     }
     for (const r of results) log('info', describeSequence(r, dryRun));
     const changed = results.filter((r) => r.skipped === null).length;
-    log('info', `sync-sequences: ${results.length} sequence(s), ${changed} ${dryRun ? 'to set' : 'set'}, ${results.length - changed} unchanged`);
+    log('info', `sync-sequences: ${counted(results.length, 'sequence')}, ${formatCount(changed)} ${dryRun ? 'to set' : 'set'}, ${formatCount(results.length - changed)} unchanged`);
     return 0;
   } finally {
     await target.end();

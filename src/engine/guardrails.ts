@@ -10,7 +10,7 @@ import { note } from './sqlgen';
 import { slotNameFor, tableSyncSlotPattern, type SlotInfo } from './slot';
 import { invalidationAtRisk, secondsToInvalidation } from './walHeadroom';
 import { stateSchemaExists } from './state';
-import { formatBytes, formatColumns, formatDuration } from './units';
+import { counted, formatBytes, formatColumns, formatDuration } from './units';
 
 /** "retained WAL 1.2 GiB of max_slot_wal_keep_size 4 GiB: 2.8 GiB more (about 3h 05m at 250 KiB/s) before ..." */
 export function describeHeadroom(slot: SlotInfo, bytesPerSecond: number | null): string {
@@ -110,7 +110,7 @@ export function slotsReport(found: SyncSlot[], known: string): { listing: string
   return {
     listing,
     orphans: [
-      note(`${unowned.length} slot(s) have no state on ${known} and hold WAL for nobody, unless a target not known here owns them; to drop the unused ones, on the source:`),
+      note(`${counted(unowned.length, 'slot')} ${unowned.length === 1 ? 'has' : 'have'} no state on ${known} and hold WAL for nobody, unless a target not known here owns them; to drop the unused ones, on the source:`),
       ...unowned.map((s) => s.dropSql ?? note(`${s.name} is in use right now: stop the run that holds it first`)),
     ],
   };

@@ -12,6 +12,7 @@ import { removeSpoolFolders } from './spool';
 import { endHolders } from './snapshotHolder';
 import { deleteSubscriptionRows, loadHeldSnapshots, loadSubscription, loadTableProgress, stateSchemaExists, type SubscriptionRow } from './state';
 import type { Logger, TableProgress } from './types';
+import { counted } from './units';
 
 export interface SyncReport {
   subscription: SubscriptionRow;
@@ -152,7 +153,7 @@ async function dropSpools(subname: string, spoolDir: string | undefined, log: Lo
   const isOurs = (slot: string) => slot === slotNameFor(subname) || (slot.startsWith(tableSync) && /^\d+$/.test(slot.slice(tableSync.length)));
   try {
     const removed = await removeSpoolFolders(isOurs, spoolDir);
-    if (removed.length > 0) log('info', `removed ${removed.length} local spool folder(s) of subscription "${subname}" (source transactions a stopped run had kept): ${removed.join(', ')}`);
+    if (removed.length > 0) log('info', `removed ${counted(removed.length, 'local spool folder')} of subscription "${subname}" (source transactions a stopped run had kept): ${removed.join(', ')}`);
   } catch (err) {
     log('warn', `left the local spool folders of subscription "${subname}": ${errorMessage(err)}`);
   }

@@ -32,6 +32,11 @@ export function formatCount(n: number | null): string {
   return Math.round(n) < 0 ? `-${whole}` : whole;
 }
 
+/** 1 -> "1 table", 63987 -> "63,987 tables": a count with its noun, singular or plural. */
+export function counted(n: number, one: string, many = `${one}s`): string {
+  return `${formatCount(n)} ${Math.round(n) === 1 ? one : many}`;
+}
+
 /** 42 -> "42s", 200 -> "3m 20s", 7500 -> "2h 05m", 0.4 -> "0.4s". */
 export function formatDuration(seconds: number | null): string {
   if (seconds === null || !Number.isFinite(seconds)) return DASH;

@@ -50,7 +50,7 @@ import { notFound, readSyncReport } from './report';
 import { slotInfo, validateSubscriptionName } from './slot';
 import { loadColumnMaps, loadSubscription, tryLockSubscription, type SubscriptionRow } from './state';
 import { TABLE_STATE_WORDS, type Logger, type SyncedTable, type TableMap, type TableName } from './types';
-import { formatCount } from './units';
+import { counted, formatCount } from './units';
 
 export const DEFAULT_CHUNK_ROWS = 10_000;
 /** How long verify waits, per chunk, for a running sync to apply what the source had when read. */
@@ -239,7 +239,7 @@ class Verifier {
     const name = `${tableKey(p.t.source.schema, p.t.source.table)} -> ${qualified(p.t.target.schema, p.t.target.table)}`;
     const ranges: (KeyRange | null)[] = p.key.length === 0 ? [null] : chunkRanges(await this.boundaries(p));
     report.chunks = ranges.length;
-    this.opts.log('info', `verifying ${name}: ${ranges.length} chunk(s)${p.key.length === 0 ? ' (no key: the whole table at once)' : ` by (${p.key.map((k) => quoteIdent(k.name)).join(', ')})`}`);
+    this.opts.log('info', `verifying ${name}: ${counted(ranges.length, 'chunk')}${p.key.length === 0 ? ' (no key: the whole table at once)' : ` by (${p.key.map((k) => quoteIdent(k.name)).join(', ')})`}`);
     for (const [i, range] of ranges.entries()) {
       const c = await this.compare(p, range);
       report.sourceRows += c.source.rows;
@@ -400,7 +400,7 @@ class Verifier {
     }
     for (const c of problems) {
       c.fixed!.matches = same(await this.readSource(p, c.range), await this.readTarget(p, c.range));
-      this.opts.log('info', `re-copied chunk ${formatCount(c.index)} of ${tableKey(p.t.source.schema, p.t.source.table)}: ${formatCount(c.fixed!.rows)} row(s)${c.fixed!.matches ? '' : ', and it still differs'}`);
+      this.opts.log('info', `re-copied chunk ${formatCount(c.index)} of ${tableKey(p.t.source.schema, p.t.source.table)}: ${counted(c.fixed!.rows, 'row')}${c.fixed!.matches ? '' : ', and it still differs'}`);
     }
   }
 }
@@ -478,7 +478,7 @@ export function verifyLines(report: VerifyReport, fix: boolean): { lines: string
       out.push(`skipped: ${name}: ${t.skipped}`);
       continue;
     }
-    if (t.problems.length === 0) out.push(`ok: ${name}: ${formatCount(t.chunks)} chunk(s), ${formatCount(t.sourceRows)} rows`);
+    if (t.problems.length === 0) out.push(`ok: ${name}: ${counted(t.chunks, 'chunk')}, ${counted(t.sourceRows, 'row')}`);
     for (const c of t.problems) out.push(chunkLine(name, t, c));
   }
   const compared = report.tables.filter((t) => t.skipped === null);
@@ -486,7 +486,7 @@ export function verifyLines(report: VerifyReport, fix: boolean): { lines: string
   const fixed = compared.flatMap((t) => t.problems.filter((c) => c.fixed?.matches));
   const badTables = compared.filter((t) => t.problems.some(unresolved)).length;
   const skipped = report.tables.length - compared.length;
-  out.push(`verify: ${report.tables.length} table(s)${skipped > 0 ? `, ${skipped} not compared` : ''}, ${bad.length} chunk(s) differing in ${badTables} table(s)${fixed.length > 0 ? `, ${fixed.length} re-copied and now matching` : ''}${bad.some((c) => c.verdict === 'mismatch') && !fix ? '; pg-live-sync verify --fix re-copies them (with the sync stopped)' : ''}`);
+  out.push(`verify: ${counted(report.tables.length, 'table')}${skipped > 0 ? `, ${formatCount(skipped)} not compared` : ''}, ${counted(bad.length, 'chunk')} differing in ${counted(badTables, 'table')}${fixed.length > 0 ? `, ${formatCount(fixed.length)} re-copied and now matching` : ''}${bad.some((c) => c.verdict === 'mismatch') && !fix ? '; pg-live-sync verify --fix re-copies them (with the sync stopped)' : ''}`);
   const ok = report.tables.every((t) => t.skipped === null && t.problems.every((c) => !unresolved(c)));
   return { lines: out, ok };
 }

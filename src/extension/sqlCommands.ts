@@ -6,6 +6,7 @@ import { listPublications, publicationTables, userTables } from '../engine/probe
 import { addTablesPlan, connectorRoleSql, note, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
 import type { ConnectionStore } from './connections';
 import { runConfirmation, splitStatements, statementSummary } from './sqlSplit';
+import { counted, formatCount } from '../engine/units';
 
 /** Generated SQL is opened for review, never run behind the user's back. */
 export class SqlCommands {
@@ -102,7 +103,7 @@ export class SqlCommands {
     const pub = await vscode.window.showInputBox({ title: 'Create Publication: name', value: 'live_sync', ignoreFocusOut: true, validateInput: (v) => (v.trim() ? null : 'A publication needs a name') });
     if (!pub) return;
     const sql = `CREATE PUBLICATION ${quoteIdent(pub.trim())} FOR TABLE ${picked.map((p) => qualified(p.t.schema, p.t.table)).join(', ')}`;
-    await this.runConfirmed(name, [sql], `Create publication ${pub.trim()} with ${picked.length} table(s)`);
+    await this.runConfirmed(name, [sql], `Create publication ${pub.trim()} with ${counted(picked.length, 'table')}`);
   }
 
   async addTable(connection?: string, publication?: string): Promise<void> {
@@ -125,7 +126,7 @@ export class SqlCommands {
       if (!answer) return;
       if (answer === withIdentity) statements = [...plan.identityFixes, plan.add];
     }
-    await this.runConfirmed(name, statements, `Add ${picked.length === 1 ? 'a table' : `${picked.length} tables`} to ${pub}`);
+    await this.runConfirmed(name, statements, `Add ${counted(picked.length, 'table')} to ${pub}`);
   }
 
   async removeTable(connection?: string, publication?: string, table?: { schema: string; table: string }): Promise<void> {
@@ -141,7 +142,7 @@ export class SqlCommands {
       targets = picked.map((p) => p.t);
     }
     await this.runConfirmed(name, [`ALTER PUBLICATION ${quoteIdent(pub)} DROP TABLE ${targets.map((t) => qualified(t.schema, t.table)).join(', ')}`],
-      `Remove ${targets.length} table(s) from ${pub} (running syncs stop applying them; target data stays)`);
+      `Remove ${counted(targets.length, 'table')} from ${pub} (running syncs stop applying them; target data stays)`);
   }
 
   private async pickPublication(name: string, title: string): Promise<string | undefined> {
@@ -204,7 +205,7 @@ export class SqlCommands {
         } catch (err) {
           failed = errorMessage(err);
           lines.push(note(`ERROR: ${failed}: ${statementSummary(s)}`));
-          if (i < statements.length - 1) lines.push(note(`not run: ${statements.length - i - 1} statement(s) after this one`));
+          if (i < statements.length - 1) lines.push(note(`not run: ${counted(statements.length - i - 1, 'statement')} after this one`));
           break;
         }
       }
@@ -213,8 +214,8 @@ export class SqlCommands {
     });
     for (const l of lines) this.log.info(l.replace(/^-- /, `sql on ${name}: `));
     await this.openSql(lines.join('\n') + '\n');
-    if (failed) void vscode.window.showErrorMessage(`${ok} of ${statements.length} statement(s) ran on ${name}; then: ${failed}`);
-    else void vscode.window.showInformationMessage(`Ran ${ok} statement(s) on ${name}.`);
+    if (failed) void vscode.window.showErrorMessage(`${formatCount(ok)} of ${counted(statements.length, 'statement')} ran on ${name}; then: ${failed}`);
+    else void vscode.window.showInformationMessage(`Ran ${counted(ok, 'statement')} on ${name}.`);
     this.afterChange();
   }
 }

@@ -1,4 +1,5 @@
 import { oneLine } from '../engine/oneLine';
+import { counted } from '../engine/units';
 
 /**
  * Splits a script into statements the way psql does for the cases generated and hand-written
@@ -80,7 +81,7 @@ export function statementSummary(statement: string, max = 90): string {
  * them, numbered and in full, so nothing runs that the user was not shown.
  */
 export function runConfirmation(statements: string[], where: string, what: string | null): { message: string; detail: string } {
-  const count = `${statements.length} statement(s)`;
+  const count = counted(statements.length, 'statement');
   return {
     message: what ? `${what} on ${where}? (${count})` : `Run ${count} on ${where}?`,
     detail: statements.map((s, i) => `${i + 1}. ${oneLine(statementSummary(s, Infinity))}`).join('\n'),

@@ -21,6 +21,7 @@ import {
   readingFromReport, readingFromStatus, sanitizeSyncDefinition, syncApprovalKey, syncEngineOptions, syncsFromSettings, SyncTracker,
   type SlotReading, type SyncConnection, type SyncDefinition, type SyncSetting,
 } from './syncModel';
+import { counted } from '../engine/units';
 
 const SECTION = 'pgLiveSync';
 const KEY = 'syncs';
@@ -336,18 +337,18 @@ export class SyncManager implements PanelSource, vscode.Disposable {
     const planned = await this.withBoth(def, (source, target) => syncSequencesOfSync(source, target, name, true));
     const changes = planned.filter((r) => r.skipped === null);
     if (changes.length === 0) {
-      void vscode.window.showInformationMessage(`Sync ${name}: all ${planned.length} sequence(s) on ${def.target} are already past the source's; nothing to change.`);
+      void vscode.window.showInformationMessage(`Sync ${name}: ${planned.length === 1 ? 'the sequence' : `all ${counted(planned.length, 'sequence')}`} on ${def.target} ${planned.length === 1 ? 'is' : 'are'} already past the source's; nothing to change.`);
       return 'unchanged';
     }
     const answer = await vscode.window.showWarningMessage(
-      `Set ${changes.length} sequence(s) on ${def.target}?`,
+      `Set ${counted(changes.length, 'sequence')} on ${def.target}?`,
       { modal: true, detail: `${changes.map((r) => describeSequence(r, true)).join('\n')}\n\nDo this once writes to the source have stopped: sequences only move forward.` },
       'Set Sequences',
     );
     if (answer !== 'Set Sequences') return 'declined';
     const done = await this.withBoth(def, (source, target) => syncSequencesOfSync(source, target, name, false));
     for (const r of done) this.log.info(`sync ${name}: ${describeSequence(r, false)}`);
-    void vscode.window.showInformationMessage(`Sync ${name}: ${done.filter((r) => r.skipped === null).length} sequence(s) set on ${def.target}.`);
+    void vscode.window.showInformationMessage(`Sync ${name}: ${counted(done.filter((r) => r.skipped === null).length, 'sequence')} set on ${def.target}.`);
     return 'set';
   }
 

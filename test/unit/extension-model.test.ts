@@ -375,14 +375,14 @@ describe('splitStatements', () => {
     const statements = Array.from({ length: 30 }, (_, i) => `-- why\nALTER TABLE "public"."t${i}" REPLICA IDENTITY FULL`);
     statements.push(`ALTER TABLE "a\n; DROP TABLE x; --" REPLICA IDENTITY FULL /* ${'y'.repeat(300)} */`);
     const { message, detail } = runConfirmation(statements, 'source (h:5432/db)', null);
-    assert.equal(message, 'Run 31 statement(s) on source (h:5432/db)?');
+    assert.equal(message, 'Run 31 statements on source (h:5432/db)?');
     const lines = detail.split('\n');
     assert.equal(lines.length, 31);
     for (let i = 0; i < 30; i++) assert.equal(lines[i], `${i + 1}. ALTER TABLE "public"."t${i}" REPLICA IDENTITY FULL`);
     // A name's line break cannot make one statement look like two, and nothing is cut short.
     // (The one escaping of names on a line also keeps a `*/` from closing a comment.)
     assert.equal(lines[30], `31. ALTER TABLE "a ; DROP TABLE x; --" REPLICA IDENTITY FULL /* ${'y'.repeat(300)} *\\/`);
-    assert.match(runConfirmation(statements.slice(0, 2), 'source', 'Create publication p with 2 table(s)').message, /^Create publication p with 2 table\(s\) on source\? \(2 statement\(s\)\)$/);
+    assert.match(runConfirmation(statements.slice(0, 2), 'source', 'Create publication p with 2 tables').message, /^Create publication p with 2 tables on source\? \(2 statements\)$/);
   });
 
   it('comment text cannot hold a line break', () => {
