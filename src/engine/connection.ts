@@ -177,7 +177,7 @@ export function parseUrl(text: string, where = 'the connection URL'): Record<str
   const bracket = /^\[([^\]]*)\](.*)$/.exec(hostport);
   const host = bracket ? bracket[1] : hostport.split(':')[0];
   const portPart = bracket ? bracket[2] : hostport.slice(host.length);
-  if (portPart && !portPart.startsWith(':')) throw usage(`${where} has "${portPart}" after its host's ]; write postgresql://user@[::1]:5432/dbname`);
+  if ((portPart && !portPart.startsWith(':')) || /[[\]\s]/.test(host)) throw usage(`the host part of ${where} does not parse; write postgresql://user@host:5432/dbname, an IPv6 address in brackets: postgresql://user@[::1]:5432/dbname`);
   const q = tail.indexOf('?');
   const path = q < 0 ? tail : tail.slice(0, q);
   // An @ only after the host's / or ? is credentials cut short there by an unencoded character,
@@ -343,6 +343,13 @@ export function sessionOptions(userOptions: string): string {
   return [...kept, ...SESSION_SETTINGS.map((s) => `-c ${s}`)].join(' ');
 }
 
+/** Throws the usage error `connect` would, before anything connects: a bad --target is named even when the source is down. */
+export function checkEndpoint(endpoint: Endpoint): void {
+  resolveConnection(endpoint.url, process.env, whereConfigured(endpoint));
+}
+
+const whereConfigured = (endpoint: Endpoint) => endpoint.configuredIn ?? `the --${endpoint.role} URL`;
+
 /** host:port/database, never the password: the one description of an endpoint for logs, errors and the state table. */
 export function describeEndpoint(url: string): string {
   const c = new pg.Client(resolveConnection(url).config);
@@ -357,7 +364,7 @@ export function endpointAddress(url: string): { host: string; port: number } {
 }
 
 export async function connect(endpoint: Endpoint, opts: ConnectOptions = {}): Promise<pg.Client> {
-  const r = resolveConnection(endpoint.url, process.env, endpoint.configuredIn ?? `the --${endpoint.role} URL`);
+  const r = resolveConnection(endpoint.url, process.env, whereConfigured(endpoint));
   const plan = attempts(r.sslmode);
   for (let i = 0; ; i++) {
     const client = new pg.Client({
