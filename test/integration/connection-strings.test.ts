@@ -173,10 +173,10 @@ describe('keyword/value connection strings', () => {
 });
 
 describe('URL parameters and the engine\'s sessions', () => {
-  it('application_name and replication in the URLs do not rename or change the engine\'s sessions; the server keeps them alive with keepalives', async () => {
+  it('application_name in the URLs does not rename the engine\'s sessions, nor replication make them walsenders; the server keeps them alive with keepalives', async () => {
     const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'appname', SCHEMA);
     await tlsSource.query(db, `${ROWS(1, 20)}; CREATE PUBLICATION pub FOR TABLE t`);
-    const params = { application_name: 'mine', replication: 'database' };
+    const params = { application_name: 'mine' };
     const run = cli(['run', '--source', withParams(sourceUrl, params), '--target', withParams(targetUrl, params), '--publication', 'pub', '--subscription', 'appname_sub']);
     try {
       await waitAllReady(plainTarget, db, 'appname_sub', 1);
@@ -192,8 +192,10 @@ describe('URL parameters and the engine\'s sessions', () => {
     } finally {
       assert.equal(await finish(run), 0, run.output());
     }
-    const client = await connect({ url: withParams(plainTarget.url(db), { options: '-c tcp_keepalives_count=4' }), role: 'target' });
+    const client = await connect({ url: withParams(plainTarget.url(db), { options: '-c tcp_keepalives_count=4', replication: 'database' }), role: 'target' });
     try {
+      // A replication session would refuse parameters (the extended query protocol).
+      assert.equal((await client.query('SELECT $1::int AS one', [1])).rows[0].one, 1);
       const r = await client.query(`SELECT current_setting('tcp_keepalives_idle') AS idle, current_setting('tcp_keepalives_interval') AS intvl, current_setting('tcp_keepalives_count') AS cnt`);
       assert.deepEqual(r.rows[0], { idle: '30', intvl: '10', cnt: '4' }, 'our keepalive defaults, the user\'s options winning');
     } finally {
