@@ -6,12 +6,15 @@
  *  - a run killed while its connection was black-holed: its session stays on the target holding
  *    the lock; the next run sees from the state that its owner process is gone and takes over;
  *  - a fatal error after a reconnect still reaches last_error (`status --json`).
+ *  - a copy snapshot's holder is found by the pid the state records, whatever its session is named.
  * A live run's session is never ended: bad-input.test.ts (concurrent runs) refuses a second run.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { connect } from '../../src/engine/connection';
+import { endHolders } from '../../src/engine/snapshotHolder';
 import { startProxy, type Proxy } from '../harness/proxy';
-import { alive, finish, freshDatabases, runCli, startPair, tail, trackRuns, waitAllReady, waitFor, whileAlive, type Pair } from '../harness/sync';
+import { alive, finish, freshDatabases, pg, runCli, startPair, tail, trackRuns, waitAllReady, waitFor, whileAlive, type Pair } from '../harness/sync';
 
 let pair: Pair;
 const cli = trackRuns();
@@ -111,5 +114,31 @@ describe('a fatal error after a reconnect', () => {
     const status = await runCli(['status', '--subscription', sub, '--target', targetUrl, '--json']);
     assert.equal(status.code, 0, status.stderr);
     assert.match(JSON.parse(status.stdout).lastError ?? '', /duplicate key value violates unique constraint "t_pkey"/, status.stdout);
+  });
+});
+
+describe('snapshot holders', () => {
+  it('are ended by their recorded pid even when a URL named their session, and only sessions that are holders', async () => {
+    const { db, sourceUrl } = await freshDatabases(pair, 'holders', SCHEMA);
+    const session = async (sql: string) => {
+      const c = new pg.Client({ connectionString: sourceUrl, application_name: 'mine' });
+      await c.connect();
+      c.on('error', () => undefined);
+      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      const pid = (await c.query(sql)).rows[0].pid as number;
+      return { c, pid };
+    };
+    const holder = await session('SELECT pg_export_snapshot() AS snapshot, pg_backend_pid() AS pid');
+    const other = await session('SELECT pg_backend_pid() AS pid');
+    const admin = await connect({ url: sourceUrl, role: 'source' });
+    try {
+      await endHolders(admin, [holder.pid, other.pid]);
+      const live = async (pid: number) => (await admin.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [pid])).rowCount === 1;
+      await waitFor('the holder\'s session to end', async () => !(await live(holder.pid)), 30_000);
+      assert.equal(await live(other.pid), true, 'a session that is not a holder stays');
+    } finally {
+      await admin.end();
+      await Promise.all([holder.c.end().catch(() => undefined), other.c.end().catch(() => undefined)]);
+    }
   });
 });
