@@ -119,7 +119,7 @@ describe('a fatal error after a reconnect', () => {
 
 describe('snapshot holders', () => {
   it('are ended by their recorded pid even when a URL named their session, and only sessions that are holders', async () => {
-    const { db, sourceUrl } = await freshDatabases(pair, 'holders', SCHEMA);
+    const { sourceUrl } = await freshDatabases(pair, 'holders', SCHEMA);
     const session = async (sql: string) => {
       const c = new pg.Client({ connectionString: sourceUrl, application_name: 'mine' });
       await c.connect();
