@@ -37,7 +37,7 @@ export interface LockHolder extends LockSession {
 }
 
 /** This process: a pid reused after a restart (a container's pid 1) is told apart by it. */
-export const RUN_ID = randomUUID();
+export const RUN_ID: string = randomUUID();
 
 /** backend_start as LockSession.started, whatever the session's TimeZone or DateStyle. */
 const STARTED = (column: string) => `to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')`;
