@@ -63,13 +63,14 @@ export async function acquireRunLock(client: pg.Client, subname: string, abandon
     const holder = ((await client.query(HOLDER_SQL, [subname])).rows[0] as LockHolder | undefined) ?? null;
     // Let go of between the two queries: try again.
     if (!holder && attempt < 3) continue;
-    const why = holder && attempt < 3 ? staleHolder(holder, await loadOwner(client, subname), abandoned) : null;
-    if (!holder || !why) throw alreadyRunning(subname, holder);
+    const owner = holder ? await loadOwner(client, subname) : null;
+    const why = holder && attempt < 3 ? staleHolder(holder, owner, abandoned) : null;
+    if (!holder || !why) throw alreadyRunning(subname, holder, owner);
     log('warn', `ending session ${holder.pid} on the target, which holds subscription "${subname}"'s lock: ${why}`);
     const ended = await client
       .query(`SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE pid = $1 AND ${SAME_STARTED}`, [holder.pid, holder.started])
       .then((r) => r.rows[0]?.ok === true, () => false);
-    if (!ended) throw alreadyRunning(subname, holder);
+    if (!ended) throw alreadyRunning(subname, holder, owner);
     await untilGone(client, holder);
   }
 }
@@ -136,8 +137,9 @@ async function untilGone(client: pg.Client, s: LockSession): Promise<void> {
   }
 }
 
-function alreadyRunning(subname: string, holder: LockHolder | null): SyncError {
-  const who = holder ? `: session ${holder.pid} (${holder.app || 'no application_name'}${holder.addr ? ` from ${holder.addr}` : ''}) holds its lock` : '';
+function alreadyRunning(subname: string, holder: LockHolder | null, owner: LockOwner | null): SyncError {
+  const run = owner && holder && owner.pid === holder.pid && owner.started === holder.started ? `, run by process ${owner.osPid} on ${owner.host}` : '';
+  const who = holder ? `: session ${holder.pid}, ${holder.app || 'no application_name'}${holder.addr ? ` from ${holder.addr}` : ''}${run}` : '';
   const gone = holder ? `, or if that run is gone (its machine or network failed), end its session on the target: SELECT pg_terminate_backend(${holder.pid})` : '';
-  return new SyncError(`subscription "${subname}" is already running against this target (another pg-live-sync run holds it${who}); stop that run first${gone}`, 'running');
+  return new SyncError(`subscription "${subname}" is already running against this target (another pg-live-sync run holds its lock${who}); stop that run first${gone}`, 'running');
 }
