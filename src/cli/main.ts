@@ -5,7 +5,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type pg from 'pg';
-import { connect, describeEndpoint, qualified, tableKey } from '../engine/connection';
+import { checkEndpoint, connect, describeEndpoint, qualified, tableKey } from '../engine/connection';
 import { connectorRoleSql, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
 import { SyncEngine } from '../engine/engine';
 import { CheckError, errorMessage, SyncError } from '../engine/errors';
@@ -166,6 +166,8 @@ function log(level: LogLevel, message: string): void {
 }
 
 function required(value: string | undefined, flag: string, env?: string): string {
+  // A connection string that does not parse is a usage error before anything connects.
+  if (value && (flag === 'source' || flag === 'target')) checkEndpoint({ url: value, role: flag });
   if (value) return value;
   throw new UsageError(`missing --${flag}${env ? ` (or the ${env} environment variable)` : ''}`);
 }

@@ -23,6 +23,16 @@ const SESSION_SETTINGS = [
   'idle_in_transaction_session_timeout=0',
 ];
 
+/**
+ * The server probes an idle connection of ours after 30 s and drops it after 6 unanswered probes
+ * 10 s apart: a run whose network path died leaves no session behind holding its lock (or row
+ * locks) for the operating system's two hours. Defaults a user's `options` may change.
+ */
+const KEEPALIVE_SETTINGS = ['tcp_keepalives_idle=30', 'tcp_keepalives_interval=10', 'tcp_keepalives_count=6'];
+
+/** Our side probes an idle connection after this long (the operating system's interval and count after that). */
+const CLIENT_KEEPALIVE_IDLE_MS = 10_000;
+
 /** GUCs a user's `options` may not set: ours above, and the one the apply sessions SET themselves. */
 const ENGINE_GUCS = new Set([...SESSION_SETTINGS.map((s) => s.split('=')[0]), 'session_replication_role'].map(gucName));
 
@@ -64,12 +74,16 @@ interface ResolvedConnection {
 const OWN_PARAMS = ['sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'ssl', 'uselibpqcompat', 'options'] as const;
 type OwnParams = Partial<Record<(typeof OWN_PARAMS)[number], string>>;
 
-/** libpq's keywords: the ones `pg` understands are passed on, the others are accepted and ignored. */
+/**
+ * libpq's keywords: the ones `pg` understands are passed on, the others are accepted and ignored.
+ * The application name is the engine's (drop and a run find their sessions by it), and whether a
+ * session replicates is its choice too.
+ */
 const CONNINFO_TO_PG: Record<string, keyof pg.ClientConfig | null> = {
   host: 'host', hostaddr: 'host', port: 'port', dbname: 'database', user: 'user', password: 'password',
-  application_name: 'application_name', fallback_application_name: 'fallback_application_name',
 };
 const CONNINFO_IGNORED = new Set([
+  'application_name', 'fallback_application_name', 'require_auth', 'sslnegotiation', 'min_protocol_version', 'max_protocol_version',
   'passfile', 'channel_binding', 'connect_timeout', 'client_encoding', 'keepalives', 'keepalives_idle', 'keepalives_interval',
   'keepalives_count', 'tcp_user_timeout', 'replication', 'gssencmode', 'requiressl', 'sslcompression', 'sslpassword', 'sslcertmode',
   'sslcrl', 'sslcrldir', 'sslsni', 'requirepeer', 'ssl_min_protocol_version', 'ssl_max_protocol_version', 'krbsrvname', 'gsslib',
@@ -78,11 +92,13 @@ const CONNINFO_IGNORED = new Set([
 
 const isUrl = (text: string) => /^\s*[a-z][a-z0-9+.-]*:\/\//i.test(text);
 
+const usage = (message: string) => new SyncError(message, 'usage');
+
 /**
  * libpq's keyword/value form: `host=db port=5432 password='it\\'s'`, values bare or single-quoted,
- * a backslash escaping the next character.
+ * a backslash escaping the next character. `where` names the string in errors (its flag).
  */
-export function parseConninfo(text: string): Record<string, string> {
+export function parseConninfo(text: string, where = 'the connection string'): Record<string, string> {
   const out: Record<string, string> = {};
   let i = 0;
   const skipSpace = () => {
@@ -93,7 +109,7 @@ export function parseConninfo(text: string): Record<string, string> {
     while (i < text.length && text[i] !== '=' && !/\s/.test(text[i])) i++;
     const key = text.slice(keyStart, i);
     skipSpace();
-    if (text[i] !== '=') throw new SyncError(`missing "=" after "${key}" in the connection string; write key=value pairs, e.g. host=db.example.com dbname=app user=repl`, 'usage');
+    if (text[i] !== '=') throw usage(`missing "=" after "${key}" in ${where}; write key=value pairs, e.g. host=db.example.com dbname=app user=repl, or a postgresql:// URL`);
     i++;
     skipSpace();
     let value = '';
@@ -106,44 +122,115 @@ export function parseConninfo(text: string): Record<string, string> {
       value += text[i];
     }
     if (quoted) {
-      if (text[i] !== "'") throw new SyncError(`unterminated quoted value for "${key}" in the connection string`, 'usage');
+      if (text[i] !== "'") throw usage(`unterminated quoted value for "${key}" in ${where}`);
       i++;
     }
-    if (!(key in CONNINFO_TO_PG) && !CONNINFO_IGNORED.has(key) && !(OWN_PARAMS as readonly string[]).includes(key)) {
-      throw new SyncError(`the connection string has an unknown keyword "${key}"; use host, port, dbname, user, password, sslmode, options (libpq's keywords) or a postgresql:// URL`, 'usage');
+    if (!isKeyword(key)) {
+      throw usage(`${where} has an unknown keyword "${key}"; use host, port, dbname, user, password, sslmode, options (libpq's keywords) or a postgresql:// URL`);
     }
     out[key] = value;
   }
   return out;
 }
 
-function resolveConnection(text: string, env: NodeJS.ProcessEnv = process.env): ResolvedConnection {
+const isKeyword = (key: string) => key in CONNINFO_TO_PG || CONNINFO_IGNORED.has(key) || (OWN_PARAMS as readonly string[]).includes(key);
+
+/** What percent-encoding fixes, said once for every URL error that may come from a password. */
+const ENCODE_HINT = 'percent-encode / ? # @ : and % in a user name, password or database name (/ as %2F, ? as %3F, # as %23, @ as %40, : as %3A, % as %25)';
+
+function decodePart(text: string, part: string, where: string, secret: boolean): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    throw usage(`the ${part} in ${where} has a % not followed by two hex digits${secret ? '' : ` ("${text}")`}; write a literal % as %25`);
+  }
+}
+
+/**
+ * A postgresql:// URL taken apart as libpq does, into libpq's keywords: credentials, one host
+ * (an [IPv6] address, a name, or a percent-encoded socket directory), port, database, then the
+ * query's parameters. Only libpq's parameters are accepted: anything else (`statement_timeout`,
+ * `application_name` as `pg` would read it) must not change the engine's sessions.
+ */
+export function parseUrl(text: string, where = 'the connection URL'): Record<string, string> {
+  const m = /^\s*([a-z][a-z0-9+.-]*):\/\/(.*?)\s*$/is.exec(text);
+  if (!m) throw usage(`${where} is not a URL; write postgresql://user@host:5432/dbname`);
+  if (!['postgresql', 'postgres'].includes(m[1].toLowerCase())) {
+    throw usage(`${where} is a ${m[1]}:// URL, and pg-live-sync connects to PostgreSQL only; write postgresql://user@host:5432/dbname`);
+  }
+  const rest = m[2];
+  const authorityEnd = rest.search(/[/?]/);
+  const authority = authorityEnd < 0 ? rest : rest.slice(0, authorityEnd);
+  const tail = authorityEnd < 0 ? '' : rest.slice(authorityEnd);
+  const out: Record<string, string> = {};
+  // The last @ before the host, as `pg` read it: a password's unencoded @ still works.
+  const at = authority.lastIndexOf('@');
+  if (at >= 0) {
+    const userinfo = authority.slice(0, at);
+    const colon = userinfo.indexOf(':');
+    const user = decodePart(colon < 0 ? userinfo : userinfo.slice(0, colon), 'user name', where, false);
+    if (user) out.user = user;
+    if (colon >= 0) out.password = decodePart(userinfo.slice(colon + 1), 'password', where, true);
+  }
+  const hostport = authority.slice(at + 1);
+  if (hostport.includes(',')) throw usage(`${where} names several hosts; pg-live-sync connects to one: keep one host:port`);
+  const bracket = /^\[([^\]]*)\](.*)$/.exec(hostport);
+  const host = bracket ? bracket[1] : hostport.split(':')[0];
+  const portPart = bracket ? bracket[2] : hostport.slice(host.length);
+  if ((portPart && !portPart.startsWith(':')) || /[[\]\s]/.test(host)) throw usage(`the host part of ${where} does not parse; write postgresql://user@host:5432/dbname, an IPv6 address in brackets: postgresql://user@[::1]:5432/dbname`);
+  const q = tail.indexOf('?');
+  const path = q < 0 ? tail : tail.slice(0, q);
+  // An @ only after the host's / or ? is credentials cut short there by an unencoded character,
+  // whose "port" or "database" would be part of the password: say so without showing them.
+  const portBad = portPart.length > 1 && !/^\d{1,5}$/.test(portPart.slice(1));
+  if (at < 0 && (path.includes('@') || (portBad && tail.includes('@')))) {
+    throw usage(`${where} does not parse: an @ comes after its host part, so its user name or password holds a character that ends it; ${ENCODE_HINT}`);
+  }
+  if (host) out.host = decodePart(host, 'host', where, false);
+  if (portPart.length > 1) out.port = portPart.slice(1);
+  const dbname = decodePart(path.slice(1), 'database name', where, false);
+  if (dbname) out.dbname = dbname;
+  if (q < 0) return out;
+  for (const pair of tail.slice(q + 1).split('&')) {
+    if (!pair) continue;
+    const eq = pair.indexOf('=');
+    // `pg` read the query as a form, a + being a space; the extension writes its URLs so.
+    const key = eq < 0 ? pair : pair.slice(0, eq);
+    if (eq < 0 || !isKeyword(key)) {
+      const shown = /^[a-z_]+$/i.test(key) ? ` "${key}"` : '';
+      if (!shown) throw usage(`the part after ? in ${where} is not name=value parameters; ${ENCODE_HINT}`);
+      if (eq < 0) throw usage(`the parameter${shown} in ${where} has no value; write ${key}=value`);
+      throw usage(`${where} has an unknown parameter${shown}; libpq's are host, port, dbname, user, password, sslmode, options, ... (a server setting goes in options=-c name=value, where the engine's own, such as statement_timeout, win)`);
+    }
+    const value = pair.slice(eq + 1).replace(/\+/g, ' ');
+    out[key] = decodePart(value, `${key} parameter`, where, key === 'password');
+  }
+  return out;
+}
+
+/** A port as libpq takes it: digits, 1 to 65535. `pg` would fall back to PGPORT or 5432 on anything else. */
+function checkPort(text: string, where: string): number {
+  const port = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN;
+  if (!(port >= 1 && port <= 65535)) throw usage(`the port "${text}" in ${where} is not a port number (1 to 65535); fix the port there`);
+  return port;
+}
+
+function resolveConnection(text: string, env: NodeJS.ProcessEnv = process.env, where = 'the connection string'): ResolvedConnection {
   const own: OwnParams = {};
   let config: pg.ClientConfig;
-  if (isUrl(text) || text.startsWith('/')) {
-    // Our parameters leave the query string; `pg` parses the rest as it always has.
-    const q = text.indexOf('?');
-    let connectionString = text;
-    if (q >= 0) {
-      const params = new URLSearchParams(text.slice(q + 1));
-      for (const k of OWN_PARAMS) {
-        const v = params.get(k);
-        if (v !== null) own[k] = v;
-        params.delete(k);
-      }
-      const rest = params.toString();
-      connectionString = text.slice(0, q) + (rest ? `?${rest}` : '');
-    }
-    config = { connectionString };
+  if (text.startsWith('/')) {
+    // `pg`'s own form: a socket directory and a database name.
+    config = { connectionString: text };
   } else {
     config = {};
-    for (const [k, v] of Object.entries(parseConninfo(text))) {
+    for (const [k, v] of Object.entries(isUrl(text) ? parseUrl(text, where) : parseConninfo(text, where))) {
       const field = CONNINFO_TO_PG[k];
       if ((OWN_PARAMS as readonly string[]).includes(k)) own[k as keyof OwnParams] = v;
-      else if (field === 'port') config.port = Number(v);
+      else if (field === 'port') config.port = v.trim() === '' ? undefined : checkPort(v, where);
       else if (field && !(field === 'host' && k === 'hostaddr' && config.host)) (config as Record<string, unknown>)[field] = v;
     }
   }
+  if (config.port === undefined && env.PGPORT) checkPort(env.PGPORT, 'PGPORT');
   const host = new pg.Client(config).host;
   return { config, sslmode: sslModeOf(own, env, host), userOptions: own.options ?? env.PGOPTIONS ?? '', own, host: host ?? 'localhost' };
 }
@@ -256,6 +343,13 @@ export function sessionOptions(userOptions: string): string {
   return [...kept, ...SESSION_SETTINGS.map((s) => `-c ${s}`)].join(' ');
 }
 
+/** Throws the usage error `connect` would, before anything connects: a bad --target is named even when the source is down. */
+export function checkEndpoint(endpoint: Endpoint): void {
+  resolveConnection(endpoint.url, process.env, whereConfigured(endpoint));
+}
+
+const whereConfigured = (endpoint: Endpoint) => endpoint.configuredIn ?? `the --${endpoint.role} URL`;
+
 /** host:port/database, never the password: the one description of an endpoint for logs, errors and the state table. */
 export function describeEndpoint(url: string): string {
   const c = new pg.Client(resolveConnection(url).config);
@@ -270,15 +364,17 @@ export function endpointAddress(url: string): { host: string; port: number } {
 }
 
 export async function connect(endpoint: Endpoint, opts: ConnectOptions = {}): Promise<pg.Client> {
-  const r = resolveConnection(endpoint.url);
+  const r = resolveConnection(endpoint.url, process.env, whereConfigured(endpoint));
   const plan = attempts(r.sslmode);
   for (let i = 0; ; i++) {
     const client = new pg.Client({
       connectionTimeoutMillis: 10_000,
       keepAlive: true,
-      application_name: opts.applicationName ?? 'pg_live_sync',
+      keepAliveInitialDelayMillis: CLIENT_KEEPALIVE_IDLE_MS,
       ...r.config,
-      options: sessionOptions(r.userOptions),
+      application_name: opts.applicationName ?? 'pg_live_sync',
+      // Our keepalive defaults first, so the user's own settings of them win.
+      options: [...KEEPALIVE_SETTINGS.map((s) => `-c ${s}`), sessionOptions(r.userOptions)].join(' '),
       ssl: plan[i] ? tlsOptions(r, endpoint) : false,
       ...(opts.replication ? { replication: 'database' } : {}),
     } as pg.ClientConfig);

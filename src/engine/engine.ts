@@ -22,10 +22,11 @@ import {
 } from './slot';
 import {
   adoptSlotPosition, deleteHeldSnapshot, ensureStateSchema, loadHeldSnapshots, recordHeldSnapshot, loadSubscription, loadTableProgress, markTableRemoved, promoteCaughtUpTables, resetSubscription,
-  setConsistentLsn, setSubscriptionError, setTableError, setTableState, stateSchemaExists, tryLockSubscription,
+  setConsistentLsn, setSubscriptionError, setTableError, setTableState, stateSchemaExists,
   loadColumnMaps, sameColumnMap, setColumnMapBeforeCopy,
   resetTableForResync, tablesToResync, upsertTableError, upsertTableRow, writeAppliedLsn, appliedLsnStatement, writeCopyProgress, type SubscriptionRow,
 } from './state';
+import { acquireRunLock, type LockSession } from './runLock';
 import { ReplicationStream, type OpenTransactionEvent, type StreamEvent } from './stream';
 import { formatBytes } from './units';
 import { resolveColumnMap, resolveTarget } from './tablemap';
@@ -77,6 +78,13 @@ export class SyncEngine {
   private changesApplied = 0;
   private transactionsApplied = 0;
   private locked = false;
+  /** Whether this run held the lock at some point: its own errors are then the state's to show. */
+  private everLocked = false;
+  /** The target session holding the lock now (the main one); after a reconnect, no longer run()'s first. */
+  private targetClient: pg.Client | null = null;
+  private lockSession: LockSession | null = null;
+  /** This run's lock sessions given up on a lost connection: a reconnect finding one still holding the lock ends it. */
+  private abandonedLocks: LockSession[] = [];
   /** Work the stream loop does between two source transactions (handovers, table changes). */
   private mainTasks: (() => Promise<void>)[] = [];
   /** The position the target holds (applied_lsn; the copy's consistent point before streaming): the slot is never acknowledged past it. */
@@ -135,6 +143,7 @@ export class SyncEngine {
     try {
       source = await connect(this.source);
       target = await connect(this.target);
+      this.targetClient = target;
       const fresh = !(await stateSchemaExists(target)) || (await loadSubscription(target, options.subscription)) === null;
       const src = await checkSource(source, this.source, options.publications, options.subscription);
       if (options.createTables) {
@@ -157,7 +166,7 @@ export class SyncEngine {
       target = await this.streamWithRetries(target);
     } catch (err) {
       failed = true;
-      if (target && this.locked) await setSubscriptionError(target, options.subscription, errorMessage(err)).catch(() => undefined);
+      if (this.everLocked) await this.recordError(errorMessage(err));
       if (err instanceof SyncError) throw err;
       throw new SyncError(`stopped: ${errorMessage(err)}; nothing applied is lost: fix the cause and run again to resume`, 'fatal');
     } finally {
@@ -166,7 +175,24 @@ export class SyncEngine {
       await this.analyzer?.close(failed);
       this.phase = 'stopped';
       hooks.onStatus?.(this.status());
-      await Promise.all([source?.end().catch(() => undefined), target?.end().catch(() => undefined)]);
+      const targets = new Set([target, this.targetClient]);
+      await Promise.all([source, ...targets].map((c) => c?.end().catch(() => undefined)));
+    }
+  }
+
+  /**
+   * A fatal error goes to last_error, for `status`, Attach and the panel: through the session
+   * that holds the lock, or a fresh one when that is gone (the error may be why).
+   */
+  private async recordError(message: string): Promise<void> {
+    const { subscription } = this.options;
+    if (this.targetClient && (await setSubscriptionError(this.targetClient, subscription, message).then(() => true, () => false))) return;
+    const fresh = await connect(this.target).catch(() => null);
+    if (!fresh) return;
+    try {
+      await setSubscriptionError(fresh, subscription, message).catch(() => undefined);
+    } finally {
+      await fresh.end().catch(() => undefined);
     }
   }
 
@@ -190,10 +216,9 @@ export class SyncEngine {
   }
 
   private async lock(target: pg.Client): Promise<void> {
-    if (!(await tryLockSubscription(target, this.options.subscription))) {
-      throw new SyncError(`subscription "${this.options.subscription}" is already running against this target (another pg-live-sync run holds it); stop that run first`, 'running');
-    }
+    this.lockSession = await acquireRunLock(target, this.options.subscription, this.abandonedLocks, this.hooks.log);
     this.locked = true;
+    this.everLocked = true;
   }
 
   /**
@@ -376,6 +401,7 @@ export class SyncEngine {
       try {
         if (!client) {
           client = await connect(this.target);
+          this.targetClient = client;
           this.locked = false;
           await this.lock(client);
         }
@@ -383,12 +409,19 @@ export class SyncEngine {
         return client;
       } catch (err) {
         if (this.abort.signal.aborted && !(err instanceof SyncError && err.code !== 'connect')) return client ?? target;
-        if (!isTransient(err)) throw err;
+        // Held by a run that may be live (this run's own stale session was ended): wait for it rather than exit.
+        const heldElsewhere = err instanceof SyncError && err.code === 'running';
+        if (!isTransient(err) && !heldElsewhere) throw err;
         if (Date.now() - startedAt > 60_000) attempt = 0;
         attempt++;
         const delay = Math.min(MAX_RETRY_DELAY_MS, 1000 * 2 ** (attempt - 1));
-        log('warn', retryMessage(err, `retry ${attempt} in ${delay / 1000} s`));
+        const retry = `retry ${attempt} in ${delay / 1000} s`;
+        log('warn', heldElsewhere ? `${errorMessage(err)}; ${retry}` : retryMessage(err, retry));
         if (client) {
+          if (this.locked && this.lockSession) this.abandonedLocks = [...this.abandonedLocks.slice(-9), this.lockSession];
+          this.locked = false;
+          this.lockSession = null;
+          if (this.targetClient === client) this.targetClient = null;
           await client.end().catch(() => undefined);
           client = null;
         }

@@ -29,6 +29,9 @@ export const HOLDER_GRACE_MS = 5 * 60_000;
 /** The application_name of the holder's session: drop and adopters terminate only sessions named so. */
 export const HOLDER_APPLICATION_NAME = 'pg_live_sync_snapshot';
 
+/** The holder's last statement, which pg_stat_activity shows while it sits in its transaction. */
+const EXPORT_SQL = 'SELECT pg_export_snapshot() AS snapshot, pg_backend_pid() AS pid';
+
 export interface HeldSnapshot {
   /** The snapshot as the holder exported it again: import this one. */
   snapshot: string;
@@ -97,12 +100,18 @@ export async function holdSnapshot(source: Endpoint, snapshot: string, graceMs =
   };
 }
 
-/** Ends holders by their source sessions (a holder exits when its session ends); only holders' sessions. */
+/**
+ * Ends holders by the source sessions the state records (a holder exits when its session ends);
+ * only holders' sessions, so a pid taken by another session since is left alone: one named as
+ * ours, or one still sitting in the transaction that exported the snapshot (a holder started by a
+ * version that let a URL's application_name rename it).
+ */
 export async function endHolders(source: pg.Client, backendPids: number[]): Promise<void> {
   if (backendPids.length === 0) return;
   await source.query(
-    `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1::int[]) AND application_name = $2`,
-    [backendPids, HOLDER_APPLICATION_NAME],
+    `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+      WHERE pid = ANY($1::int[]) AND (application_name = $2 OR (state = 'idle in transaction' AND query = $3))`,
+    [backendPids, HOLDER_APPLICATION_NAME, EXPORT_SQL],
   );
 }
 
@@ -155,7 +164,7 @@ export async function runSnapshotHolder(input: Readable, output: Writable): Prom
   try {
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     await client.query(`SET TRANSACTION SNAPSHOT '${orders.snapshot.replace(/'/g, "''")}'`);
-    const r = await client.query('SELECT pg_export_snapshot() AS snapshot, pg_backend_pid() AS pid');
+    const r = await client.query(EXPORT_SQL);
     output.write(JSON.stringify({ snapshot: r.rows[0].snapshot, pid: r.rows[0].pid }) + '\n');
   } catch (err) {
     output.write(JSON.stringify({ error: errorMessage(err) }) + '\n');

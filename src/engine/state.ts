@@ -52,6 +52,16 @@ ALTER TABLE _pg_live_sync.subscription ADD COLUMN IF NOT EXISTS acks_applied_onl
 ALTER TABLE _pg_live_sync.subscription_rel ADD COLUMN IF NOT EXISTS column_map jsonb;
 COMMENT ON COLUMN _pg_live_sync.subscription_rel.column_map IS '--table-map "columns" the target data was copied under (source column -> target column, null for left out); NULL for none';
 COMMENT ON COLUMN _pg_live_sync.subscription.acks_applied_only IS 'true once runs acknowledge to the slot no more than applied_lsn: a slot confirmed past applied_lsn was then moved by another sync';
+CREATE TABLE IF NOT EXISTS _pg_live_sync.run_lock (
+  subname         text PRIMARY KEY,
+  backend_pid     int NOT NULL,
+  backend_start   timestamptz NOT NULL,
+  host            text NOT NULL,
+  os_pid          int NOT NULL,
+  run_id          text NOT NULL,
+  locked_at       timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE _pg_live_sync.run_lock IS 'the run that took the subscription''s lock last: its target session (backend_pid, backend_start) and its process (host, os_pid, run_id), so a later run can tell that session is left over from a run that is gone';
 CREATE TABLE IF NOT EXISTS _pg_live_sync.copy_chunk (
   subname         text NOT NULL,
   schemaname      text NOT NULL,

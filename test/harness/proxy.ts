@@ -2,7 +2,8 @@
  * A local TCP proxy for fault tests: listens on a free port on 127.0.0.1 and forwards every
  * connection to `targetPort`. `cut()` drops every current connection (both ends get a reset, as
  * on a network fault); `pause()` refuses new connections (accepted and reset at once, counted in
- * `refused`) until `resume()`.
+ * `refused`) until `resume()`. `blackHole()` and `halfOpen()` leave connections open that carry
+ * nothing, as a network path that dies does.
  */
 import net from 'node:net';
 
@@ -17,6 +18,16 @@ export interface Proxy {
   readonly open: number;
   /** Destroys every current connection, both sides, with a TCP reset. */
   cut(): void;
+  /**
+   * Every current connection stops carrying anything and neither end is told; one end closing
+   * (a killed client) leaves the other open. New connections are forwarded as usual.
+   */
+  blackHole(): void;
+  /**
+   * blackHole(), then the client ends are reset: the client's side gave up on the connection
+   * (keepalive, a timeout) while the server's still holds its session.
+   */
+  halfOpen(): void;
   /** New connections are reset as soon as they are accepted. */
   pause(): void;
   resume(): void;
@@ -25,7 +36,10 @@ export interface Proxy {
 }
 
 export async function startProxy(targetPort: number, targetHost = '127.0.0.1'): Promise<Proxy> {
-  const links = new Set<{ client: net.Socket; upstream: net.Socket }>();
+  type Link = { client: net.Socket; upstream: net.Socket; end: () => void };
+  const links = new Set<Link>();
+  /** Black-holed: closed only by close(). */
+  const stranded = new Set<Link>();
   let paused = false;
   let accepted = 0;
   const refusedAt: number[] = [];
@@ -49,13 +63,13 @@ export async function startProxy(targetPort: number, targetHost = '127.0.0.1'): 
     accepted++;
     const upstream = net.connect(targetPort, targetHost);
     upstream.on('error', () => undefined);
-    const link = { client, upstream };
-    links.add(link);
     const end = () => {
       links.delete(link);
       client.destroy();
       upstream.destroy();
     };
+    const link = { client, upstream, end };
+    links.add(link);
     client.on('close', end);
     upstream.on('close', end);
     client.pipe(upstream);
@@ -79,6 +93,23 @@ export async function startProxy(targetPort: number, targetHost = '127.0.0.1'): 
     links.clear();
   };
 
+  const blackHole = (): Link[] => {
+    const holed = [...links];
+    for (const link of holed) {
+      const { client, upstream, end } = link;
+      client.unpipe(upstream);
+      upstream.unpipe(client);
+      client.off('close', end);
+      upstream.off('close', end);
+      // Read and drop: what either side sends is lost.
+      client.resume();
+      upstream.resume();
+      links.delete(link);
+      stranded.add(link);
+    }
+    return holed;
+  };
+
   return {
     port,
     get accepted() {
@@ -94,6 +125,12 @@ export async function startProxy(targetPort: number, targetHost = '127.0.0.1'): 
       return links.size;
     },
     cut,
+    blackHole() {
+      blackHole();
+    },
+    halfOpen() {
+      for (const { client } of blackHole()) reset(client);
+    },
     pause() {
       paused = true;
     },
@@ -103,6 +140,11 @@ export async function startProxy(targetPort: number, targetHost = '127.0.0.1'): 
     async close() {
       paused = true;
       cut();
+      for (const { client, upstream } of stranded) {
+        reset(client);
+        reset(upstream);
+      }
+      stranded.clear();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };

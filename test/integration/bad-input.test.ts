@@ -325,3 +325,25 @@ describe('concurrent runs', () => {
     }
   });
 });
+
+describe('connection strings that do not parse', () => {
+  it('a bad port, another scheme, an unencoded / in a password, a non-libpq parameter: exit 2, one line naming the flag and the fix, no password', async (t) => {
+    const { sourceUrl, targetUrl } = await setup('badurl');
+    const port = pair.source.port;
+    const slashed = `postgres://postgres:${PASSWORD}/x@127.0.0.1:${port}/db`;
+    const cases: [string[], RegExp[]][] = [
+      [runArgs(sourceUrl.replace(`:${port}/`, ':notaport/'), targetUrl, 'badurl', '--publication', 'pub'), [/the port "notaport" in the --source URL is not a port number/]],
+      [runArgs(sourceUrl, targetUrl.replace(`:${pair.target.port}/`, ':99999/'), 'badurl', '--publication', 'pub'), [/the port "99999" in the --target URL/]],
+      [runArgs(`host=127.0.0.1 port=abc dbname=db user=postgres password=${PASSWORD}`, targetUrl, 'badurl', '--publication', 'pub'), [/the port "abc" in the --source URL/]],
+      [runArgs(sourceUrl.replace(/^postgres(ql)?:/, 'mysql:'), targetUrl, 'badurl', '--publication', 'pub'), [/the --source URL is a mysql:\/\/ URL.*write postgresql:\/\//]],
+      [runArgs(slashed, targetUrl, 'badurl', '--publication', 'pub'), [/the --source URL does not parse.*percent-encode.*\/ as %2F/]],
+      [runArgs(sourceUrl, `${targetUrl}?statement_timeout=150`, 'badurl', '--publication', 'pub'), [/the --target URL has an unknown parameter "statement_timeout".*options=-c name=value/]],
+      [['check', '--source', sourceUrl, '--target', targetUrl.replace(`:${pair.target.port}/`, ':x1/'), '--publication', 'pub', '--subscription', 'badurl'], [/the port "x1" in the --target URL/]],
+      [['status', '--subscription', 'badurl', '--target', slashed], [/the --target URL does not parse/]],
+    ];
+    for (const [args, match] of cases) {
+      const line = await expectFailure(t, args, [...match, /--help/], { code: 2 });
+      assert.ok(!line.includes('/x@') && !line.includes(`${PASSWORD}/`), line);
+    }
+  });
+});

@@ -171,3 +171,45 @@ describe('keyword/value connection strings', () => {
     }
   });
 });
+
+describe('URL parameters and the engine\'s sessions', () => {
+  it('application_name in the URLs does not rename the engine\'s sessions, nor replication make them walsenders; the server keeps them alive with keepalives', async () => {
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'appname', SCHEMA);
+    await tlsSource.query(db, `${ROWS(1, 20)}; CREATE PUBLICATION pub FOR TABLE t`);
+    const params = { application_name: 'mine' };
+    const run = cli(['run', '--source', withParams(sourceUrl, params), '--target', withParams(targetUrl, params), '--publication', 'pub', '--subscription', 'appname_sub']);
+    try {
+      await waitAllReady(plainTarget, db, 'appname_sub', 1);
+      await whileAlive(run, 'the stream session on the source', async () => (await engineSessions(tlsSource)).some((s) => s.app === 'pg_live_sync_stream'));
+      for (const cluster of [tlsSource, plainTarget]) {
+        const named = await cluster.query(db, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND application_name = 'mine'`, [db]);
+        assert.equal(named.rows[0].n, 0, 'no engine session took the URL\'s application_name');
+      }
+      assert.ok((await engineSessions(plainTarget)).some((s) => s.app === 'pg_live_sync'), 'the main target session keeps its name, which the run lock and drop look for');
+      await tlsSource.query(db, ROWS(21, 30));
+      await waitCaughtUp(pair, db, 'appname_sub', 60_000, run);
+      assert.deepEqual(await tableFingerprint(plainTarget, db, PUBLISHED), await tableFingerprint(tlsSource, db, PUBLISHED));
+    } finally {
+      assert.equal(await finish(run), 0, run.output());
+    }
+    const client = await connect({ url: withParams(plainTarget.url(db), { options: '-c tcp_keepalives_count=4', replication: 'database' }), role: 'target' });
+    try {
+      // A replication session would refuse parameters (the extended query protocol).
+      assert.equal((await client.query('SELECT $1::int AS one', [1])).rows[0].one, 1);
+      const r = await client.query(`SELECT current_setting('tcp_keepalives_idle') AS idle, current_setting('tcp_keepalives_interval') AS intvl, current_setting('tcp_keepalives_count') AS cnt`);
+      assert.deepEqual(r.rows[0], { idle: '30', intvl: '10', cnt: '4' }, 'our keepalive defaults, the user\'s options winning');
+    } finally {
+      await client.end();
+    }
+  });
+
+  it('statement_timeout in a URL is refused before anything starts (exit 2), instead of failing every copy', async () => {
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'stmt_timeout', SCHEMA);
+    await tlsSource.query(db, `${ROWS(1, 20)}; CREATE PUBLICATION pub FOR TABLE t`);
+    const r = await runCli(['run', '--source', sourceUrl, '--target', withParams(targetUrl, { statement_timeout: '150' }), '--publication', 'pub', '--subscription', 'stmt_sub'], {}, 30_000);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr.trim(), /^pg-live-sync: the --target URL has an unknown parameter "statement_timeout"; .*options=-c name=value.*; run pg-live-sync run --help for usage$/);
+    const slots = await tlsSource.query(db, `SELECT count(*)::int AS n FROM pg_replication_slots WHERE slot_name = 'pg_live_sync_stmt_sub'`);
+    assert.equal(slots.rows[0].n, 0);
+  });
+});
