@@ -111,6 +111,31 @@ export interface TableMode {
  */
 export type DriftHandler = (table: SyncedTable, missingColumns: string[]) => Promise<'added' | 'stopped'>;
 
+/** A table's changes that found no row on the target, in one group. */
+export interface MissingRowCount {
+  schema: string;
+  table: string;
+  updates: number;
+  deletes: number;
+}
+
+/**
+ * The group's counts as the parameter of its position statement: pg reads it (toPostgres) when it
+ * sends that statement, which is after every statement before it has answered and its count was
+ * taken (see Applier.counted), and before any statement of the next group can have answered.
+ * `taken` keeps what was written, for the run's own progress once the group commits.
+ */
+export class MissingRowCounts {
+  taken: MissingRowCount[] = [];
+  constructor(private readonly counts: Map<string, MissingRowCount>) {}
+
+  toPostgres(): string | null {
+    this.taken = [...this.counts.values()];
+    this.counts.clear();
+    return this.taken.length > 0 ? JSON.stringify(this.taken) : null;
+  }
+}
+
 export class Applier {
   private readonly relations = new Map<number, Relation>();
   private readonly plans = new Map<number, RelationPlan | null>();
@@ -123,6 +148,8 @@ export class Applier {
   private orderedQueued = false;
   private readonly inFlight: { done: Promise<void>; bytes: number }[] = [];
   private inFlightBytes = 0;
+  /** Per source table, this group's changes that found no row, until its position statement takes them. */
+  private readonly missing = new Map<string, MissingRowCount>();
   /** The first statement of the group that failed; the target transaction is aborted. */
   private failure: unknown = null;
   private skipping = false;
@@ -438,9 +465,9 @@ export class Applier {
     // The answer's handler keeps only counts: the rows are free once their statement is built.
     const { op, bytes } = b;
     const n = b.rows.length;
-    await this.pipeline(plan, op, bytes, () => this.target.query(sql, params), (r) => {
+    await this.pipeline(plan, op, bytes, () => this.counted(sql, params, (r) => {
       if ((r.rowCount ?? 0) < n) this.missingRows(op, plan, n - (r.rowCount ?? 0));
-    });
+    }), () => undefined);
   }
 
   /**
@@ -510,6 +537,7 @@ export class Applier {
     this.inFlight.length = 0;
     this.inFlightBytes = 0;
     this.failure = null;
+    this.missing.clear();
   }
 
   private keyOf(plan: RelationPlan, row: Tuple): string {
@@ -660,9 +688,9 @@ export class Applier {
       if (r.rowCount === 0) await this.replaceRow(plan, identity, row);
       return;
     }
-    await this.pipeline(plan, 'update', 0, () => this.target.query(`UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${where}`, params), (r) => {
+    await this.pipeline(plan, 'update', 0, () => this.counted(`UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${where}`, params, (r) => {
       if (r.rowCount === 0) this.missingRows('update', plan, 1);
-    });
+    }), () => undefined);
   }
 
   /**
@@ -689,9 +717,9 @@ export class Applier {
   private async deleteOne(plan: RelationPlan, identity: Tuple): Promise<void> {
     const params: (string | null)[] = [];
     const where = this.whereClause(plan, identity, params);
-    await this.pipeline(plan, 'delete', 0, () => this.target.query(`DELETE FROM ${plan.targetName} WHERE ${where}`, params), (r) => {
+    await this.pipeline(plan, 'delete', 0, () => this.counted(`DELETE FROM ${plan.targetName} WHERE ${where}`, params, (r) => {
       if (r.rowCount === 0) this.missingRows('delete', plan, 1);
-    });
+    }), () => undefined);
   }
 
   /**
@@ -713,9 +741,33 @@ export class Applier {
     }
   }
 
-  private missingRows(op: string, plan: RelationPlan, n: number): void {
-    // As PostgreSQL's own subscriber does: the row is gone on the target; report and go on.
-    this.log('warn', `${op} found no row for ${n} change(s) in ${plan.targetName}: the target was changed outside the sync`);
+  /**
+   * client.query whose `count` runs in pg's own callback, which pg calls before it sends the next
+   * statement; a promise's then() would run only after that, too late for the position statement
+   * that follows the group's last statement (MissingRowCounts).
+   */
+  private counted(sql: string, params: unknown[], count: (r: pg.QueryResult) => void): Promise<pg.QueryResult> {
+    return new Promise((resolve, reject) => {
+      this.target.query(sql, params, (err: Error, r: pg.QueryResult) => {
+        if (err) return reject(err);
+        count(r);
+        resolve(r);
+      });
+    });
+  }
+
+  private missingRows(op: 'update' | 'delete' | 'insert', plan: RelationPlan, n: number): void {
+    // As PostgreSQL's own subscriber does: the row is gone on the target; report, count and go on.
+    this.log('warn', `${op} found no row for ${n} change(s) in ${plan.targetName}: the target was changed outside the sync; pg-live-sync verify compares the table with the source`);
+    let c = this.missing.get(plan.key);
+    if (!c) this.missing.set(plan.key, (c = { schema: plan.relation.schema, table: plan.relation.table, updates: 0, deletes: 0 }));
+    if (op === 'delete') c.deletes += n;
+    else c.updates += n;
+  }
+
+  /** This group's changes that found no row, for its position statement. */
+  missingRowCounts(): MissingRowCounts {
+    return new MissingRowCounts(this.missing);
   }
 }
 

@@ -709,8 +709,8 @@ export class SyncEngine {
         return processed;
       case 'open-commit': {
         await this.checkpoint(target, applier, stream);
-        const committed = await open.commit(ev, async (client, at, commitTime) => {
-          await writeAppliedLsn(client, this.options.subscription, at, commitTime);
+        const committed = await open.commit(ev, async (client, at, commitTime, missing) => {
+          await writeAppliedLsn(client, this.options.subscription, at, commitTime, missing);
           if (this.handedOverBy(at)) await this.promote(client, at);
         });
         // Not committed here: the stream replays it from the spool next.
@@ -765,7 +765,7 @@ export class SyncEngine {
     await this.committed();
     const lsn = applier.group?.lastCommitLsn ?? null;
     if (pipelined && lsn !== null && !this.handedOverBy(lsn)) {
-      const sent = await checkpointPipelined(applier, (at, commitTime) => appliedLsnStatement(this.options.subscription, at, commitTime));
+      const sent = await checkpointPipelined(applier, (at, commitTime, missing) => appliedLsnStatement(this.options.subscription, at, commitTime, missing));
       if (sent) {
         this.pendingSince = null;
         this.committing = sent.committed.then((done) => this.checkpointed(done, stream));
@@ -774,8 +774,8 @@ export class SyncEngine {
         return;
       }
     }
-    const done = await checkpoint(target, applier, async (client, at, commitTime) => {
-      await writeAppliedLsn(client, this.options.subscription, at, commitTime);
+    const done = await checkpoint(target, applier, async (client, at, commitTime, missing) => {
+      await writeAppliedLsn(client, this.options.subscription, at, commitTime, missing);
       if (this.handedOverBy(at)) await this.promote(client, at);
     });
     this.pendingSince = null;
@@ -797,6 +797,12 @@ export class SyncEngine {
     // A pipelined COMMIT answering after its session ended must not move the position back.
     this.recorded = maxLsn(this.recorded, done.lsn);
     this.recordedAt = Date.now();
+    for (const m of done.missing) {
+      const tp = this.progress.get(tableKey(m.schema, m.table));
+      if (!tp) continue;
+      tp.missingUpdates += m.updates;
+      tp.missingDeletes += m.deletes;
+    }
     stream.acknowledge(done.lsn, true);
     this.transactionsApplied += done.transactions;
     this.changesApplied += done.changes;
@@ -1099,6 +1105,8 @@ function initialProgress(t: { source: { schema: string; table: string }; target:
     approximateRows: t.approximateRows,
     approximateSize: t.approximateSize,
     lastError: null,
+    missingUpdates: 0,
+    missingDeletes: 0,
   };
 }
 
