@@ -105,11 +105,13 @@ export interface TableMode {
 }
 
 /**
- * A source table now has columns its target table lacks (a column added on the source): the
- * engine either adds them on the target ('added'; the applier reads the target's columns again)
- * or takes the table out of the stream to sync on its own once it can ('stopped').
+ * A source table now has columns its target table lacks: added on the source, or renamed or
+ * dropped on the target, which `previous` (the relation this run applied before, null when none)
+ * tells apart (drift.ts). The engine either adds them on the target ('added'; the applier reads
+ * the target's columns again) or takes the table out of the stream to sync on its own once it can
+ * ('stopped').
  */
-export type DriftHandler = (table: SyncedTable, missingColumns: string[]) => Promise<'added' | 'stopped'>;
+export type DriftHandler = (table: SyncedTable, missingColumns: string[], previous: Relation | null) => Promise<'added' | 'stopped'>;
 
 /** A table's changes that found no row on the target, in one group. */
 export interface MissingRowCount {
@@ -138,6 +140,8 @@ export class MissingRowCounts {
 
 export class Applier {
   private readonly relations = new Map<number, Relation>();
+  /** Per relation, the one described before it (a Relation message replaces it), for drift. */
+  private readonly previousRelations = new Map<number, Relation>();
   private readonly plans = new Map<number, RelationPlan | null>();
   private readonly tables = new Map<string, TableMode>();
   /** Per target table, its batches not yet sent, in order. */
@@ -277,6 +281,8 @@ export class Applier {
 
   private async describe(relation: Relation): Promise<void> {
     await this.flush();
+    const before = this.relations.get(relation.relationOid);
+    if (before) this.previousRelations.set(relation.relationOid, before);
     this.relations.set(relation.relationOid, relation);
     this.plans.delete(relation.relationOid);
   }
@@ -599,7 +605,8 @@ export class Applier {
     const absent = kept.filter((c) => !byName.has(c.target));
     if (absent.length > 0 && this.onDrift && !driftHandled && absent.every((c) => c.target === c.name)) {
       await this.flush();
-      if ((await this.onDrift(table, absent.map((c) => c.name))) === 'added') return this.plan(relation, true);
+      const previous = this.previousRelations.get(relation.relationOid) ?? null;
+      if ((await this.onDrift(table, absent.map((c) => c.name), previous)) === 'added') return this.plan(relation, true);
       this.tables.delete(key);
       return null;
     }

@@ -322,10 +322,10 @@ export function appliedLsnStatement(subname: string, lsn: Lsn, commitTimeMicros:
 }
 
 /** Records the source columns a table's target receives (see synced_columns). */
-export async function recordSyncedColumns(client: pg.Client, subname: string, table: SyncedTable): Promise<void> {
+export async function recordSyncedColumns(client: pg.Client, subname: string, table: { schema: string; table: string }, columns: string[]): Promise<void> {
   await client.query(
     `UPDATE _pg_live_sync.subscription_rel SET synced_columns = $4 WHERE subname = $1 AND schemaname = $2 AND tablename = $3 AND synced_columns IS DISTINCT FROM $4`,
-    [subname, table.source.schema, table.source.table, table.columns.map((c) => c.name)],
+    [subname, table.schema, table.table, columns],
   );
 }
 
