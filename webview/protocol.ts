@@ -35,6 +35,9 @@ export interface PanelTable {
   /** A table copied in page ranges (--copy-chunk-size): chunks committed / planned; null otherwise. */
   chunksDone?: number | null;
   chunksTotal?: number | null;
+  /** Source UPDATEs and DELETEs that found no row on the target (it was changed outside the sync). */
+  missingUpdates?: number;
+  missingDeletes?: number;
 }
 
 export interface PanelHeader {

@@ -359,8 +359,12 @@ export class TableGrid {
     setText(row.cells.eta, formatDuration(t.etaSeconds));
     setAttr(row.cells.eta, 'data-eta-seconds', t.etaSeconds);
 
-    setText(row.cells.error, t.lastError ?? '');
-    setAttr(row.cells.error, 'title', t.lastError);
+    const missing = missingRowsText(t);
+    setText(row.cells.error, t.lastError ?? missing ?? '');
+    setAttr(row.cells.error, 'title', t.lastError ?? missing);
+    setAttr(row.cells.error, 'data-missing-updates', t.missingUpdates ?? 0);
+    setAttr(row.cells.error, 'data-missing-deletes', t.missingDeletes ?? 0);
+    toggleClass(row.el, 'row-missing-rows', missing !== null);
 
     setAttr(row.resync, 'disabled', t.removed);
     setAttr(row.el, 'data-state', word);
@@ -369,6 +373,14 @@ export class TableGrid {
     toggleClass(row.el, 'row-removed', t.removed);
     this.applyFilter(row);
   }
+}
+
+/** Changes that found no row on the target, with what to run; null when there were none. */
+function missingRowsText(t: PanelTable): string | null {
+  const updates = t.missingUpdates ?? 0;
+  const deletes = t.missingDeletes ?? 0;
+  if (updates + deletes === 0) return null;
+  return `${updates} update(s) and ${deletes} delete(s) found no row: the target table was changed outside the sync; compare it with the source: pg-live-sync verify`;
 }
 
 /** " · 3/8 chunks" while a chunked table copies; nothing for a table copied whole or once copied. */

@@ -20,6 +20,7 @@ export interface StatusJson {
     schema: string; table: string; targetSchema: string; targetTable: string; state: 'i' | 'd' | 'f' | 's' | 'r';
     lsn: string | null; removed: boolean; rowsCopied: number; bytesCopied: number;
     approximateRows: number; approximateSize: number; lastError: string | null;
+    missingUpdates: number; missingDeletes: number;
     chunks?: { done: number; total: number };
   }[];
 }

@@ -392,7 +392,7 @@ async function status(args: string[]): Promise<number> {
     })().finally(() => source?.end());
     if (!report) throw notFound(subscription);
     const { subscription: sub, tables, slot, lagBytes, lagSeconds } = report;
-    const warnings = slotWarnings(slot, walWarnBytes, walRate);
+    const warnings = [...slotWarnings(slot, walWarnBytes, walRate), ...missingRowWarnings(tables, sub.subname)];
     if (v.json) {
       process.stdout.write(JSON.stringify({
         subscription: sub.subname,
@@ -459,12 +459,21 @@ function parseBytes(text: string, flag = 'warn-retained-wal', examples = '512MiB
   return bytes;
 }
 
+/** Tables whose source changes found no row on the target: it was changed outside the sync. */
+function missingRowWarnings(tables: TableProgress[], subscription: string): string[] {
+  return tables.filter((t) => t.missingUpdates + t.missingDeletes > 0).map((t) => {
+    const key = tableKey(t.schema, t.table);
+    return `${formatCount(t.missingUpdates)} update(s) and ${formatCount(t.missingDeletes)} delete(s) of ${key} found no row on the target: it was changed outside the sync; compare it with the source: pg-live-sync verify --subscription ${subscription} --table '${key.replace(/'/g, "'\\''")}'; with the sync stopped, --fix repairs what differs`;
+  });
+}
+
 function tableRows(tables: TableProgress[]): string {
-  const rows = [['TABLE', 'TARGET', 'STATE', 'ROWS COPIED', 'BYTES COPIED', 'CHUNKS', 'LAST ERROR']];
+  const rows = [['TABLE', 'TARGET', 'STATE', 'ROWS COPIED', 'BYTES COPIED', 'CHUNKS', 'NO ROW (UPD/DEL)', 'LAST ERROR']];
   for (const t of tables) {
     const state = t.removed ? `${t.state} removed from publication` : `${t.state} ${TABLE_STATE_WORDS[t.state]}${t.lastError ? ' (error)' : ''}`;
     const chunks = t.chunks ? `${formatCount(t.chunks.done)} / ${formatCount(t.chunks.total)}` : '';
-    rows.push([tableKey(t.schema, t.table), qualified(t.targetSchema, t.targetTable), state, formatCount(t.rowsCopied), formatBytes(t.bytesCopied), chunks, t.lastError ?? '']);
+    const missing = t.missingUpdates + t.missingDeletes > 0 ? `${formatCount(t.missingUpdates)} / ${formatCount(t.missingDeletes)}` : '';
+    rows.push([tableKey(t.schema, t.table), qualified(t.targetSchema, t.targetTable), state, formatCount(t.rowsCopied), formatBytes(t.bytesCopied), chunks, missing, t.lastError ?? '']);
   }
   return formatColumns(rows).join('\n');
 }

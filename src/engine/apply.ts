@@ -27,6 +27,7 @@
  * aborted), and the group is rolled back as before. At most BATCH_BYTES of values are queued and
  * as much again in flight, whatever the size of a transaction.
  */
+import { once } from 'node:events';
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { firesOnReplica, targetColumns } from './catalog';
@@ -44,6 +45,13 @@ const BATCH_BYTES = 8 * 1024 * 1024;
 /** Statements handed to the connection and not yet answered: enough to keep the target busy. */
 const MAX_IN_FLIGHT = 64;
 const MAX_IN_FLIGHT_BYTES = BATCH_BYTES;
+/**
+ * A value this large is never copied whole into a statement: an insert's COPY data and an
+ * update's values are written to the target in COPY_PIECE pieces (a text[] parameter would be
+ * escaped, joined and serialised by pg, four copies of its size).
+ */
+const LARGE_VALUE = 1024 * 1024;
+const COPY_PIECE = 1024 * 1024;
 
 interface RelationPlan {
   relation: Relation;
@@ -106,14 +114,43 @@ export interface TableMode {
 }
 
 /**
- * A source table now has columns its target table lacks (a column added on the source): the
- * engine either adds them on the target ('added'; the applier reads the target's columns again)
- * or takes the table out of the stream to sync on its own once it can ('stopped').
+ * A source table now has columns its target table lacks: added on the source, or renamed or
+ * dropped on the target, which `previous` (the relation this run applied before, null when none)
+ * tells apart (drift.ts). The engine either adds them on the target ('added'; the applier reads
+ * the target's columns again) or takes the table out of the stream to sync on its own once it can
+ * ('stopped').
  */
-export type DriftHandler = (table: SyncedTable, missingColumns: string[]) => Promise<'added' | 'stopped'>;
+export type DriftHandler = (table: SyncedTable, missingColumns: string[], previous: Relation | null) => Promise<'added' | 'stopped'>;
+
+/** A table's changes that found no row on the target, in one group. */
+export interface MissingRowCount {
+  schema: string;
+  table: string;
+  updates: number;
+  deletes: number;
+}
+
+/**
+ * The group's counts as the parameter of its position statement: pg reads it (toPostgres) when it
+ * sends that statement, which is after every statement before it has answered and its count was
+ * taken (see Applier.counted), and before any statement of the next group can have answered.
+ * `taken` keeps what was written, for the run's own progress once the group commits.
+ */
+export class MissingRowCounts {
+  taken: MissingRowCount[] = [];
+  constructor(private readonly counts: Map<string, MissingRowCount>) {}
+
+  toPostgres(): string | null {
+    this.taken = [...this.counts.values()];
+    this.counts.clear();
+    return this.taken.length > 0 ? JSON.stringify(this.taken) : null;
+  }
+}
 
 export class Applier {
   private readonly relations = new Map<number, Relation>();
+  /** Per relation, the one described before it (a Relation message replaces it), for drift. */
+  private readonly previousRelations = new Map<number, Relation>();
   private readonly plans = new Map<number, RelationPlan | null>();
   private readonly tables = new Map<string, TableMode>();
   /** Per target table, its batches not yet sent, in order. */
@@ -124,6 +161,8 @@ export class Applier {
   private orderedQueued = false;
   private readonly inFlight: { done: Promise<void>; bytes: number }[] = [];
   private inFlightBytes = 0;
+  /** Per source table, this group's changes that found no row, until its position statement takes them. */
+  private readonly missing = new Map<string, MissingRowCount>();
   /** The first statement of the group that failed; the target transaction is aborted. */
   private failure: unknown = null;
   private skipping = false;
@@ -251,6 +290,8 @@ export class Applier {
 
   private async describe(relation: Relation): Promise<void> {
     await this.flush();
+    const before = this.relations.get(relation.relationOid);
+    if (before) this.previousRelations.set(relation.relationOid, before);
     this.relations.set(relation.relationOid, relation);
     this.plans.delete(relation.relationOid);
   }
@@ -277,6 +318,7 @@ export class Applier {
         if (plan.full || change.key || plan.keyIndexes.length === 0 || plan.identityOutsideKey) {
           return this.sendBefore(plan).then(() => this.updateOne(plan, cut(plan, change.key ?? change.old ?? change.new), row));
         }
+        if (hasLargeValue(row)) return this.sendBefore(plan).then(() => this.updateWide(plan, row));
         return this.add('update', plan, shape, row, this.keyOf(plan, row));
       }
       case 'delete': {
@@ -439,9 +481,9 @@ export class Applier {
     // The answer's handler keeps only counts: the rows are free once their statement is built.
     const { op, bytes } = b;
     const n = b.rows.length;
-    await this.pipeline(plan, op, bytes, () => this.target.query(sql, params), (r) => {
+    await this.pipeline(plan, op, bytes, () => this.counted(sql, params, (r) => {
       if ((r.rowCount ?? 0) < n) this.missingRows(op, plan, n - (r.rowCount ?? 0));
-    });
+    }), () => undefined);
   }
 
   /**
@@ -449,14 +491,55 @@ export class Applier {
    * COPY's text format reads, once backslashes, tabs, newlines and carriage returns are escaped.
    */
   private async copyRows(plan: RelationPlan, rows: (Tuple | RawTuple)[], bytes: number): Promise<void> {
-    const data = copyData(rows, bytes);
-    const n = rows.length;
-    await this.pipeline(plan, 'insert', bytes, () => new Promise<pg.QueryResult>((resolve, reject) => {
-      const stream = this.target.query(copyFrom(`COPY ${plan.targetName}${columnList(plan.columns.join(', '))} FROM STDIN`));
+    const wide = rows.some((r) => r instanceof RawTuple && r.bytes.length >= LARGE_VALUE);
+    const data = wide ? copyPieces(rows) : copyData(rows, bytes);
+    const sql = `COPY ${plan.targetName}${columnList(plan.columns.join(', '))} FROM STDIN`;
+    await this.pipeline(plan, 'insert', bytes, () => this.copyIn(sql, data, rows.length), () => undefined);
+  }
+
+  /** Runs COPY FROM STDIN with `data`; pieces are each written once the target has taken the one before. */
+  private copyIn(sql: string, data: Buffer | Iterable<Buffer>, rowCount: number): Promise<pg.QueryResult> {
+    return new Promise<pg.QueryResult>((resolve, reject) => {
+      const stream = this.target.query(copyFrom(sql));
       stream.on('error', reject);
-      stream.on('finish', () => resolve({ rowCount: n } as pg.QueryResult));
-      stream.end(data);
-    }), () => undefined);
+      stream.on('finish', () => resolve({ rowCount } as pg.QueryResult));
+      if (Buffer.isBuffer(data)) {
+        stream.end(data);
+        return;
+      }
+      const pieces = data;
+      (async () => {
+        // once() rejects on the stream's 'error': the loop never waits for a drain that cannot come.
+        for (const piece of pieces) if (!stream.write(piece)) await once(stream, 'drain');
+        stream.end();
+      })().catch(reject);
+    });
+  }
+
+  /**
+   * An update carrying a large value (hasLargeValue): its values go through COPY into a temporary
+   * table in pieces, and the row is set from there, so no statement holds a copy of the value.
+   */
+  private async updateWide(plan: RelationPlan, row: Tuple): Promise<void> {
+    const params: (string | null)[] = [];
+    const where = this.whereClause(plan, row, params);
+    const sets: string[] = [];
+    const values: [number, string | null][] = [];
+    let bytes = 0;
+    row.forEach((v, i) => {
+      if (v === UNCHANGED_TOAST || plan.keyIndexes.includes(i)) return;
+      values.push([i, v]);
+      if (v !== null) bytes += v.length;
+      sets.push(`${plan.columns[i]} = (SELECT v FROM pg_temp.pg_live_sync_value WHERE i = ${i})::${plan.types[i]}`);
+    });
+    if (sets.length === 0) return;
+    const none = () => undefined;
+    await this.pipeline(plan, 'update', 0, () => this.target.query(`CREATE TEMP TABLE IF NOT EXISTS pg_live_sync_value (i int, v text) ON COMMIT DELETE ROWS`), none);
+    await this.pipeline(plan, 'update', bytes, () => this.copyIn('COPY pg_temp.pg_live_sync_value (i, v) FROM STDIN', valuePieces(values), values.length), none);
+    await this.pipeline(plan, 'update', 0, () => this.counted(`UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${where}`, params, (r) => {
+      if (r.rowCount === 0) this.missingRows('update', plan, 1);
+    }), none);
+    await this.pipeline(plan, 'update', 0, () => this.target.query(`TRUNCATE pg_temp.pg_live_sync_value`), none);
   }
 
   /**
@@ -511,6 +594,7 @@ export class Applier {
     this.inFlight.length = 0;
     this.inFlightBytes = 0;
     this.failure = null;
+    this.missing.clear();
   }
 
   private keyOf(plan: RelationPlan, row: Tuple): string {
@@ -572,7 +656,8 @@ export class Applier {
     const absent = kept.filter((c) => !byName.has(c.target));
     if (absent.length > 0 && this.onDrift && !driftHandled && absent.every((c) => c.target === c.name)) {
       await this.flush();
-      if ((await this.onDrift(table, absent.map((c) => c.name))) === 'added') return this.plan(relation, true);
+      const previous = this.previousRelations.get(relation.relationOid) ?? null;
+      if ((await this.onDrift(table, absent.map((c) => c.name), previous)) === 'added') return this.plan(relation, true);
       this.tables.delete(key);
       return null;
     }
@@ -661,9 +746,9 @@ export class Applier {
       if (r.rowCount === 0) await this.replaceRow(plan, identity, row);
       return;
     }
-    await this.pipeline(plan, 'update', 0, () => this.target.query(`UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${where}`, params), (r) => {
+    await this.pipeline(plan, 'update', 0, () => this.counted(`UPDATE ${plan.targetName} SET ${sets.join(', ')} WHERE ${where}`, params, (r) => {
       if (r.rowCount === 0) this.missingRows('update', plan, 1);
-    });
+    }), () => undefined);
   }
 
   /**
@@ -690,9 +775,9 @@ export class Applier {
   private async deleteOne(plan: RelationPlan, identity: Tuple): Promise<void> {
     const params: (string | null)[] = [];
     const where = this.whereClause(plan, identity, params);
-    await this.pipeline(plan, 'delete', 0, () => this.target.query(`DELETE FROM ${plan.targetName} WHERE ${where}`, params), (r) => {
+    await this.pipeline(plan, 'delete', 0, () => this.counted(`DELETE FROM ${plan.targetName} WHERE ${where}`, params, (r) => {
       if (r.rowCount === 0) this.missingRows('delete', plan, 1);
-    });
+    }), () => undefined);
   }
 
   /**
@@ -714,9 +799,33 @@ export class Applier {
     }
   }
 
-  private missingRows(op: string, plan: RelationPlan, n: number): void {
-    // As PostgreSQL's own subscriber does: the row is gone on the target; report and go on.
-    this.log('warn', `${op} found no row for ${n} change(s) in ${plan.targetName}: the target was changed outside the sync`);
+  /**
+   * client.query whose `count` runs in pg's own callback, which pg calls before it sends the next
+   * statement; a promise's then() would run only after that, too late for the position statement
+   * that follows the group's last statement (MissingRowCounts).
+   */
+  private counted(sql: string, params: unknown[], count: (r: pg.QueryResult) => void): Promise<pg.QueryResult> {
+    return new Promise((resolve, reject) => {
+      this.target.query(sql, params, (err: Error, r: pg.QueryResult) => {
+        if (err) return reject(err);
+        count(r);
+        resolve(r);
+      });
+    });
+  }
+
+  private missingRows(op: 'update' | 'delete' | 'insert', plan: RelationPlan, n: number): void {
+    // As PostgreSQL's own subscriber does: the row is gone on the target; report, count and go on.
+    this.log('warn', `${op} found no row for ${n} change(s) in ${plan.targetName}: the target was changed outside the sync; pg-live-sync verify compares the table with the source`);
+    let c = this.missing.get(plan.key);
+    if (!c) this.missing.set(plan.key, (c = { schema: plan.relation.schema, table: plan.relation.table, updates: 0, deletes: 0 }));
+    if (op === 'delete') c.deletes += n;
+    else c.updates += n;
+  }
+
+  /** This group's changes that found no row, for its position statement. */
+  missingRowCounts(): MissingRowCounts {
+    return new MissingRowCounts(this.missing);
   }
 }
 
@@ -777,6 +886,81 @@ function copyData(rows: (Tuple | RawTuple)[], bytes: number): Buffer {
     out[o++] = 0x0a;
   }
   return out.subarray(0, o);
+}
+
+/**
+ * COPY text data for a batch with a large row, in pieces of about COPY_PIECE bytes: a large
+ * RawTuple's line is escaped piece by piece straight from pgoutput's bytes, never whole.
+ */
+function* copyPieces(rows: (Tuple | RawTuple)[]): Generator<Buffer> {
+  for (const row of rows) {
+    if (row instanceof RawTuple && row.bytes.length >= LARGE_VALUE && rawCopyable(row.bytes)) yield* rawLinePieces(row.bytes);
+    else yield copyData([row], row instanceof RawTuple ? row.bytes.length : 0);
+  }
+}
+
+/** One RawTuple's COPY line (as copyData writes it), in pieces. */
+function* rawLinePieces(b: Buffer): Generator<Buffer> {
+  // Room past COPY_PIECE for the few bytes written before the next check.
+  const fresh = () => Buffer.allocUnsafe(COPY_PIECE + 16);
+  let out = fresh();
+  let o = 0;
+  const n = b.readUInt16BE(0);
+  let p = 2;
+  for (let c = 0; c < n; c++) {
+    if (c > 0) out[o++] = 0x09;
+    if (b[p++] === 0x6e) {
+      out[o++] = 0x5c; // \N
+      out[o++] = 0x4e;
+      continue;
+    }
+    const end = p + 4 + b.readUInt32BE(p);
+    p += 4;
+    while (p < end) {
+      for (; p < end && o < COPY_PIECE; p++) {
+        const ch = b[p];
+        if (ch !== 0x5c && ch !== 0x09 && ch !== 0x0a && ch !== 0x0d) out[o++] = ch;
+        else {
+          out[o++] = 0x5c;
+          out[o++] = ch === 0x09 ? 0x74 : ch === 0x0a ? 0x6e : ch === 0x0d ? 0x72 : 0x5c;
+        }
+      }
+      if (o >= COPY_PIECE) {
+        yield out.subarray(0, o);
+        out = fresh();
+        o = 0;
+      }
+    }
+  }
+  out[o++] = 0x0a;
+  yield out.subarray(0, o);
+}
+
+/** COPY text lines `i<TAB>value` for updateWide's temporary table, in pieces of about COPY_PIECE characters. */
+function* valuePieces(values: [number, string | null][]): Generator<Buffer> {
+  for (const [i, v] of values) {
+    if (v === null) {
+      yield Buffer.from(`${i}\t\\N\n`);
+      continue;
+    }
+    yield Buffer.from(`${i}\t`);
+    for (let at = 0; at < v.length;) {
+      let to = Math.min(v.length, at + COPY_PIECE);
+      // Never between the two halves of a surrogate pair: each would be encoded as U+FFFD.
+      const last = v.charCodeAt(to - 1);
+      if (to < v.length && last >= 0xd800 && last <= 0xdbff) to--;
+      const part = v.slice(at, to);
+      yield Buffer.from(COPY_SPECIAL.test(part) ? part.replace(COPY_ESCAPES, escapeCopyChar) : part);
+      at = to;
+    }
+    yield Buffer.from('\n');
+  }
+}
+
+/** A value large enough for updateWide. */
+function hasLargeValue(row: Tuple): boolean {
+  for (const v of row) if (typeof v === 'string' && v.length >= LARGE_VALUE) return true;
+  return false;
 }
 
 /** The exact length of a RawTuple's COPY line. */

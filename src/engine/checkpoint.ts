@@ -4,7 +4,7 @@
  * so a crash anywhere replays from exactly what the target holds: nothing lost, nothing twice.
  */
 import type pg from 'pg';
-import type { Applier, OpenGroup } from './apply';
+import type { Applier, MissingRowCount, MissingRowCounts, OpenGroup } from './apply';
 import type { Lsn } from './lsn';
 
 /** Bigger groups mean fewer commits; these bounds keep lag and lock time small. */
@@ -21,10 +21,12 @@ export interface CheckpointResult {
   lsn: Lsn;
   transactions: number;
   changes: number;
+  /** Per table, the group's changes that found no row on the target (written with its position). */
+  missing: MissingRowCount[];
 }
 
 /** Writes, inside the group's transaction, the position the group reaches (and any state it implies). */
-export type PositionWriter = (client: pg.Client, lsn: Lsn, commitTimeMicros: bigint | null) => Promise<void>;
+export type PositionWriter = (client: pg.Client, lsn: Lsn, commitTimeMicros: bigint | null, missing: MissingRowCounts) => Promise<void>;
 
 /**
  * Commits the open group; the caller guarantees no source transaction is half applied. Returns
@@ -36,10 +38,11 @@ export async function checkpoint(target: pg.Client, applier: Applier, writePosit
   if (applier.inSourceTransaction) throw new Error('checkpoint inside a source transaction');
   await applier.flush();
   const lsn = group.lastCommitLsn;
-  if (lsn !== null) await writePosition(target, lsn, group.lastCommitTime);
+  const missing = applier.missingRowCounts();
+  if (lsn !== null) await writePosition(target, lsn, group.lastCommitTime, missing);
   await target.query('COMMIT');
   applier.committed(lsn);
-  return lsn === null ? null : { lsn, transactions: group.transactions, changes: group.changes };
+  return lsn === null ? null : { lsn, transactions: group.transactions, changes: group.changes, missing: missing.taken };
 }
 
 /**
@@ -48,14 +51,16 @@ export async function checkpoint(target: pg.Client, applier: Applier, writePosit
  * answered (rejecting if the group failed); the caller acknowledges only then, and waits for it
  * before any other checkpoint, so a later group never commits unless this one did.
  */
-export async function checkpointPipelined(applier: Applier, position: (lsn: Lsn, commitTimeMicros: bigint | null) => [string, unknown[]]): Promise<{ committed: Promise<CheckpointResult> } | null> {
+export async function checkpointPipelined(applier: Applier, position: (lsn: Lsn, commitTimeMicros: bigint | null, missing: MissingRowCounts) => [string, unknown[]]): Promise<{ committed: Promise<CheckpointResult> } | null> {
   const group = applier.group;
   if (!group || group.lastCommitLsn === null) return null;
   if (applier.inSourceTransaction) throw new Error('checkpoint inside a source transaction');
   const lsn = group.lastCommitLsn;
-  const result = { lsn, transactions: group.transactions, changes: group.changes };
-  const { committed } = await applier.commitPipelined(lsn, [position(lsn, group.lastCommitTime), ['COMMIT', []]]);
-  return { committed: committed.then(() => result) };
+  const missing = applier.missingRowCounts();
+  const { transactions, changes } = group;
+  const { committed } = await applier.commitPipelined(lsn, [position(lsn, group.lastCommitTime, missing), ['COMMIT', []]]);
+  // Taken when the position statement was sent, which COMMIT's answer follows.
+  return { committed: committed.then(() => ({ lsn, transactions, changes, missing: missing.taken })) };
 }
 
 /** Stopping mid-transaction: the open group is discarded; the source sends it again on restart. */

@@ -9,7 +9,7 @@ import { OpenTransactionApplier } from './openApply';
 import { listPublishedTables, noReplicaIdentityWarning, type PublishedTable } from './catalog';
 import { abandonGroup, checkpoint, checkpointDue, checkpointPipelined, type CheckpointResult } from './checkpoint';
 import { connect, describeEndpoint, qualified, quoteIdent, tableKey, type Endpoint } from './connection';
-import { addColumnSql, addedColumns, type AddedColumn } from './drift';
+import { addColumnSql, addedColumns, lostColumns, lostColumnsMessage, type AddedColumn } from './drift';
 import { BackgroundAnalyzer, COPY_CHUNK_BYTES, copyTables, type CopyProgress } from './copy';
 import { endHolders, holdSnapshot, HOLDER_GRACE_MS, type HeldSnapshot } from './snapshotHolder';
 import { CheckError, errorMessage, isTransient, retryMessage, SyncError } from './errors';
@@ -25,6 +25,7 @@ import {
   setConsistentLsn, setSubscriptionError, setTableError, setTableState, stateSchemaExists,
   loadColumnMaps, sameColumnMap, setColumnMapBeforeCopy,
   resetTableForResync, tablesToResync, upsertTableError, upsertTableRow, writeAppliedLsn, appliedLsnStatement, writeCopyProgress, type SubscriptionRow,
+  loadSyncedColumns, recordSyncedColumns,
 } from './state';
 import { acquireRunLock, type LockSession } from './runLock';
 import { ReplicationStream, type OpenTransactionEvent, type StreamEvent } from './stream';
@@ -95,6 +96,8 @@ export class SyncEngine {
   private jobs = new Map<string, TableJob>();
   /** Tables whose resync waits for the main stream to let go of them. */
   private resyncing = new Set<string>();
+  /** Per table, the source columns its target was last seen receiving (synced_columns). */
+  private syncedColumns = new Map<string, string[]>();
 
   constructor(private readonly options: SyncOptions, private readonly hooks: SyncEngineHooks) {
     this.source = { url: options.source, role: 'source', configuredIn: options.configuredIn?.source };
@@ -466,7 +469,11 @@ export class SyncEngine {
     let pollTimer: NodeJS.Timeout | undefined;
     let stream: ReplicationStream | null = null;
     let openApply: OpenTransactionApplier | null = null;
-    const applier = new Applier(target, startLsn, log, (table, missing) => this.schemaDrift(catalog, target, stateClient, table, missing, true));
+    const applier = new Applier(target, startLsn, log, (table, missing, previous) => {
+      // The relation this run applied before, else what the state recorded (drift.ts).
+      const recorded = previous ? previous.columns.map((c) => c.name) : this.syncedColumns.get(tableKey(table.source.schema, table.source.table)) ?? null;
+      return this.schemaDrift(catalog, target, stateClient, table, missing, true, recorded);
+    });
     /** Every source transaction committing before this has been seen by this stream. */
     let processed = startLsn;
     try {
@@ -477,6 +484,7 @@ export class SyncEngine {
         log('warn', resyncReason(t));
       }
       const states = await loadTableProgress(target, options.subscription);
+      this.syncedColumns = await loadSyncedColumns(target, options.subscription);
       const slotsInUse = new Set<string>();
       // One pass over the target's catalog for every table, not one per table.
       const checked = await checkTarget(stateClient, this.target, [...published.values()], options.tableMaps);
@@ -495,8 +503,8 @@ export class SyncEngine {
         let table = syncedByKey.get(key);
         const drift = checked.driftOnly.get(key);
         if ((row.state === 'r' || row.state === 's') && drift) {
-          // Columns added on the source while no run was streaming.
-          if ((await this.schemaDrift(catalog, target, stateClient, drift.table, drift.columns, false)) === 'stopped') continue;
+          // Columns added on the source (or lost on the target) while no run was streaming.
+          if ((await this.schemaDrift(catalog, target, stateClient, drift.table, drift.columns, false, this.syncedColumns.get(key) ?? null)) === 'stopped') continue;
           table = (await checkTarget(stateClient, this.target, [pub], options.tableMaps)).synced[0];
         }
         if ((row.state === 'r' || row.state === 's') && !table) {
@@ -504,9 +512,11 @@ export class SyncEngine {
           throw new SyncError(checked.tableErrors.get(key) ?? `${key} cannot be synced any more`, 'target_table');
         }
         if ((row.state === 'r' || row.state === 's') && table) {
+          await this.noteSyncedColumns(target, table.source, table.columns.map((c) => c.name));
           applier.setTable(table, row.state === 'r' ? 0n : (row.lsn ?? 0n));
         } else if (row.state === 'f' && table && row.lsn !== null && row.lsn >= startLsn && !(await slotInfo(catalog, tableSyncSlotName(options.subscription, pub.relid)))) {
           // Copied in the main slot's snapshot: the main stream takes it from its copy position.
+          await this.noteSyncedColumns(target, table.source, table.columns.map((c) => c.name));
           await setTableState(target, options.subscription, row, 's', { lsn: row.lsn });
           row.state = 's';
           applier.setTable(table, row.lsn);
@@ -743,8 +753,8 @@ export class SyncEngine {
         return processed;
       case 'open-commit': {
         await this.checkpoint(target, applier, stream);
-        const committed = await open.commit(ev, async (client, at, commitTime) => {
-          await writeAppliedLsn(client, this.options.subscription, at, commitTime);
+        const committed = await open.commit(ev, async (client, at, commitTime, missing) => {
+          await writeAppliedLsn(client, this.options.subscription, at, commitTime, missing);
           if (this.handedOverBy(at)) await this.promote(client, at);
         });
         // Not committed here: the stream replays it from the spool next.
@@ -799,7 +809,7 @@ export class SyncEngine {
     await this.committed();
     const lsn = applier.group?.lastCommitLsn ?? null;
     if (pipelined && lsn !== null && !this.handedOverBy(lsn)) {
-      const sent = await checkpointPipelined(applier, (at, commitTime) => appliedLsnStatement(this.options.subscription, at, commitTime));
+      const sent = await checkpointPipelined(applier, (at, commitTime, missing) => appliedLsnStatement(this.options.subscription, at, commitTime, missing));
       if (sent) {
         this.pendingSince = null;
         this.committing = sent.committed.then((done) => this.checkpointed(done, stream));
@@ -808,8 +818,8 @@ export class SyncEngine {
         return;
       }
     }
-    const done = await checkpoint(target, applier, async (client, at, commitTime) => {
-      await writeAppliedLsn(client, this.options.subscription, at, commitTime);
+    const done = await checkpoint(target, applier, async (client, at, commitTime, missing) => {
+      await writeAppliedLsn(client, this.options.subscription, at, commitTime, missing);
       if (this.handedOverBy(at)) await this.promote(client, at);
     });
     this.pendingSince = null;
@@ -831,6 +841,12 @@ export class SyncEngine {
     // A pipelined COMMIT answering after its session ended must not move the position back.
     this.recorded = maxLsn(this.recorded, done.lsn);
     this.recordedAt = Date.now();
+    for (const m of done.missing) {
+      const tp = this.progress.get(tableKey(m.schema, m.table));
+      if (!tp) continue;
+      tp.missingUpdates += m.updates;
+      tp.missingDeletes += m.deletes;
+    }
     stream.acknowledge(done.lsn, true);
     this.transactionsApplied += done.transactions;
     this.changesApplied += done.changes;
@@ -873,10 +889,12 @@ export class SyncEngine {
    * its own (copied afresh) once the target has the column; the others stream on.
    */
   private async schemaDrift(
-    catalog: pg.Client, target: pg.Client, stateClient: pg.Client, table: SyncedTable, missing: string[], inTransaction: boolean,
+    catalog: pg.Client, target: pg.Client, stateClient: pg.Client, table: SyncedTable, missing: string[], inTransaction: boolean, recorded: string[] | null,
   ): Promise<'added' | 'stopped'> {
     const key = tableKey(table.source.schema, table.source.table);
     const targetName = qualified(table.target.schema, table.target.table);
+    const lost = lostColumns(missing, recorded);
+    if (lost.length > 0) return this.stopTable(catalog, stateClient, table, await lostColumnsMessage(catalog, stateClient, table, lost));
     const columns = await addedColumns(catalog, table.source, missing);
     const sql = addColumnSql(table.target, columns);
     const names = missing.map((c) => quoteIdent(c)).join(', ');
@@ -886,11 +904,20 @@ export class SyncEngine {
       : undefined;
     if (added === null) {
       this.hooks.log('warn', `${key} has new column(s) ${names} on the source; added them to ${targetName}: ${sql.join(' ')}`);
+      // Known to this run only: the state records it once the target is seen to have the columns
+      // (next start, or the table's copy), so an ALTER rolled back with its group is not taken as done.
+      this.syncedColumns.set(key, [...(recorded ?? table.columns.map((c) => c.name)), ...missing]);
       if (!columns.some((c) => c.rewritten)) return 'added';
       why = `${key}: the source filled its new column(s) ${names} row by row (a volatile DEFAULT), which the WAL does not carry; copying it afresh through its own slot while the other tables stream`;
     } else {
       why = driftStopped(table, columns, missing, added ?? null);
     }
+    return this.stopTable(catalog, stateClient, table, why);
+  }
+
+  /** Takes a table out of the stream with `why` as its error; it syncs (copied afresh) on its own once it can. */
+  private async stopTable(catalog: pg.Client, stateClient: pg.Client, table: SyncedTable, why: string): Promise<'stopped'> {
+    const key = tableKey(table.source.schema, table.source.table);
     const pub = (await listPublishedTables(catalog, this.options.publications)).find((p) => tableKey(p.schema, p.table) === key);
     this.jobs.delete(key);
     await resetTableForResync(stateClient, this.options.subscription, table.source);
@@ -900,6 +927,15 @@ export class SyncEngine {
     this.hooks.log('error', why);
     if (pub) this.queueJob(pub);
     return 'stopped';
+  }
+
+  /** Records the source columns the table's target receives, when they changed (synced_columns). */
+  private async noteSyncedColumns(client: pg.Client, source: TableName, names: string[]): Promise<void> {
+    const key = tableKey(source.schema, source.table);
+    const known = this.syncedColumns.get(key);
+    if (known && known.length === names.length && known.every((c, i) => c === names[i])) return;
+    await recordSyncedColumns(client, this.options.subscription, source, names);
+    this.syncedColumns.set(key, names);
   }
 
   /** Inside the open target transaction a savepoint keeps a failed ALTER from aborting it. */
@@ -1052,6 +1088,8 @@ export class SyncEngine {
       if (options.createTables) await this.createMissingTables([pub]);
       let check = await checkTarget(stateClient, this.target, [pub], options.tableMaps);
       const drift = check.driftOnly.get(key);
+      const lost = drift ? lostColumns(drift.columns, this.syncedColumns.get(key) ?? null) : [];
+      if (drift && lost.length > 0) throw new SyncError(await lostColumnsMessage(catalog, stateClient, drift.table, lost), 'target_column');
       if (drift) {
         const columns = await addedColumns(catalog, drift.table.source, drift.columns);
         if (!options.applyDdl?.includes('add-column') || columns.length < drift.columns.length) throw new SyncError(driftStopped(drift.table, columns, drift.columns, null), 'schema_drift');
@@ -1084,6 +1122,7 @@ export class SyncEngine {
         this.hooks.log('info', `${key} caught up; the main stream applies it from ${formatLsn(from)}`);
       }
       await setTableError(stateClient, options.subscription, table.source, null);
+      await this.noteSyncedColumns(stateClient, table.source, table.columns.map((c) => c.name));
       const tp = this.progress.get(key);
       if (tp) tp.lastError = null;
       this.jobs.delete(key);
@@ -1142,6 +1181,8 @@ function initialProgress(t: { source: { schema: string; table: string }; target:
     approximateRows: t.approximateRows,
     approximateSize: t.approximateSize,
     lastError: null,
+    missingUpdates: 0,
+    missingDeletes: 0,
   };
 }
 

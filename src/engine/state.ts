@@ -3,6 +3,8 @@
  * same transaction as the data it describes: a crash can never leave them disagreeing.
  */
 import type pg from 'pg';
+import type { MissingRowCounts } from './apply';
+import { tableKey } from './connection';
 import type { Lsn } from './lsn';
 import { formatLsn, parseLsn } from './lsn';
 import type { ColumnMap, SyncedTable, TableProgress, TableState } from './types';
@@ -51,6 +53,12 @@ COMMENT ON COLUMN _pg_live_sync.subscription_rel.resync_requested_at IS 'set by 
 ALTER TABLE _pg_live_sync.subscription ADD COLUMN IF NOT EXISTS acks_applied_only boolean NOT NULL DEFAULT false;
 ALTER TABLE _pg_live_sync.subscription_rel ADD COLUMN IF NOT EXISTS column_map jsonb;
 COMMENT ON COLUMN _pg_live_sync.subscription_rel.column_map IS '--table-map "columns" the target data was copied under (source column -> target column, null for left out); NULL for none';
+ALTER TABLE _pg_live_sync.subscription_rel ADD COLUMN IF NOT EXISTS missing_updates bigint NOT NULL DEFAULT 0;
+ALTER TABLE _pg_live_sync.subscription_rel ADD COLUMN IF NOT EXISTS missing_deletes bigint NOT NULL DEFAULT 0;
+COMMENT ON COLUMN _pg_live_sync.subscription_rel.missing_updates IS 'source UPDATEs that found no row on the target (changed outside the sync), counted in the transaction that applied them';
+COMMENT ON COLUMN _pg_live_sync.subscription_rel.missing_deletes IS 'source DELETEs that found no row on the target (changed outside the sync), counted in the transaction that applied them';
+ALTER TABLE _pg_live_sync.subscription_rel ADD COLUMN IF NOT EXISTS synced_columns text[];
+COMMENT ON COLUMN _pg_live_sync.subscription_rel.synced_columns IS 'the source columns the target table was last seen receiving: a column outside it is new on the source (schema drift), one in it that the target lacks was renamed or dropped there; NULL when not yet recorded';
 COMMENT ON COLUMN _pg_live_sync.subscription.acks_applied_only IS 'true once runs acknowledge to the slot no more than applied_lsn: a slot confirmed past applied_lsn was then moved by another sync';
 CREATE TABLE IF NOT EXISTS _pg_live_sync.run_lock (
   subname         text PRIMARY KEY,
@@ -299,19 +307,45 @@ export async function setSubscriptionError(client: pg.Client, subname: string, e
 }
 
 /** Written inside the apply transaction: the position and the changes it covers commit together. */
-export async function writeAppliedLsn(client: pg.Client, subname: string, lsn: Lsn, commitTimeMicros: bigint | null): Promise<void> {
-  const [sql, params] = appliedLsnStatement(subname, lsn, commitTimeMicros);
+export async function writeAppliedLsn(client: pg.Client, subname: string, lsn: Lsn, commitTimeMicros: bigint | null, missing: MissingRowCounts | null = null): Promise<void> {
+  const [sql, params] = appliedLsnStatement(subname, lsn, commitTimeMicros, missing);
   await client.query(sql, params);
 }
 
-/** writeAppliedLsn as a statement to pipeline. */
-export function appliedLsnStatement(subname: string, lsn: Lsn, commitTimeMicros: bigint | null): [string, unknown[]] {
+/**
+ * writeAppliedLsn as a statement to pipeline, adding the group's changes that found no row to
+ * their tables' counts. `missing` is read when the statement is sent, after every statement of
+ * the group before it has answered (see Applier.missingRowCounts).
+ */
+export function appliedLsnStatement(subname: string, lsn: Lsn, commitTimeMicros: bigint | null, missing: MissingRowCounts | null = null): [string, unknown[]] {
   return [
-    `UPDATE _pg_live_sync.subscription
+    `WITH missing AS (
+       UPDATE _pg_live_sync.subscription_rel r
+          SET missing_updates = r.missing_updates + m.updates, missing_deletes = r.missing_deletes + m.deletes
+         FROM jsonb_to_recordset($4::jsonb) AS m(schema text, "table" text, updates bigint, deletes bigint)
+        WHERE r.subname = $1 AND r.schemaname = m.schema AND r.tablename = m."table")
+     UPDATE _pg_live_sync.subscription
         SET applied_lsn = $2, applied_commit_time = COALESCE(to_timestamp($3::float8 / 1e6), applied_commit_time), updated_at = now()
       WHERE subname = $1`,
-    [subname, formatLsn(lsn), commitTimeMicros === null ? null : commitTimeMicros.toString()],
+    [subname, formatLsn(lsn), commitTimeMicros === null ? null : commitTimeMicros.toString(), missing],
   ];
+}
+
+/** Records the source columns a table's target receives (see synced_columns). */
+export async function recordSyncedColumns(client: pg.Client, subname: string, table: { schema: string; table: string }, columns: string[]): Promise<void> {
+  await client.query(
+    `UPDATE _pg_live_sync.subscription_rel SET synced_columns = $4 WHERE subname = $1 AND schemaname = $2 AND tablename = $3 AND synced_columns IS DISTINCT FROM $4`,
+    [subname, table.schema, table.table, columns],
+  );
+}
+
+/** Per table (tableKey), the columns recorded by recordSyncedColumns. */
+export async function loadSyncedColumns(client: pg.Client, subname: string): Promise<Map<string, string[]>> {
+  const r = await client.query(
+    `SELECT schemaname, tablename, synced_columns FROM _pg_live_sync.subscription_rel WHERE subname = $1 AND synced_columns IS NOT NULL`,
+    [subname],
+  );
+  return new Map(r.rows.map((row) => [tableKey(row.schemaname, row.tablename), row.synced_columns as string[]]));
 }
 
 export async function setTableState(
@@ -374,7 +408,9 @@ export async function loadTableProgress(client: pg.Client, subname: string): Pro
     : `LEFT JOIN (SELECT NULL::bigint AS done, NULL::bigint AS total) c ON false`;
   const r = await client.query(
     `SELECT schemaname, tablename, target_schema, target_table, state, lsn::text, rows_copied, bytes_copied,
-            approximate_rows, approximate_size, last_error, removed_at IS NOT NULL AS removed, c.done AS chunks_done, c.total AS chunks_total
+            approximate_rows, approximate_size, last_error, removed_at IS NOT NULL AS removed, c.done AS chunks_done, c.total AS chunks_total,
+            -- Read through to_jsonb: state from an older version, which status reads as it is, lacks the columns.
+            to_jsonb(r) -> 'missing_updates' AS missing_updates, to_jsonb(r) -> 'missing_deletes' AS missing_deletes
        FROM _pg_live_sync.subscription_rel r ${chunks}
       WHERE subname = $1 ORDER BY schemaname, tablename`,
     [subname],
@@ -392,6 +428,8 @@ export async function loadTableProgress(client: pg.Client, subname: string): Pro
     approximateRows: Number(row.approximate_rows ?? 0),
     approximateSize: Number(row.approximate_size ?? 0),
     lastError: row.last_error,
+    missingUpdates: Number(row.missing_updates ?? 0),
+    missingDeletes: Number(row.missing_deletes ?? 0),
     ...(Number(row.chunks_total ?? 0) > 0 ? { chunks: { done: Number(row.chunks_done), total: Number(row.chunks_total) } } : {}),
   }));
 }

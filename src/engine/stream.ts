@@ -157,6 +157,55 @@ rawProto.readKeyTuple = function readKeyTuple(this: { readTuple(r: LibReader): T
 
 type LibMessage = ReturnType<PgoutputParser['parse']>;
 
+/** A value this large travels without being copied where it can (apply.ts, LARGE_VALUE there too). */
+const LARGE_FRAME = 1024 * 1024;
+
+/** A large view that is most of its buffer: keeping it keeps little else alive. */
+function ownsItsBuffer(view: Buffer): boolean {
+  return view.length >= LARGE_FRAME && view.buffer.byteLength < 2 * view.length;
+}
+
+/**
+ * pg-copy-streams (7.x) gathers the pieces of a CopyData frame as they are read and joins them
+ * into a new buffer at the frame's end: twice a large frame's size at once. Put in its place
+ * (its `_copyDataChunks`), this writes each piece of a large frame into one buffer of the frame's
+ * size as it arrives (the frame's length is known from its header), so the pieces go at once.
+ */
+class FrameAssembler {
+  size = 0;
+  private parts: Buffer[] = [];
+  private whole: Buffer | null = null;
+
+  constructor(private readonly query: { _unreadMessageContentLength: number }) {}
+
+  /** A piece of the current frame; the library has already counted it off what is left unread. */
+  push(piece: Buffer): void {
+    if (this.size === 0 && piece.length + this.query._unreadMessageContentLength >= LARGE_FRAME) {
+      this.whole = Buffer.allocUnsafe(piece.length + this.query._unreadMessageContentLength);
+    }
+    if (this.whole) piece.copy(this.whole, this.size);
+    else this.parts.push(piece);
+    this.size += piece.length;
+  }
+
+  /** The frame: the library takes all it holds at a frame's end. */
+  take(n: number): Buffer {
+    if (n !== this.size) throw new Error(`pg-copy-streams took ${n} of ${this.size} bytes of a CopyData frame`);
+    const frame = this.whole ?? (this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts, n));
+    this.whole = null;
+    this.parts = [];
+    this.size = 0;
+    return frame;
+  }
+
+  /** Installs itself in a copyBoth stream whose internals are as expected; else leaves it as it is. */
+  static install(duplex: unknown): void {
+    const q = duplex as { _copyDataChunks?: { push?: unknown; take?: unknown }; _unreadMessageContentLength?: unknown };
+    if (typeof q._copyDataChunks?.push !== 'function' || typeof q._copyDataChunks.take !== 'function' || typeof q._unreadMessageContentLength !== 'number') return;
+    q._copyDataChunks = new FrameAssembler(q as { _unreadMessageContentLength: number }) as never;
+  }
+}
+
 /** Where the TupleData starting at `p` ends. */
 function tupleEnd(b: Buffer, p: number): number {
   const end = b.length;
@@ -178,7 +227,7 @@ function tupleEnd(b: Buffer, p: number): number {
  * Buffer per field, which was a fifth of the CPU on small transactions. Others go to the library.
  * `m` is the pgoutput message: the XLogData payload.
  */
-function decodeChange(parser: PgoutputParser, m: Buffer): Change {
+function decodeChange(parser: PgoutputParser, m: Buffer, unshared = false): Change {
   switch (m[0]) {
     case 0x42: // 'B': final LSN, commit time, xid
       return { tag: 'begin', finalLsn: m.readBigUInt64BE(1), commitTime: m.readBigUInt64BE(9) + PG_EPOCH_MICROS };
@@ -187,8 +236,11 @@ function decodeChange(parser: PgoutputParser, m: Buffer): Change {
     case 0x49: { // 'I': relation, 'N', new tuple
       if (m[5] !== 0x4e) break;
       const end = tupleEnd(m, 6);
-      // Copied: the frame's buffer is the socket's, and a view would keep all of it alive.
-      return { tag: 'insert', relationOid: m.readUInt32BE(1), new: new RawTuple(Buffer.from(m.subarray(6, end))) };
+      // Copied: the frame's buffer is the socket's, and a view would keep all of it alive. A large
+      // `unshared` frame has a buffer of its own that nothing writes into again (pg-copy-streams
+      // assembles a frame spanning reads into a new one): a view then saves a copy of its size.
+      const view = m.subarray(6, end);
+      return { tag: 'insert', relationOid: m.readUInt32BE(1), new: new RawTuple(unshared && ownsItsBuffer(view) ? view : Buffer.from(view)) };
     }
     case 0x55: { // 'U': relation, optional 'K' key or 'O' old tuple, 'N', new tuple
       const reader: LibReader = { _b: m, _p: 5 };
@@ -303,6 +355,7 @@ export class ReplicationStream {
       const sql = `START_REPLICATION SLOT ${quoteIdent(slot)} LOGICAL ${formatLsn(startLsn)} (${protocol}, publication_names ${quoteLiteral(pubs)})`;
       // One CopyData frame per read: in byte mode a read would hand back several frames glued together.
       duplex = copyBoth(sql, { alignOnCopyDataFrame: true, readableObjectMode: true, readableHighWaterMark: BATCH_FRAMES });
+      FrameAssembler.install(duplex);
     } catch (err) {
       await client.end().catch(() => undefined);
       await spool?.close();
@@ -376,7 +429,7 @@ export class ReplicationStream {
                   const subxid = m.readUInt32BE(1);
                   const writing = spool.append(streamXid, subxid, v1);
                   if (writing) await writing;
-                  if (open) batch.push({ kind: 'open-change', xid: streamXid, subxid, change: decodeChange(parser, v1), walEnd });
+                  if (open) batch.push({ kind: 'open-change', xid: streamXid, subxid, change: decodeChange(parser, v1, true), walEnd });
                 }
                 continue;
               }
@@ -399,7 +452,7 @@ export class ReplicationStream {
                 break;
               }
             }
-            const change = decodeChange(parser, m);
+            const change = decodeChange(parser, m, true);
             if (change.tag === 'commit' && change.endLsn > this.receivedUpTo) this.receivedUpTo = change.endLsn;
             batch.push({ kind: 'change', change, walEnd });
           } else if (frame[0] === 0x6b) {

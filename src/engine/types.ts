@@ -103,6 +103,9 @@ export interface TableProgress {
   approximateRows: number;
   approximateSize: number;
   lastError: string | null;
+  /** Source UPDATEs and DELETEs that found no row on the target (it was changed outside the sync). */
+  missingUpdates: number;
+  missingDeletes: number;
   /** A table copied in page ranges (copy_chunk): how many of its chunks have committed. */
   chunks?: { done: number; total: number };
 }

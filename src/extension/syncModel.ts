@@ -244,6 +244,7 @@ export function readingFromStatus(s: StatusJson, at: number, slot: SlotReading |
       state: t.state, removed: t.removed, rowsCopied: t.rowsCopied, bytesCopied: t.bytesCopied,
       approximateRows: t.approximateRows, approximateSize: t.approximateSize, lastError: t.lastError,
       chunksDone: t.chunks?.done ?? null, chunksTotal: t.chunks?.total ?? null,
+      missingUpdates: t.missingUpdates, missingDeletes: t.missingDeletes,
     })),
   };
 }
@@ -268,6 +269,7 @@ export function readingFromReport(r: SyncReport, at: number, notRunning: 'paused
       state: t.state, removed: t.removed, rowsCopied: t.rowsCopied, bytesCopied: t.bytesCopied,
       approximateRows: t.approximateRows, approximateSize: t.approximateSize, lastError: t.lastError,
       chunksDone: t.chunks?.done ?? null, chunksTotal: t.chunks?.total ?? null,
+      missingUpdates: t.missingUpdates, missingDeletes: t.missingDeletes,
     })),
   };
 }

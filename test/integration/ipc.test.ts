@@ -295,4 +295,34 @@ describe('serve-ipc', () => {
     assert.equal(r.code, 2, r.stderr);
     assert.match(r.stderr, /serve-ipc is started by the VS Code extension/);
   });
+
+  it('changes that find no row on the target are counted per table: status messages, the target\'s state, status and status --json (which suggest verify)', async () => {
+    const sub = 'ipc_missing';
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, 'ipcmiss', SCHEMA);
+    await pair.source.query(db, `INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 20) g; CREATE PUBLICATION pub FOR TABLE items`);
+    const child = startEngine(options(sourceUrl, targetUrl, sub));
+    await waitStatus(child, 'items ready', allReady(1));
+    // Rows emptied on the target behind the sync's back.
+    await pair.target.query(db, `DELETE FROM items WHERE id <= 5`);
+    await pair.source.query(db, `BEGIN; UPDATE items SET name = 'gone' WHERE id <= 3; DELETE FROM items WHERE id IN (4, 5); UPDATE items SET name = 'here' WHERE id = 10; COMMIT`);
+    await pair.source.query(db, `UPDATE items SET name = 'gone again' WHERE id = 1`);
+    const items = (s: StatusJson) => s.tables.find((t) => t.table === 'items');
+    const counted = await waitStatus(child, '4 updates and 2 deletes without a row counted', (s) => items(s)?.missingUpdates === 4 && items(s)?.missingDeletes === 2);
+    assert.equal(items(counted)?.lastError, null);
+    const state = await pair.target.query(db, `SELECT missing_updates::int AS u, missing_deletes::int AS d FROM _pg_live_sync.subscription_rel WHERE subname = $1`, [sub]);
+    assert.deepEqual(state.rows, [{ u: 4, d: 2 }]);
+    assert.equal((await pair.target.query(db, `SELECT name FROM items WHERE id = 10`)).rows[0].name, 'here', 'the other change of the transaction applied');
+    assert.deepEqual(await stopEngine(child), { error: null, code: 0 });
+
+    const json = await runCli(['status', '--subscription', sub, '--target', targetUrl, '--json']);
+    assert.equal(json.code, 0, json.stderr);
+    const parsed = JSON.parse(json.stdout);
+    assert.equal(parsed.tables[0].missingUpdates, 4);
+    assert.equal(parsed.tables[0].missingDeletes, 2);
+    assert.ok(parsed.warnings.some((w: string) => /4 update\(s\) and 2 delete\(s\) of "public"\."items" found no row on the target.*pg-live-sync verify --subscription ipc_missing --table '"public"\."items"'/.test(w)), json.stdout);
+    const text = await runCli(['status', '--subscription', sub, '--target', targetUrl]);
+    assert.match(text.stdout, /^warning {6}4 update\(s\) and 2 delete\(s\) of "public"\."items" found no row on the target.*pg-live-sync verify/m, text.stdout);
+    assert.match(text.stdout, /NO ROW \(UPD\/DEL\)/);
+    assert.match(text.stdout, /"public"\."items" .* 4 \/ 2/, text.stdout);
+  });
 });

@@ -101,4 +101,60 @@ describe('schema drift: a column added on the source', () => {
     assert.ok(await sameContents(pair, db, 'b'));
     assert.equal(await third.stop(), 0);
   });
+
+  it('a column renamed on the target is not taken for one added on the source: with --apply-ddl add-column the table stops with the RENAME to run, in the stream and at the next start', { timeout: 240_000 }, async () => {
+    const sub = 'drift_renamed';
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub, SCHEMA);
+    await pair.source.query(db, SEED);
+    const args = ['run', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', sub, '--apply-ddl', 'add-column'];
+    const hasV = async () => (await pair.target.query(db, `SELECT 1 FROM information_schema.columns WHERE table_name = 'a' AND column_name = 'v'`)).rowCount === 1;
+    const run = cli(args);
+    await waitAllReady(pair.target, db, sub, 2);
+    // In the stream: the source's next Relation message for a (a column really added, n) meets a
+    // target whose "v" was renamed "w": only n is new.
+    await pair.target.query(db, `ALTER TABLE a RENAME COLUMN v TO w`);
+    await pair.source.query(db, `ALTER TABLE a ADD COLUMN n int; INSERT INTO a VALUES (201, 'after', 1); UPDATE a SET v = 'changed' WHERE id <= 10`);
+    const renameHint = /target table "public"\."a" has lost column\(s\) "v" .*run on the target: ALTER TABLE "public"\."a" RENAME COLUMN "w" TO "v";/;
+    await waitFor('a to stop with the RENAME', async () => renameHint.test((await rel(db, sub, 'a'))?.last_error ?? ''), 60_000, 100, { describe: async () => tail(run.output()) });
+    assert.equal(await hasV(), false, '"v" is not added back empty');
+    await pair.source.query(db, `INSERT INTO b VALUES (201, 'still streaming')`);
+    await waitCaughtUp(pair, db, sub, 60_000, run);
+    assert.ok(await sameContents(pair, db, 'b'), 'b streams on');
+    assert.equal(run.proc.exitCode, null, 'run goes on');
+    assert.equal(await run.stop(), 0, tail(run.output()));
+
+    // At the next start: still the RENAME, never an empty "v".
+    const second = cli(args);
+    await waitFor('a to stop with the RENAME at start', async () => renameHint.test((await rel(db, sub, 'a'))?.last_error ?? '') && /copied "public"\."a"|lost column/.test(second.output()),
+      60_000, 100, { describe: async () => tail(second.output()) });
+    assert.equal(await hasV(), false, '"v" is not added back empty at the next start');
+    // Once renamed back (and given n), a is copied afresh with its values.
+    await pair.target.query(db, `ALTER TABLE a RENAME COLUMN w TO v; ALTER TABLE a ADD COLUMN n int`);
+    await waitFor('a copied afresh and ready', async () => (await rel(db, sub, 'a'))?.state === 'r' && (await rel(db, sub, 'a'))?.last_error === null, 150_000, 200,
+      { describe: async () => tail(second.output()) });
+    await waitCaughtUp(pair, db, sub, 60_000, second);
+    assert.ok(await sameContents(pair, db, 'a'), 'a matches the source, its values kept');
+    assert.equal(await second.stop(), 0, tail(second.output()));
+  });
+
+  it('a column renamed on the target while no run streams: the next run with --apply-ddl add-column stops that table with the RENAME, the others stream', { timeout: 180_000 }, async () => {
+    const sub = 'drift_renamed_start';
+    const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub, SCHEMA);
+    await pair.source.query(db, SEED);
+    const args = ['run', '--source', sourceUrl, '--target', targetUrl, '--publication', 'pub', '--subscription', sub, '--apply-ddl', 'add-column'];
+    const first = cli(args);
+    await waitAllReady(pair.target, db, sub, 2);
+    assert.equal(await first.stop(), 0, tail(first.output()));
+    await pair.target.query(db, `ALTER TABLE a RENAME COLUMN v TO w`);
+    await pair.source.query(db, `UPDATE a SET v = 'changed' WHERE id <= 10; INSERT INTO b VALUES (201, 'x')`);
+    const second = cli(args);
+    await waitFor('a to stop with the RENAME', async () => /has lost column\(s\) "v" .*RENAME COLUMN "w" TO "v";/.test((await rel(db, sub, 'a'))?.last_error ?? ''),
+      60_000, 100, { describe: async () => tail(second.output()) });
+    await waitCaughtUp(pair, db, sub, 60_000, second);
+    assert.ok(await sameContents(pair, db, 'b'), 'b streams on');
+    assert.equal((await pair.target.query(db, `SELECT 1 FROM information_schema.columns WHERE table_name = 'a' AND column_name = 'v'`)).rowCount, 0, '"v" is not added back empty');
+    const status = await runCli(['status', '--subscription', sub, '--target', targetUrl]);
+    assert.match(status.stdout, /"public"\."a" .*\(error\).*RENAME COLUMN "w" TO "v"/, status.stdout);
+    assert.equal(await second.stop(), 0, tail(second.output()));
+  });
 });

@@ -397,7 +397,7 @@ type StatusTable = StatusJson['tables'][number];
 function statusTable(table: string, over: Partial<StatusTable> = {}): StatusTable {
   return {
     schema: 'public', table, targetSchema: 'public', targetTable: table, state: 'r', lsn: null, removed: false,
-    rowsCopied: 0, bytesCopied: 0, approximateRows: 0, approximateSize: 0, lastError: null, ...over,
+    rowsCopied: 0, bytesCopied: 0, approximateRows: 0, approximateSize: 0, lastError: null, missingUpdates: 0, missingDeletes: 0, ...over,
   };
 }
 
@@ -433,6 +433,9 @@ describe('sync model: readings', () => {
       { at: r.at, appliedLsn: r.appliedLsn, lagBytes: r.lagBytes, changes: r.changesApplied, wal: r.slot?.info.retainedBytes, key: r.tables[0].key, rows: r.tables[0].rowsCopied },
       { at, appliedLsn: '0/16B3748', lagBytes: 10, changes: 42, wal: 4096, key: '"public"."a"', rows: 5 },
     );
+    // Changes that found no row reach the panel's table grid.
+    const missing = readingFromStatus(status('streaming', [statusTable('a', { missingUpdates: 3, missingDeletes: 1 })]), at, null).tables[0];
+    assert.deepEqual([missing.missingUpdates, missing.missingDeletes], [3, 1]);
   });
 
   it('SyncTracker: time left before the slot is invalidated, from the WAL written between two slot readings', () => {
