@@ -463,7 +463,7 @@ function parseBytes(text: string, flag = 'warn-retained-wal', examples = '512MiB
 function missingRowWarnings(tables: TableProgress[], subscription: string): string[] {
   return tables.filter((t) => t.missingUpdates + t.missingDeletes > 0).map((t) => {
     const key = tableKey(t.schema, t.table);
-    return `${formatCount(t.missingUpdates)} update(s) and ${formatCount(t.missingDeletes)} delete(s) of ${key} found no row on the target: it was changed outside the sync; compare it with the source: pg-live-sync verify --subscription ${subscription} --table '${key.replace(/'/g, "'\\''")}'; with the sync stopped, --fix repairs what differs`;
+    return `${counted(t.missingUpdates, 'update')} and ${counted(t.missingDeletes, 'delete')} of ${key} found no row on the target: it was changed outside the sync; compare it with the source: pg-live-sync verify --subscription ${subscription} --table '${key.replace(/'/g, "'\\''")}'; with the sync stopped, --fix repairs what differs`;
   });
 }
 

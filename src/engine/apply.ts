@@ -38,6 +38,7 @@ import { RawTuple, tupleValues, UNCHANGED_TOAST, type Change, type Relation, typ
 import { columnList } from './copy';
 import { mappedColumn } from './tablemap';
 import type { Logger, SyncedTable } from './types';
+import { counted } from './units';
 
 const BATCH_ROWS = 5000;
 /** Queued batches are sent early when wide: memory stays bounded whatever the values' size. */
@@ -816,7 +817,7 @@ export class Applier {
 
   private missingRows(op: 'update' | 'delete' | 'insert', plan: RelationPlan, n: number): void {
     // As PostgreSQL's own subscriber does: the row is gone on the target; report, count and go on.
-    this.log('warn', `${op} found no row for ${n} change(s) in ${plan.targetName}: the target was changed outside the sync; pg-live-sync verify compares the table with the source`);
+    this.log('warn', `${op} found no row for ${counted(n, 'change')} in ${plan.targetName}: the target was changed outside the sync; pg-live-sync verify compares the table with the source`);
     let c = this.missing.get(plan.key);
     if (!c) this.missing.set(plan.key, (c = { schema: plan.relation.schema, table: plan.relation.table, updates: 0, deletes: 0 }));
     if (op === 'delete') c.deletes += n;

@@ -29,7 +29,7 @@ import {
 } from './state';
 import { acquireRunLock, type LockSession } from './runLock';
 import { ReplicationStream, type OpenTransactionEvent, type StreamEvent } from './stream';
-import { formatBytes } from './units';
+import { counted, formatBytes } from './units';
 import { resolveColumnMap, resolveTarget } from './tablemap';
 import { syncTable, type TableSyncContext } from './tablesync';
 import type { Logger, SyncedTable, SyncOptions, SyncPhase, SyncStatus, TableName, TableProgress, TableState } from './types';
@@ -345,7 +345,7 @@ export class SyncEngine {
     // Adopted: this run's holder keeps the snapshot from now on.
     await endHolders(source, [held.holderPid]).catch(() => undefined);
     for (const row of rows.values()) this.progress.set(tableKey(row.schema, row.table), row);
-    log('info', `resuming the interrupted first copy in its snapshot at ${formatLsn(held.consistentLsn)}: ${unfinished.length} table(s) left`);
+    log('info', `resuming the interrupted first copy in its snapshot at ${formatLsn(held.consistentLsn)}: ${counted(unfinished.length, 'table')} left`);
     return this.firstCopy(target, holder.snapshot, held.consistentLsn, unfinished, holder, async () => undefined);
   }
 
@@ -722,7 +722,7 @@ export class SyncEngine {
         const spooled = streamed && streamed.transactions > 0
           ? ` (${streamed.transactions} of them streamed while open, ${formatBytes(streamed.bytes)} spooled, ${openApply?.applied.transactions ?? 0} applied while open)`
           : '';
-        log('info', `stopped at ${formatLsn(stream.acknowledged)} after ${this.transactionsApplied} transaction(s)${spooled}, ${this.changesApplied} change(s)`);
+        log('info', `stopped at ${formatLsn(stream.acknowledged)} after ${counted(this.transactionsApplied, 'transaction')}${spooled}, ${counted(this.changesApplied, 'change')}`);
       }
       await Promise.all([catalog.end().catch(() => undefined), stateClient.end().catch(() => undefined)]);
     }

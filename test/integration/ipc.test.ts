@@ -319,9 +319,9 @@ describe('serve-ipc', () => {
     const parsed = JSON.parse(json.stdout);
     assert.equal(parsed.tables[0].missingUpdates, 4);
     assert.equal(parsed.tables[0].missingDeletes, 2);
-    assert.ok(parsed.warnings.some((w: string) => /4 update\(s\) and 2 delete\(s\) of "public"\."items" found no row on the target.*pg-live-sync verify --subscription ipc_missing --table '"public"\."items"'/.test(w)), json.stdout);
+    assert.ok(parsed.warnings.some((w: string) => /4 updates and 2 deletes of "public"\."items" found no row on the target.*pg-live-sync verify --subscription ipc_missing --table '"public"\."items"'/.test(w)), json.stdout);
     const text = await runCli(['status', '--subscription', sub, '--target', targetUrl]);
-    assert.match(text.stdout, /^warning {6}4 update\(s\) and 2 delete\(s\) of "public"\."items" found no row on the target.*pg-live-sync verify/m, text.stdout);
+    assert.match(text.stdout, /^warning {6}4 updates and 2 deletes of "public"\."items" found no row on the target.*pg-live-sync verify/m, text.stdout);
     assert.match(text.stdout, /NO ROW \(UPD\/DEL\)/);
     assert.match(text.stdout, /"public"\."items" .* 4 \/ 2/, text.stdout);
   });

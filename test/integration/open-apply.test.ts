@@ -132,7 +132,7 @@ async function untilTargetCount(run: CliRun, db: string, sql: string, n: number,
 
 /** The run's stop line: how many transactions it streamed while open, and applied while open (null when not said). */
 function stopLine(out: string): { line: string; streamedOpen: number; appliedOpen: number | null } {
-  const line = out.split('\n').find((l) => /stopped at \S+ after \d+ transaction\(s\)/.test(l));
+  const line = out.split('\n').find((l) => /stopped at \S+ after [\d,]+ transactions?\b/.test(l));
   assert.ok(line, `no stop line in the output:\n${tail(out)}`);
   const s = /\((\d+) of them streamed while open/.exec(line);
   const a = /(\d+) applied while open/.exec(line);
