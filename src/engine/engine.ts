@@ -1016,7 +1016,6 @@ export class SyncEngine {
     this.queueJob(pub);
   }
 
-  /** Finds tables that joined or left the publications since the last look. */
   /**
    * A logical walsender puts each record's own LSN in XLogData's WAL-end field, and its keepalives
    * only how far decoding has read: while the sync is behind, neither shows how far the source has
@@ -1028,11 +1027,20 @@ export class SyncEngine {
     if (lsn > this.serverWalEnd) this.serverWalEnd = lsn;
   }
 
+  /**
+   * Finds tables that joined or left the publications since the last look, and gives each queued
+   * table sync the catalog as it stands now: a retry must see the fix the user made on the source
+   * (a column list, a replica identity), not the snapshot taken when the table joined.
+   */
   private async pollPublications(catalog: pg.Client, stateClient: pg.Client, applier: Applier): Promise<Map<string, PublishedTable>> {
     const published = new Map((await listPublishedTables(catalog, this.options.publications)).map((p) => [tableKey(p.schema, p.table), p]));
     for (const [key, pub] of published) {
       const known = this.progress.get(key);
       if (!known || known.removed) await this.tableJoined(stateClient, pub);
+      else {
+        const job = this.jobs.get(key);
+        if (job && !job.running) job.published = pub;
+      }
     }
     for (const [key, tp] of this.progress) {
       if (tp.removed || published.has(key)) continue;

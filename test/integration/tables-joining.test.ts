@@ -209,6 +209,36 @@ describe('tables joining and leaving while run streams', () => {
     }
   });
 
+  it('a joined table failing on a column the target lacks: fixed on the source by a column list, the retry sees the fix', { timeout: 240_000 }, async (t) => {
+    const sub = 'join_recatalog';
+    const { db, run } = await started(sub, {
+      schema: `CREATE TABLE a (id int PRIMARY KEY, v int)`,
+      source: `CREATE TABLE c (id int PRIMARY KEY, v text, secret text); INSERT INTO c SELECT g, 'c' || g, 's' FROM generate_series(1, 100) g;
+        INSERT INTO a VALUES (1, 1); CREATE PUBLICATION pub FOR TABLE a;`,
+      target: `CREATE TABLE c (id int PRIMARY KEY, v text)`,
+      ready: 1,
+    });
+    try {
+      await pair.source.query(db, `ALTER PUBLICATION pub ADD TABLE c`);
+      const failed = await waitFor('c to record an error', async () => {
+        const c = await rel(db, sub, 'c');
+        return c?.last_error ? c : null;
+      }, 30_000, 50);
+      t.diagnostic(`c: last_error: ${failed.last_error}`);
+      assert.match(failed.last_error!, /"secret"/);
+      // The fix on the source: publish c without the column. The catalog read when c joined still has it.
+      await pair.source.query(db, `ALTER PUBLICATION pub SET TABLE a, c (id, v)`);
+      await waitState(db, sub, ['c'], 'sr', run, 90_000);
+      await pair.source.query(db, `UPDATE c SET v = 'later', secret = 'never sent' WHERE id <= 10`);
+      await waitCaughtUp(pair, db, sub, 120_000, run);
+      const rows = await pair.target.query(db, `SELECT count(*)::int AS n, count(*) FILTER (WHERE v = 'later')::int AS later FROM c`);
+      assert.deepEqual(rows.rows[0], { n: 100, later: 10 });
+      assert.equal(await finish(run), 0, tail(run.output()));
+    } finally {
+      await finish(run);
+    }
+  });
+
   it('a joined table reaches r while the source is idle (no further writes)', { timeout: 120_000 }, async () => {
     const sub = 'join_idle';
     const { db, run } = await started(sub, {
