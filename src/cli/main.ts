@@ -14,6 +14,7 @@ import { slotInfo, validateSubscriptionName } from '../engine/slot';
 import { secondsToInvalidation, walWriteRate } from '../engine/walHeadroom';
 import { describeHeadroom, listSyncSlots, slotsReport, slotWarnings } from '../engine/guardrails';
 import { checkSource, checkTarget } from '../engine/precheck';
+import { sameDatabaseProblem } from '../engine/identity';
 import { dropSync, notFound, readSyncReport } from '../engine/report';
 import { describeSequence, sequenceSql, syncSequencesOfSync } from '../engine/sequences';
 import { DDL_KINDS, type DdlKind } from '../engine/drift';
@@ -508,6 +509,12 @@ async function check(args: string[]): Promise<number> {
   try {
     const target = await connect(targetEp);
     try {
+      const same = await sameDatabaseProblem(source, target, { source: describeEndpoint(sourceEp.url), target: describeEndpoint(targetEp.url) });
+      if (same) {
+        // Everything else would be checked against the source itself: only this line matters.
+        process.stdout.write(`error: ${same}\ncheck: 1 error(s), 0 warning(s)\n`);
+        return 1;
+      }
       const src = await checkSource(source, sourceEp, publications, subscription);
       const tgt = await checkTarget(target, targetEp, src.published, tableMaps, { source, freshStart: true });
       const findings = [...src.findings, ...tgt.findings];

@@ -21,10 +21,19 @@ const SESSION_SETTINGS = [
   'bytea_output=hex',
   'statement_timeout=0',
   'idle_in_transaction_session_timeout=0',
+  // Progress commits with the rows it covers and the slot is confirmed up to it: a target that may lose a commit (off) would lose rows the source no longer keeps.
+  'synchronous_commit=on',
 ];
 
+/**
+ * Names resolve only to the system catalogs (and our own temporary tables): a function or
+ * operator that a less trusted role (the database's owner owns `public`) put on the path never
+ * runs with the sync's privileges. Not for sessions that run the user's own SQL.
+ */
+const SEARCH_PATH = 'search_path=pg_catalog,pg_temp';
+
 /** GUCs a user's `options` may not set: ours above, and the one the apply sessions SET themselves. */
-const ENGINE_GUCS = new Set([...SESSION_SETTINGS.map((s) => s.split('=')[0]), 'session_replication_role'].map(gucName));
+const ENGINE_GUCS = new Set([...SESSION_SETTINGS.map((s) => s.split('=')[0]), 'session_replication_role', 'search_path'].map(gucName));
 
 /** libpq's sslmode values, weakest first. */
 export const SSL_MODES = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'] as const;
@@ -40,6 +49,8 @@ export interface Endpoint {
 export interface ConnectOptions {
   replication?: boolean;
   applicationName?: string;
+  /** Runs the user's own SQL: their search_path, not the engine's. */
+  userSql?: boolean;
 }
 
 /**
@@ -244,16 +255,17 @@ function splitOptions(text: string): string[] {
  * The user's `options` (`-c name=value`, `-cname=value`, `--name=value`) with ours after them,
  * leaving out the user's setting of any GUC the engine sets: the data path depends on those.
  */
-export function sessionOptions(userOptions: string): string {
+export function sessionOptions(userOptions: string, userSql = false): string {
   const tokens = splitOptions(userOptions);
   const kept: string[] = [];
   for (let i = 0; i < tokens.length; i++) {
     const t = tokens[i];
     const group = t === '-c' && i + 1 < tokens.length ? [t, tokens[++i]] : [t];
     const setting = group.length === 2 ? group[1] : t.startsWith('--') ? t.slice(2) : t.startsWith('-c') ? t.slice(2) : null;
-    if (setting === null || !ENGINE_GUCS.has(gucName(setting.replace(/\\(.)/g, '$1')))) kept.push(...group);
+    const name = setting === null ? null : gucName(setting.replace(/\\(.)/g, '$1'));
+    if (name === null || !ENGINE_GUCS.has(name) || (userSql && name === 'search_path')) kept.push(...group);
   }
-  return [...kept, ...SESSION_SETTINGS.map((s) => `-c ${s}`)].join(' ');
+  return [...kept, ...[...SESSION_SETTINGS, ...(userSql ? [] : [SEARCH_PATH])].map((s) => `-c ${s}`)].join(' ');
 }
 
 /** host:port/database, never the password: the one description of an endpoint for logs, errors and the state table. */
@@ -278,7 +290,7 @@ export async function connect(endpoint: Endpoint, opts: ConnectOptions = {}): Pr
       keepAlive: true,
       application_name: opts.applicationName ?? 'pg_live_sync',
       ...r.config,
-      options: sessionOptions(r.userOptions),
+      options: sessionOptions(r.userOptions, opts.userSql),
       ssl: plan[i] ? tlsOptions(r, endpoint) : false,
       ...(opts.replication ? { replication: 'database' } : {}),
     } as pg.ClientConfig);
