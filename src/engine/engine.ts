@@ -769,7 +769,7 @@ export class SyncEngine {
     const confirmed = info.confirmedFlush ?? 0n;
     if (sub.acksAppliedOnly) {
       if (confirmed > start) {
-        throw new SyncError(`replication slot "${this.slot}" is confirmed up to ${formatLsn(confirmed)} on the source, past the ${formatLsn(start)} this target holds: the changes in between are not on this target and the source no longer keeps them (either another sync of subscription "${subscription}", into another target database, moved the slot, or this target lost commits after they were confirmed: a crash with fsync off, a restore from a backup); copy afresh: run this target under another --subscription, or if no other target uses the slot, run pg-live-sync drop --subscription ${subscription} here and run again`, 'slot_moved');
+        throw new SyncError(`replication slot "${this.slot}" is confirmed up to ${formatLsn(confirmed)} on the source, past the ${formatLsn(start)} this target holds: the changes in between are not on this target and the source no longer keeps them (either another sync of subscription "${subscription}", into another target database, moved the slot, or this target lost commits after they were confirmed: a crash with fsync off, or with synchronous_commit off under an earlier pg-live-sync, or a restore from a backup); copy afresh: run this target under another --subscription, or if no other target uses the slot, run pg-live-sync drop --subscription ${subscription} here and run again`, 'slot_moved');
       }
       return start;
     }

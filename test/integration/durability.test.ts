@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { finish, freshDatabases, startPair, tableFingerprint, trackRuns, waitAllReady, waitCaughtUp, type Pair } from '../harness/sync';
+import { finish, freshDatabases, pg, startPair, tableFingerprint, trackRuns, waitAllReady, waitCaughtUp, whileAlive, type Pair } from '../harness/sync';
 
 let pair: Pair;
 const startRun = trackRuns();
@@ -22,11 +22,21 @@ describe('a target with synchronous_commit = off', () => {
     const args = ['run', '--source', sourceUrl, '--target', targetUrl, '--subscription', sub, '--publication', 'pub'];
     const first = startRun(args);
     await waitAllReady(pair.target, db, sub, 1);
-    // Single-row transactions, each committed (and confirmed to the slot) on its own.
-    for (let i = 101; i <= 200; i++) await pair.source.query(db, `INSERT INTO t VALUES (${i}, 'streamed')`);
-    await waitCaughtUp(pair, db, sub, 60_000, first);
-    await first.kill9();
+    // Single-row transactions, each committed (and confirmed to the slot) on its own; then the
+    // crash as soon as the slot is confirmed past the last, well within wal_writer_delay.
+    const writer = new pg.Client({ connectionString: sourceUrl });
+    await writer.connect();
+    let last: string;
+    try {
+      for (let i = 101; i <= 200; i++) await writer.query(`INSERT INTO t VALUES (${i}, 'streamed')`);
+      last = (await writer.query(`SELECT pg_current_wal_insert_lsn()::text AS l`)).rows[0].l;
+    } finally {
+      await writer.end();
+    }
+    await whileAlive(first, 'the slot to be confirmed past the last insert', async () =>
+      (await pair.source.query(db, `SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = $2`, [last, `pg_live_sync_${sub}`])).rows[0]?.ok === true, 60_000, 20);
     pair.target.restart('immediate');
+    await first.kill9();
 
     const again = startRun(args);
     await pair.source.query(db, `INSERT INTO t VALUES (201, 'after the crash')`);
