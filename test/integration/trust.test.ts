@@ -55,9 +55,9 @@ describe('the state schema', () => {
       CREATE TRIGGER escalate BEFORE INSERT OR UPDATE ON _pg_live_sync.subscription FOR EACH ROW EXECUTE FUNCTION public.escalate();`);
 
     const refused = await failingRun(runArgs(sourceUrl, targetUrl, 'owned'));
+    assert.equal(await isSuper(owner), false, 'the owner\'s trigger must not have run as the superuser');
     assert.equal(refused.code, 1, `the run must be refused:\n${tail(refused.output)}`);
     assert.match(errorLine(refused.output), new RegExp(`the sync's state schema _pg_live_sync on the target is owned by role "${owner}", not by "postgres", the role the sync connects as: .*DROP SCHEMA _pg_live_sync CASCADE.*ALTER SCHEMA _pg_live_sync OWNER TO "postgres";`));
-    assert.equal(await isSuper(owner), false, 'the owner\'s trigger must not have run as the superuser');
     assert.equal((await pair.source.query(db, `SELECT count(*)::int AS n FROM pg_replication_slots WHERE database = current_database()`)).rows[0].n, 0, 'no slot created');
 
     // Readers refuse it too (a view there would run as whoever reads it).
@@ -168,9 +168,7 @@ describe('resuming against another source', () => {
     await waitAllReady(pair.target, db, sub, 1);
     await waitCaughtUp(pair, db, sub, 60_000, first);
     assert.equal(await finish(first), 0, first.output());
-    const recorded = (await pair.target.query(db, `SELECT source_system_identifier AS s, source_database_oid::int8 AS o, source_database AS d FROM _pg_live_sync.subscription`)).rows[0];
     const sourceIdentity = (await pair.source.query(db, `SELECT (SELECT system_identifier FROM pg_control_system())::text AS s, oid::int8 AS o, datname AS d FROM pg_database WHERE datname = current_database()`)).rows[0];
-    assert.deepEqual(recorded, sourceIdentity, 'the source is recorded at the start');
 
     // Another server (here: the target cluster) with the same publication and a slot of the same name.
     const otherDb = `${db}_other`;
@@ -182,6 +180,8 @@ describe('resuming against another source', () => {
     assert.equal(refused.code, 1, `the run must be refused:\n${tail(refused.output)}`);
     assert.match(errorLine(refused.output), new RegExp(`the --source 127\\.0\\.0\\.1:${pair.target.port}/${otherDb} is database "${otherDb}" \\(OID \\d+\\) of the server with system identifier \\d+, but subscription "${sub}" on this target streams from database "${db}" \\(OID ${sourceIdentity.o}\\) of the server with system identifier ${sourceIdentity.s}: .*give the sync's own source in --source, or sync from this one under another --subscription`));
     assert.equal((await pair.target.query(db, `SELECT count(*)::int AS n FROM t WHERE v = 'other'`)).rows[0].n, 0, 'nothing of the other source applied');
+    const recorded = (await pair.target.query(db, `SELECT source_system_identifier AS s, source_database_oid::int8 AS o, source_database AS d FROM _pg_live_sync.subscription`)).rows[0];
+    assert.deepEqual(recorded, sourceIdentity, 'the source is recorded at the start');
 
     // drop with the wrong --source leaves that server's slot alone.
     const drop = await runCli(['drop', '--subscription', sub, '--source', pair.target.url(otherDb), '--target', `${targetUrl}`], {}, 60_000);
