@@ -14,7 +14,7 @@ import { BackgroundAnalyzer, COPY_CHUNK_BYTES, copyTables, type CopyProgress } f
 import { endHolders, holdSnapshot, HOLDER_GRACE_MS, type HeldSnapshot } from './snapshotHolder';
 import { CheckError, errorMessage, isTransient, retryMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, type Lsn } from './lsn';
-import { databaseIdentity, describeIdentity, sameDatabase, sameDatabaseProblem } from './identity';
+import { databaseIdentity, describeIdentity, otherDatabase, sameDatabaseProblem } from './identity';
 import { checkSource, checkTarget, type Finding } from './precheck';
 import { applyCreatePlan, planCreateTables } from './schema';
 import {
@@ -203,10 +203,10 @@ export class SyncEngine {
     const subname = this.options.subscription;
     const was = (await loadSubscription(target, subname))?.sourceIdentity;
     const now = await databaseIdentity(source);
-    if (was?.systemId && was.oid !== null && !sameDatabase(now, was)) {
-      throw new SyncError(`the --source ${describeEndpoint(this.options.source)} is ${describeIdentity(now)}, but subscription "${subname}" on this target streams from ${describeIdentity(was)}: this source's changes would be applied as if they were that one's; give the sync's own source in --source, or sync from this one under another --subscription (a copy afresh)`, 'source_changed');
+    if (otherDatabase(now, was)) {
+      throw new SyncError(`the --source ${describeEndpoint(this.options.source)} is ${describeIdentity(now)}, but subscription "${subname}" on this target streams from ${describeIdentity(was!)}: this source's changes would be applied as if they were that one's; give the sync's own source in --source, or sync from this one under another --subscription (a copy afresh)`, 'source_changed');
     }
-    if (was?.systemId !== now.systemId || was?.oid !== now.oid || was?.name !== now.name) await recordSourceIdentity(target, subname, now);
+    if (now.systemId !== null && (was?.systemId !== now.systemId || was?.oid !== now.oid || was?.name !== now.name)) await recordSourceIdentity(target, subname, now);
   }
 
   private async lock(target: pg.Client): Promise<void> {
@@ -236,7 +236,8 @@ export class SyncEngine {
       await dropTableSyncSlots(source, options.subscription);
     }
     await resetSubscription(target, { subname: options.subscription, slotName: this.slot, publications: options.publications, source: describeEndpoint(options.source) }, tables);
-    await recordSourceIdentity(target, options.subscription, await databaseIdentity(source));
+    const identity = await databaseIdentity(source);
+    if (identity.systemId !== null) await recordSourceIdentity(target, options.subscription, identity);
     for (const t of tables) this.progress.set(tableKey(t.source.schema, t.source.table), initialProgress(t));
 
     const created = await createSlotWithSnapshot(this.source, this.slot);

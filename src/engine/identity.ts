@@ -7,22 +7,30 @@
 import type pg from 'pg';
 
 export interface DatabaseIdentity {
-  /** pg_control_system().system_identifier, as text: it is a 64-bit number. */
-  systemId: string;
+  /** pg_control_system().system_identifier, as text (a 64-bit number); null where a role may not read it. */
+  systemId: string | null;
   oid: number;
   name: string;
 }
 
 export async function databaseIdentity(client: pg.Client): Promise<DatabaseIdentity> {
   const r = await client.query(
-    `SELECT (SELECT system_identifier FROM pg_control_system())::text AS system_id, d.oid::int8 AS oid, d.datname AS name
+    `SELECT has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE') AS readable, d.oid::int8 AS oid, d.datname AS name
        FROM pg_database d WHERE d.datname = current_database()`,
   );
-  return { systemId: r.rows[0].system_id, oid: Number(r.rows[0].oid), name: r.rows[0].name };
+  // A provider may revoke it; then nothing is compared (database OIDs alone repeat across servers).
+  const systemId = r.rows[0].readable ? ((await client.query(`SELECT system_identifier::text AS s FROM pg_control_system()`)).rows[0].s as string) : null;
+  return { systemId, oid: Number(r.rows[0].oid), name: r.rows[0].name };
 }
 
+/** Known to be the same database; false when either side's server is unknown. */
 export function sameDatabase(a: DatabaseIdentity, b: { systemId: string | null; oid: number | null }): boolean {
-  return a.systemId === b.systemId && a.oid === b.oid;
+  return a.systemId !== null && a.systemId === b.systemId && a.oid === b.oid;
+}
+
+/** Known to be another database than `recorded`; false when either is unknown. */
+export function otherDatabase(now: DatabaseIdentity, recorded: { systemId: string | null; oid: number | null } | undefined): boolean {
+  return !!recorded?.systemId && recorded.oid !== null && now.systemId !== null && !sameDatabase(now, recorded);
 }
 
 export function describeIdentity(d: { systemId: string | null; oid: number | null; name: string | null }): string {

@@ -5,7 +5,7 @@
  */
 import type pg from 'pg';
 import { connect, describeEndpoint, quoteIdent, type Endpoint } from './connection';
-import { databaseIdentity, describeIdentity, sameDatabase } from './identity';
+import { databaseIdentity, describeIdentity, otherDatabase } from './identity';
 import { SyncError } from './errors';
 import { formatLsn } from './lsn';
 import { dropSlotIfExists, dropTableSyncSlots, notOwnedSlots, tableSyncSlotPattern, slotInfo, subscriptionSlots, validateSubscriptionName, type SlotInfo } from './slot';
@@ -123,9 +123,9 @@ export async function dropSync(sourceEp: Endpoint, targetEp: Endpoint, subname: 
       }
       const now = await databaseIdentity(source);
       const was = sub.sourceIdentity;
-      if (was?.systemId && was.oid !== null && !sameDatabase(now, was)) {
+      if (otherDatabase(now, was)) {
         // Slots of the same names there belong to something else.
-        log('warn', `the --source ${describeEndpoint(sourceEp.url)} is ${describeIdentity(now)}, not ${describeIdentity(was)} that subscription "${subname}" streams from: its slots there are left in place; drop them on that source (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '${sub.slotName}' OR slot_name LIKE '${tableSyncSlotPattern(subname)}';) or run drop with that --source`);
+        log('warn', `the --source ${describeEndpoint(sourceEp.url)} is ${describeIdentity(now)}, not ${describeIdentity(was!)} that subscription "${subname}" streams from: its slots there are left in place; drop them on that source (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '${sub.slotName}' OR slot_name LIKE '${tableSyncSlotPattern(subname)}';) or run drop with that --source`);
       } else {
         // Holders of copy snapshots end with their sessions; they would otherwise wait out their grace period.
         await endHolders(source, (await loadHeldSnapshots(target, subname)).map((h) => h.holderPid));
