@@ -24,7 +24,7 @@ import {
 import {
   adoptSlotPosition, deleteHeldSnapshot, ensureStateSchema, loadHeldSnapshots, recordHeldSnapshot, loadSubscription, loadTableProgress, markTableRemoved, promoteCaughtUpTables, resetSubscription,
   setConsistentLsn, setSubscriptionError, setTableError, setTableState, stateSchemaExists, tryLockSubscription,
-  loadColumnMaps, sameColumnMap, setColumnMapBeforeCopy, recordSourceIdentity,
+  loadColumnMaps, sameColumnMap, setColumnMapBeforeCopy, recordSourceIdentity, assertStateOwner,
   resetTableForResync, tablesToResync, upsertTableError, upsertTableRow, writeAppliedLsn, appliedLsnStatement, writeCopyProgress, type SubscriptionRow,
 } from './state';
 import { ReplicationStream, type OpenTransactionEvent, type StreamEvent } from './stream';
@@ -138,6 +138,8 @@ export class SyncEngine {
       target = await connect(this.target);
       const same = await sameDatabaseProblem(source, target, { source: describeEndpoint(options.source), target: describeEndpoint(options.target) });
       if (same) throw new CheckError([same]);
+      // Before the state is read: reading it can run its owner's code too (a view).
+      await assertStateOwner(target, 'writer');
       const fresh = !(await stateSchemaExists(target)) || (await loadSubscription(target, options.subscription)) === null;
       const src = await checkSource(source, this.source, options.publications, options.subscription);
       if (options.createTables) {

@@ -137,7 +137,7 @@ export async function stateSchemaExists(client: pg.Client): Promise<boolean> {
  */
 export async function assertStateOwner(client: pg.Client, as: 'writer' | 'reader'): Promise<boolean> {
   const r = await client.query(
-    `SELECT current_user AS me, o.rolname AS owner, o.rolsuper AS owner_super, o.rolname = current_user AS ours,
+    `SELECT current_user AS me, o.rolname AS owner, o.rolsuper AS owner_super,
             (SELECT json_agg(json_build_object('name', c.relname, 'owner', ro.rolname, 'super', ro.rolsuper) ORDER BY c.relname)
                FROM pg_class c JOIN pg_roles ro ON ro.oid = c.relowner
               WHERE c.relnamespace = n.oid AND ro.rolname <> current_user) AS foreign_relations
@@ -148,14 +148,17 @@ export async function assertStateOwner(client: pg.Client, as: 'writer' | 'reader
   if (r.rowCount === 0) return false;
   const row = r.rows[0];
   const trusted = (owner: string, isSuper: boolean) => owner === row.me || (as === 'reader' && isSuper);
-  const fix = `if you did not create it, drop it (DROP SCHEMA ${STATE_SCHEMA} CASCADE; the sync's progress goes with it) and run again; otherwise, after checking it for triggers, rules and views, make ${quoteIdent(row.me)} its owner`;
-  if (!trusted(row.owner, row.owner_super)) {
-    throw new SyncError(`the sync's state schema ${STATE_SCHEMA} on the target is owned by role "${row.owner}", not by "${row.me}", the role the sync connects as: code that role put there would run with the sync's privileges; ${fix}: ALTER SCHEMA ${STATE_SCHEMA} OWNER TO ${quoteIdent(row.me)};`, 'state_owner');
-  }
+  const refuse = (what: string, owner: string, alter: string) => {
+    const fix = as === 'reader'
+      ? `read it as that role (connect to the target as "${owner}"), or if no sync of yours runs as "${owner}", drop it: DROP SCHEMA ${STATE_SCHEMA} CASCADE;`
+      : `if you did not create it, drop it (DROP SCHEMA ${STATE_SCHEMA} CASCADE; the sync's progress goes with it) and run again; otherwise, after checking it for triggers, rules and views, make ${quoteIdent(row.me)} its owner: ${alter} OWNER TO ${quoteIdent(row.me)};`;
+    return new SyncError(`${what} on the target is owned by role "${owner}", not by "${row.me}", the role ${as === 'reader' ? 'reading it' : 'the sync connects as'}: code that role put there would run with ${as === 'reader' ? 'your' : "the sync's"} privileges; ${fix}`, 'state_owner');
+  };
+  if (!trusted(row.owner, row.owner_super)) throw refuse(`the sync's state schema ${STATE_SCHEMA}`, row.owner, `ALTER SCHEMA ${STATE_SCHEMA}`);
   const foreign = ((row.foreign_relations ?? []) as { name: string; owner: string; super: boolean }[]).find((f) => !trusted(f.owner, f.super));
   if (foreign) {
     const name = `${STATE_SCHEMA}.${quoteIdent(foreign.name)}`;
-    throw new SyncError(`${name} in the sync's state schema on the target is owned by role "${foreign.owner}", not by "${row.me}", the role the sync connects as: code that role put there would run with the sync's privileges; ${fix}: ALTER TABLE ${name} OWNER TO ${quoteIdent(row.me)};`, 'state_owner');
+    throw refuse(`${name} in the sync's state schema`, foreign.owner, `ALTER TABLE ${name}`);
   }
   return true;
 }
