@@ -6,7 +6,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type pg from 'pg';
 import { checkEndpoint, connect, describeEndpoint, qualified, tableKey } from '../engine/connection';
-import { connectorRoleSql, readServerFacts, replicaIdentitySql, tableIdentities, tuningSql } from '../engine/sqlgen';
+import { connectorRoleSql, readServerFacts, replicaIdentitySql, tableIdentities, targetRoleSql, tuningSql } from '../engine/sqlgen';
 import { SyncEngine } from '../engine/engine';
 import { CheckError, errorMessage, SyncError } from '../engine/errors';
 import { formatLsn } from '../engine/lsn';
@@ -14,6 +14,7 @@ import { slotInfo, validateSubscriptionName } from '../engine/slot';
 import { secondsToInvalidation, walWriteRate } from '../engine/walHeadroom';
 import { describeHeadroom, listSyncSlots, slotsReport, slotWarnings } from '../engine/guardrails';
 import { checkSource, checkTarget, unmatchedTableMaps } from '../engine/precheck';
+import { sameDatabaseProblem } from '../engine/identity';
 import { dropSync, notFound, readSyncReport } from '../engine/report';
 import { describeSequence, sequenceSql, syncSequencesOfSync } from '../engine/sequences';
 import { DDL_KINDS, type DdlKind } from '../engine/drift';
@@ -132,10 +133,11 @@ const COMMANDS: Record<string, CommandHelp> = {
   sql: {
     synopsis: `pg-live-sync sql tuning           --source URL
 pg-live-sync sql replica-identity --source URL [--publication NAME]
-pg-live-sync sql role             --source URL --role NAME [--schema NAME]...`,
-    about: 'Prints SQL to review and run on the source: settings to change, replica identities to set, a connector role.',
+pg-live-sync sql role             --source URL [--target URL] --role NAME [--schema NAME]...`,
+    about: 'Prints SQL to review and run on the source: settings to change, replica identities to set, a connector role (and its counterpart on the target, not a superuser).',
     flags: [
       SOURCE_FLAG,
+      ['--target URL', 'role: read the target\'s database name and version for its half (default: TARGET; without one, PostgreSQL 15+ and the source\'s database name)'],
       ['--publication NAME', "replica-identity: only that publication's tables (default: every table)"],
       ['--role NAME', 'role: the name of the role to create'],
       ['--schema NAME', 'role: a schema it may read; repeatable (default public)'],
@@ -560,6 +562,12 @@ async function check(args: string[]): Promise<number> {
   try {
     const target = await connect(targetEp);
     try {
+      const same = await sameDatabaseProblem(source, target, { source: describeEndpoint(sourceEp.url), target: describeEndpoint(targetEp.url) });
+      if (same) {
+        // Everything else would be checked against the source itself: only this line matters.
+        process.stdout.write(`error: ${same}\ncheck: 1 error, 0 warnings\n`);
+        return 1;
+      }
       const src = await checkSource(source, sourceEp, publications, subscription);
       const tgt = await checkTarget(target, targetEp, src.published, tableMaps, { source, freshStart: true, createTables: v['create-tables'] === true });
       const findings = [...src.findings, ...unmatchedTableMaps(tableMaps, src.published, publications), ...tgt.findings];
@@ -672,7 +680,7 @@ async function verify(args: string[]): Promise<number> {
 /** Prints SQL to review and run: tuning, replica identities, a connector role. */
 async function sql(args: string[]): Promise<number> {
   const [kind, ...rest] = args;
-  const v = parse(rest, { source: { type: 'string' }, publication: { type: 'string' }, role: { type: 'string' }, schema: { type: 'string', multiple: true } });
+  const v = parse(rest, { source: { type: 'string' }, target: { type: 'string' }, publication: { type: 'string' }, role: { type: 'string' }, schema: { type: 'string', multiple: true } });
   if (kind !== 'tuning' && kind !== 'replica-identity' && kind !== 'role') throw new UsageError(`sql takes tuning, replica-identity or role, not "${kind ?? ''}"`);
   const publication = named(v.publication as string | undefined, 'publication', 'a publication name (leave the flag out for every table)');
   named(v.schema as string[] | undefined, 'schema', 'a schema name');
@@ -691,6 +699,7 @@ async function sql(args: string[]): Promise<number> {
       const role = required(v.role as string | undefined, 'role');
       const schemas = (v.schema as string[] | undefined) ?? ['public'];
       text = await connectorRoleSql(client, role, schemas, (await readServerFacts(client)).rds);
+      text += '\n' + (await roleOnTarget((v.target as string | undefined) ?? process.env.TARGET, client, role, schemas));
     } else throw new UsageError(`sql takes tuning, replica-identity or role, not "${kind ?? ''}"`);
     process.stdout.write(text);
     return 0;
@@ -700,6 +709,18 @@ async function sql(args: string[]): Promise<number> {
 }
 
 const HOLD_SNAPSHOT_BY_HAND = 'hold-snapshot is internal: pg-live-sync run starts it to keep a chunked copy\'s snapshot and sends its orders on stdin; copy with pg-live-sync run instead';
+
+/** The target's half of `sql role`: read from the target when one is given. */
+async function roleOnTarget(url: string | undefined, source: pg.Client, role: string, schemas: string[]): Promise<string> {
+  const sourceDb = (await source.query('SELECT current_database() AS d')).rows[0].d as string;
+  if (!url) return targetRoleSql(null, sourceDb, role, schemas);
+  const target = await connect({ url, role: 'target' });
+  try {
+    return await targetRoleSql(target, sourceDb, role, schemas);
+  } finally {
+    await target.end();
+  }
+}
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...args] = argv;

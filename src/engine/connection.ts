@@ -21,6 +21,8 @@ const SESSION_SETTINGS = [
   'bytea_output=hex',
   'statement_timeout=0',
   'idle_in_transaction_session_timeout=0',
+  // Progress commits with the rows it covers and the slot is confirmed up to it: a target that may lose a commit (off) would lose rows the source no longer keeps.
+  'synchronous_commit=on',
 ];
 
 /**
@@ -33,8 +35,15 @@ const KEEPALIVE_SETTINGS = ['tcp_keepalives_idle=30', 'tcp_keepalives_interval=1
 /** Our side probes an idle connection after this long (the operating system's interval and count after that). */
 const CLIENT_KEEPALIVE_IDLE_MS = 10_000;
 
+/**
+ * Names resolve only to the system catalogs (and our own temporary tables): a function or
+ * operator that a less trusted role (the database's owner owns `public`) put on the path never
+ * runs with the sync's privileges. Not for sessions that run the user's own SQL.
+ */
+const SEARCH_PATH = 'search_path=pg_catalog,pg_temp';
+
 /** GUCs a user's `options` may not set: ours above, and the one the apply sessions SET themselves. */
-const ENGINE_GUCS = new Set([...SESSION_SETTINGS.map((s) => s.split('=')[0]), 'session_replication_role'].map(gucName));
+const ENGINE_GUCS = new Set([...SESSION_SETTINGS.map((s) => s.split('=')[0]), 'session_replication_role', 'search_path'].map(gucName));
 
 /** libpq's sslmode values, weakest first. */
 export const SSL_MODES = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'] as const;
@@ -50,6 +59,8 @@ export interface Endpoint {
 export interface ConnectOptions {
   replication?: boolean;
   applicationName?: string;
+  /** Runs the user's own SQL: their search_path, not the engine's. */
+  userSql?: boolean;
 }
 
 /**
@@ -331,16 +342,17 @@ function splitOptions(text: string): string[] {
  * The user's `options` (`-c name=value`, `-cname=value`, `--name=value`) with ours after them,
  * leaving out the user's setting of any GUC the engine sets: the data path depends on those.
  */
-export function sessionOptions(userOptions: string): string {
+export function sessionOptions(userOptions: string, userSql = false): string {
   const tokens = splitOptions(userOptions);
   const kept: string[] = [];
   for (let i = 0; i < tokens.length; i++) {
     const t = tokens[i];
     const group = t === '-c' && i + 1 < tokens.length ? [t, tokens[++i]] : [t];
     const setting = group.length === 2 ? group[1] : t.startsWith('--') ? t.slice(2) : t.startsWith('-c') ? t.slice(2) : null;
-    if (setting === null || !ENGINE_GUCS.has(gucName(setting.replace(/\\(.)/g, '$1')))) kept.push(...group);
+    const name = setting === null ? null : gucName(setting.replace(/\\(.)/g, '$1'));
+    if (name === null || !ENGINE_GUCS.has(name) || (userSql && name === 'search_path')) kept.push(...group);
   }
-  return [...kept, ...SESSION_SETTINGS.map((s) => `-c ${s}`)].join(' ');
+  return [...kept, ...[...SESSION_SETTINGS, ...(userSql ? [] : [SEARCH_PATH])].map((s) => `-c ${s}`)].join(' ');
 }
 
 /** Throws the usage error `connect` would, before anything connects: a bad --target is named even when the source is down. */
@@ -374,7 +386,7 @@ export async function connect(endpoint: Endpoint, opts: ConnectOptions = {}): Pr
       ...r.config,
       application_name: opts.applicationName ?? 'pg_live_sync',
       // Our keepalive defaults first, so the user's own settings of them win.
-      options: [...KEEPALIVE_SETTINGS.map((s) => `-c ${s}`), sessionOptions(r.userOptions)].join(' '),
+      options: [...KEEPALIVE_SETTINGS.map((s) => `-c ${s}`), sessionOptions(r.userOptions, opts.userSql)].join(' '),
       ssl: plan[i] ? tlsOptions(r, endpoint) : false,
       ...(opts.replication ? { replication: 'database' } : {}),
     } as pg.ClientConfig);

@@ -14,6 +14,7 @@ import { BackgroundAnalyzer, COPY_CHUNK_BYTES, copyTables, type CopyProgress } f
 import { endHolders, holdSnapshot, HOLDER_GRACE_MS, type HeldSnapshot } from './snapshotHolder';
 import { CheckError, errorMessage, isTransient, retryMessage, SyncError } from './errors';
 import { formatLsn, maxLsn, parseLsn, type Lsn } from './lsn';
+import { databaseIdentity, describeIdentity, otherDatabase, sameDatabaseProblem } from './identity';
 import { checkSource, checkTarget, unmatchedTableMaps, type Finding } from './precheck';
 import { applyCreatePlan, planCreateTables } from './schema';
 import {
@@ -23,7 +24,7 @@ import {
 import {
   adoptSlotPosition, deleteHeldSnapshot, ensureStateSchema, loadHeldSnapshots, recordHeldSnapshot, loadSubscription, loadTableProgress, markTableRemoved, promoteCaughtUpTables, resetSubscription,
   setConsistentLsn, setSubscriptionError, setTableError, setTableState, stateSchemaExists,
-  loadColumnMaps, sameColumnMap, setColumnMapBeforeCopy,
+  loadColumnMaps, sameColumnMap, setColumnMapBeforeCopy, recordSourceIdentity, assertStateOwner,
   resetTableForResync, tablesToResync, upsertTableError, upsertTableRow, writeAppliedLsn, appliedLsnStatement, writeCopyProgress, type SubscriptionRow,
   loadSyncedColumns, recordSyncedColumns,
 } from './state';
@@ -147,6 +148,10 @@ export class SyncEngine {
       source = await connect(this.source);
       target = await connect(this.target);
       this.targetClient = target;
+      const same = await sameDatabaseProblem(source, target, { source: describeEndpoint(options.source), target: describeEndpoint(options.target) });
+      if (same) throw new CheckError([same]);
+      // Before the state is read: reading it can run its owner's code too (a view).
+      await assertStateOwner(target, 'writer');
       const fresh = !(await stateSchemaExists(target)) || (await loadSubscription(target, options.subscription)) === null;
       const src = await checkSource(source, this.source, options.publications, options.subscription);
       if (options.createTables) {
@@ -161,6 +166,7 @@ export class SyncEngine {
       for (const f of findings) hooks.log(f.severity === 'error' ? 'error' : 'warn', f.message);
       await ensureStateSchema(target);
       await this.lock(target);
+      if (!fresh) await this.checkSourceIdentity(source, target);
       if (!fresh) await this.refuseChangedColumnMaps(target);
       const started = await this.prepare(source, target, tgt.synced);
       await source.end();
@@ -218,6 +224,22 @@ export class SyncEngine {
     }
   }
 
+  /**
+   * A sync resumes only from the source database it started on: another server holding a slot of
+   * the same name would have its changes applied here as if they were the source's. A promoted
+   * physical standby keeps the system identifier, so a failover passes. State from before the
+   * identity was recorded takes this source's.
+   */
+  private async checkSourceIdentity(source: pg.Client, target: pg.Client): Promise<void> {
+    const subname = this.options.subscription;
+    const was = (await loadSubscription(target, subname))?.sourceIdentity;
+    const now = await databaseIdentity(source);
+    if (otherDatabase(now, was)) {
+      throw new SyncError(`the --source ${describeEndpoint(this.options.source)} is ${describeIdentity(now)}, but subscription "${subname}" on this target streams from ${describeIdentity(was!)}: this source's changes would be applied as if they were that one's; give the sync's own source in --source, or sync from this one under another --subscription (a copy afresh)`, 'source_changed');
+    }
+    if (now.systemId !== null && (was?.systemId !== now.systemId || was?.oid !== now.oid || was?.name !== now.name)) await recordSourceIdentity(target, subname, now);
+  }
+
   private async lock(target: pg.Client): Promise<void> {
     this.lockSession = await acquireRunLock(target, this.options.subscription, this.abandonedLocks, this.hooks.log);
     this.locked = true;
@@ -244,6 +266,8 @@ export class SyncEngine {
       await dropTableSyncSlots(source, options.subscription);
     }
     await resetSubscription(target, { subname: options.subscription, slotName: this.slot, publications: options.publications, source: describeEndpoint(options.source) }, tables);
+    const identity = await databaseIdentity(source);
+    if (identity.systemId !== null) await recordSourceIdentity(target, options.subscription, identity);
     for (const t of tables) this.progress.set(tableKey(t.source.schema, t.source.table), initialProgress(t));
 
     const created = await createSlotWithSnapshot(this.source, this.slot);
@@ -456,7 +480,8 @@ export class SyncEngine {
     const sub = await loadSubscription(target, options.subscription);
     if (!sub || sub.consistentLsn === null) throw new SyncError(`the state of subscription "${options.subscription}" disappeared from the target; run pg-live-sync drop, then run again`, 'state_missing');
     const catalog = await connect(this.source, { applicationName: 'pg_live_sync_catalog' });
-    const startLsn = await this.startPosition(catalog, target, sub).catch(async (err) => {
+    // Checked on every reconnect too: the --source URL may reach another server by now.
+    const startLsn = await this.checkSourceIdentity(catalog, target).then(() => this.startPosition(catalog, target, sub)).catch(async (err) => {
       await catalog.end().catch(() => undefined);
       throw err;
     });
@@ -774,8 +799,9 @@ export class SyncEngine {
 
   /**
    * Where the main stream starts: the target's applied position. Runs acknowledge to the slot only
-   * what the target recorded, so a slot confirmed past it was moved by another sync of the same
-   * name, and the changes in between never reached this target.
+   * what the target committed (durably: synchronous_commit is on), so a slot confirmed past it was
+   * moved by another sync of the same name, or the target lost commits (fsync off, a restore):
+   * either way the changes in between are not on this target.
    */
   private async startPosition(catalog: pg.Client, target: pg.Client, sub: SubscriptionRow): Promise<Lsn> {
     const { subscription } = this.options;
@@ -790,7 +816,7 @@ export class SyncEngine {
     const confirmed = info.confirmedFlush ?? 0n;
     if (sub.acksAppliedOnly) {
       if (confirmed > start) {
-        throw new SyncError(`replication slot "${this.slot}" is confirmed up to ${formatLsn(confirmed)} on the source, past the ${formatLsn(start)} this target applied: another sync of subscription "${subscription}" (into another target database) moved it, and the changes in between never reached this target; run this target under another --subscription to copy afresh, or if nothing else should use the slot, run pg-live-sync drop --subscription ${subscription} here and run again`, 'slot_moved');
+        throw new SyncError(`replication slot "${this.slot}" is confirmed up to ${formatLsn(confirmed)} on the source, past the ${formatLsn(start)} this target holds: the changes in between are not on this target and the source no longer keeps them (either another sync of subscription "${subscription}", into another target database, moved the slot, or this target lost commits after they were confirmed: a crash with fsync off, or with synchronous_commit off under an earlier pg-live-sync, or a restore from a backup); copy afresh: run this target under another --subscription, or if no other target uses the slot, run pg-live-sync drop --subscription ${subscription} here and run again`, 'slot_moved');
       }
       return start;
     }

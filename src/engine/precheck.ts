@@ -127,7 +127,7 @@ export async function checkTarget(
     await client.query('SET session_replication_role = replica');
     await client.query('RESET session_replication_role');
   } catch (err) {
-    findings.push({ severity: 'error', message: `role "${settings.role}" on the target ${where} cannot SET session_replication_role (${errorMessage(err)}); connect to the target as a superuser (on RDS a member of rds_superuser)` });
+    findings.push({ severity: 'error', message: `role "${settings.role}" on the target ${where} cannot SET session_replication_role (${errorMessage(err)}); on PostgreSQL 15+ have a superuser run GRANT SET ON PARAMETER session_replication_role TO ${quoteIdent(settings.role)}; (pg-live-sync sql role --target prints the whole role), otherwise connect to the target as a superuser (on RDS a member of rds_superuser)` });
   }
   poolerCheck(endpoint, settings.server_port, (message) => findings.push({ severity: 'warning', message }));
   const targetExtensions = new Set((await client.query(`SELECT extname FROM pg_extension`)).rows.map((r) => r.extname as string));
@@ -210,7 +210,56 @@ export async function checkTarget(
     }
     synced.push(toSyncedTable(t, target, cols, columns, columnMap));
   }
+  findings.push(...(await untrustedOwnerWarnings(client, synced)));
   return { findings, synced, tableErrors, driftOnly };
+}
+
+/**
+ * Target tables whose owner is less trusted than the sync's role: what the owner attaches to the
+ * table (a trigger enabled ALWAYS or REPLICA, a rule, a default, a check constraint or an index
+ * expression calling a function) runs as the sync's role whenever it writes a row. Warned about
+ * for every such table when the sync's role is a superuser (the owner may add code later), else
+ * only where such code is there now. Functions owned by a superuser are taken as trusted.
+ */
+async function untrustedOwnerWarnings(client: pg.Client, tables: SyncedTable[]): Promise<Finding[]> {
+  if (tables.length === 0) return [];
+  const r = await client.query(
+    `SELECT u.i, o.rolname AS owner, me.rolname AS me, me.rolsuper AS me_super,
+            ARRAY(SELECT format('%s trigger %I', CASE tgenabled WHEN 'A' THEN 'ENABLE ALWAYS' ELSE 'ENABLE REPLICA' END, tgname)
+                    FROM pg_trigger WHERE tgrelid = c.oid AND NOT tgisinternal AND tgenabled IN ('A', 'R') ORDER BY tgname)
+         || ARRAY(SELECT format('rule %I', rulename) FROM pg_rewrite WHERE ev_class = c.oid AND rulename <> '_RETURN' AND ev_enabled IN ('A', 'R') ORDER BY rulename)
+         || ARRAY(SELECT DISTINCT format('function %s in a %s', p.oid::regprocedure, CASE d.classid WHEN 'pg_attrdef'::regclass THEN 'default' WHEN 'pg_constraint'::regclass THEN 'check constraint' ELSE 'index' END)
+                    FROM pg_depend d JOIN pg_proc p ON p.oid = d.refobjid JOIN pg_roles po ON po.oid = p.proowner
+                   WHERE d.refclassid = 'pg_proc'::regclass AND NOT po.rolsuper
+                     AND ((d.classid = 'pg_attrdef'::regclass AND d.objid IN (SELECT oid FROM pg_attrdef WHERE adrelid = c.oid))
+                       OR (d.classid = 'pg_constraint'::regclass AND d.objid IN (SELECT oid FROM pg_constraint WHERE conrelid = c.oid))
+                       OR (d.classid = 'pg_class'::regclass AND d.objid IN (SELECT indexrelid FROM pg_index WHERE indrelid = c.oid))))
+            AS code
+       FROM unnest($1::text[]) WITH ORDINALITY AS u(name, i)
+       JOIN pg_class c ON c.oid = to_regclass(u.name)
+       JOIN pg_roles o ON o.oid = c.relowner
+       JOIN pg_roles me ON me.rolname = current_user
+      WHERE o.oid <> me.oid AND NOT o.rolsuper`,
+    [tables.map((t) => qualified(t.target.schema, t.target.table))],
+  );
+  const out: Finding[] = [];
+  for (const row of r.rows) {
+    const code = row.code as string[];
+    if (!row.me_super && code.length === 0) continue;
+    const t = tables[Number(row.i) - 1];
+    const name = qualified(t.target.schema, t.target.table);
+    const as = `"${row.me}"${row.me_super ? ', a superuser' : ''}`;
+    const now = code.length > 0 ? ` (there now: ${code.join(', ')})` : '';
+    const fix = row.me_super
+      ? `connect to the target as a role that is not a superuser (pg-live-sync sql role --target prints one), or make the sync's role its owner after reviewing it: ALTER TABLE ${name} OWNER TO ${quoteIdent(row.me)};`
+      : `review that code, or make the sync's role its owner: ALTER TABLE ${name} OWNER TO ${quoteIdent(row.me)};`;
+    out.push({
+      severity: 'warning',
+      table: tableKey(t.source.schema, t.source.table),
+      message: `target table ${name} is owned by role "${row.owner}", not by the sync's role ${as}: triggers enabled ALWAYS or REPLICA, rules, defaults, check constraints and index expressions "${row.owner}" attaches to it run as ${as} each time the sync writes a row${now}; ${fix}`,
+    });
+  }
+  return out;
 }
 
 /**

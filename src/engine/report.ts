@@ -4,7 +4,8 @@
  * tree all read a sync this way, so a run elsewhere (the CLI on a server) looks the same.
  */
 import type pg from 'pg';
-import { connect, quoteIdent, type Endpoint } from './connection';
+import { connect, describeEndpoint, quoteIdent, type Endpoint } from './connection';
+import { databaseIdentity, describeIdentity, otherDatabase } from './identity';
 import { errorMessage, SyncError } from './errors';
 import { formatLsn } from './lsn';
 import { dropSlotIfExists, dropTableSyncSlots, notOwnedSlots, slotInfo, slotNameFor, subscriptionSlots, tableSyncSlotPattern, validateSubscriptionName, type SlotInfo } from './slot';
@@ -123,11 +124,18 @@ export async function dropSync(sourceEp: Endpoint, targetEp: Endpoint, subname: 
         await dropSpools(subname, opts.spoolDir, log);
         return { notOwned };
       }
-      // Holders of copy snapshots end with their sessions; they would otherwise wait out their grace period.
-      await endHolders(source, (await loadHeldSnapshots(target, subname)).map((h) => h.holderPid));
-      const dropped = await dropSlotIfExists(source, sub.slotName);
-      log('info', dropped ? `dropped replication slot "${sub.slotName}" on the source` : `no replication slot "${sub.slotName}" on the source`);
-      for (const s of await dropTableSyncSlots(source, subname)) log('info', `dropped table-sync slot "${s}" on the source`);
+      const now = await databaseIdentity(source);
+      const was = sub.sourceIdentity;
+      if (otherDatabase(now, was)) {
+        // Slots of the same names there belong to something else.
+        log('warn', `the --source ${describeEndpoint(sourceEp.url)} is ${describeIdentity(now)}, not ${describeIdentity(was!)} that subscription "${subname}" streams from: its slots there are left in place; drop them on that source (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '${sub.slotName}' OR slot_name LIKE '${tableSyncSlotPattern(subname)}';) or run drop with that --source`);
+      } else {
+        // Holders of copy snapshots end with their sessions; they would otherwise wait out their grace period.
+        await endHolders(source, (await loadHeldSnapshots(target, subname)).map((h) => h.holderPid));
+        const dropped = await dropSlotIfExists(source, sub.slotName);
+        log('info', dropped ? `dropped replication slot "${sub.slotName}" on the source` : `no replication slot "${sub.slotName}" on the source`);
+        for (const s of await dropTableSyncSlots(source, subname)) log('info', `dropped table-sync slot "${s}" on the source`);
+      }
       await target.query('BEGIN');
       await deleteSubscriptionRows(target, subname);
       await target.query('COMMIT');

@@ -195,3 +195,41 @@ export async function connectorRoleSql(client: pg.Client, role: string, schemas:
   lines.push('');
   return lines.join('\n');
 }
+
+/**
+ * A role for the sync on the target that is not a superuser: the owners of the target tables can
+ * attach code to them (triggers, defaults, ...) that runs as the role writing the rows, so that
+ * role should hold no more than the sync needs. Written as comments: this text goes with the
+ * source's SQL, and a script piped into the source must not grant writes on the source's tables.
+ * `target` null: not connected, written for PostgreSQL 15+ and the source's database name.
+ */
+export async function targetRoleSql(target: pg.Client | null, fallbackDatabase: string, role: string, schemas: string[]): Promise<string> {
+  const facts = target
+    ? (await target.query(`SELECT current_database() AS d, current_setting('server_version_num')::int AS v`)).rows[0]
+    : { d: fallbackDatabase, v: null };
+  const r = quoteIdent(role);
+  const db = quoteIdent(facts.d as string);
+  const sql = (statement: string) => note(`    ${statement}`);
+  const lines = [
+    note(`ON THE TARGET (database ${db}${target ? '' : ', named as on the source: give --target to read it'}), as a superuser there, uncommented: the sync's role`),
+    note('there, not a superuser, so code the owners of the target tables attach to them (triggers, defaults, ...) never runs as one.'),
+    note(`Set its password yourself (psql: \\password ${r}).`),
+    sql(`CREATE ROLE ${r} WITH LOGIN PASSWORD NULL;`),
+    sql(`GRANT CREATE ON DATABASE ${db} TO ${r};  -- its state schema _pg_live_sync`),
+  ];
+  if (facts.v !== null && facts.v < 150000) {
+    lines.push(note(`PostgreSQL ${Math.floor(facts.v / 10000)} cannot GRANT SET ON PARAMETER: only a superuser may set session_replication_role, which the`));
+    lines.push(note('sync needs (rows applied without firing ordinary triggers and foreign keys); PostgreSQL 15+ can grant it.'));
+  } else {
+    lines.push(sql(`GRANT SET ON PARAMETER session_replication_role TO ${r};  -- PostgreSQL 15+: rows applied without firing ordinary triggers and foreign keys`));
+  }
+  for (const s of schemas) {
+    const q = quoteIdent(s);
+    lines.push(sql(`GRANT USAGE ON SCHEMA ${q} TO ${r};`));
+    lines.push(sql(`GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA ${q} TO ${r};  -- the copy and the stream write every table`));
+    lines.push(sql(`GRANT SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA ${q} TO ${r};  -- sync-sequences at cutover`));
+  }
+  lines.push(note('--create-tables and --apply-ddl add-column also need CREATE on those schemas, or the role owning the tables.'));
+  lines.push('');
+  return lines.join('\n');
+}

@@ -6,13 +6,16 @@ import type pg from 'pg';
 import type { MissingRowCounts } from './apply';
 import { tableKey } from './connection';
 import type { Lsn } from './lsn';
+import { quoteIdent } from './connection';
+import { SyncError } from './errors';
+import type { DatabaseIdentity } from './identity';
 import { formatLsn, parseLsn } from './lsn';
 import type { ColumnMap, SyncedTable, TableProgress, TableState } from './types';
 
 export const STATE_SCHEMA = '_pg_live_sync';
 
+/** Run only in a schema the sync's role owns (see assertStateOwner): nobody else can have put a table there. */
 const DDL = `
-CREATE SCHEMA IF NOT EXISTS _pg_live_sync;
 CREATE TABLE IF NOT EXISTS _pg_live_sync.subscription (
   subname         text PRIMARY KEY,
   slot_name       text NOT NULL,
@@ -99,7 +102,13 @@ CREATE TABLE IF NOT EXISTS _pg_live_sync.copy_snapshot (
   created_at      timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (subname, slot_name)
 );
-COMMENT ON TABLE _pg_live_sync.copy_snapshot IS 'a slot''s copy snapshot kept importable by a pg-live-sync hold-snapshot process (source backend holder_pid), so a chunked copy cut short resumes in it';`;
+COMMENT ON TABLE _pg_live_sync.copy_snapshot IS 'a slot''s copy snapshot kept importable by a pg-live-sync hold-snapshot process (source backend holder_pid), so a chunked copy cut short resumes in it';
+ALTER TABLE _pg_live_sync.subscription ADD COLUMN IF NOT EXISTS source_system_identifier text;
+ALTER TABLE _pg_live_sync.subscription ADD COLUMN IF NOT EXISTS source_database_oid oid;
+ALTER TABLE _pg_live_sync.subscription ADD COLUMN IF NOT EXISTS source_database text;
+COMMENT ON COLUMN _pg_live_sync.subscription.source_system_identifier IS 'pg_control_system().system_identifier of the source server the sync started on (kept by a promoted standby): a run against another server is refused; NULL in state from an older version until its next run';
+COMMENT ON COLUMN _pg_live_sync.subscription.source_database_oid IS 'OID of the source database the sync started on (kept across a rename)';
+COMMENT ON COLUMN _pg_live_sync.subscription.source_database IS 'name of that source database when last run, for messages';`;
 
 export interface SubscriptionRow {
   subname: string;
@@ -112,6 +121,8 @@ export interface SubscriptionRow {
   lastError: string | null;
   /** False for state written by a version that acknowledged idle positions it never recorded. */
   acksAppliedOnly: boolean;
+  /** The source database the sync streams from; nulls in state from before it was recorded. */
+  sourceIdentity?: { systemId: string | null; oid: number | null; name: string | null };
 }
 
 export async function ensureStateSchema(client: pg.Client): Promise<void> {
@@ -119,6 +130,8 @@ export async function ensureStateSchema(client: pg.Client): Promise<void> {
   await client.query('BEGIN');
   try {
     await client.query(`SELECT pg_advisory_xact_lock(hashtext('pg_live_sync.ddl'))`);
+    // Without IF NOT EXISTS: a schema someone else creates after the check fails this, not us.
+    if (!(await assertStateOwner(client, 'writer'))) await client.query(`CREATE SCHEMA ${STATE_SCHEMA}`);
     await client.query(DDL);
     await client.query('COMMIT');
   } catch (err) {
@@ -127,9 +140,45 @@ export async function ensureStateSchema(client: pg.Client): Promise<void> {
   }
 }
 
+/** Whether there is state to read; refuses state that another role could have put code into (see assertStateOwner). */
 export async function stateSchemaExists(client: pg.Client): Promise<boolean> {
+  if (!(await assertStateOwner(client, 'reader'))) return false;
   const r = await client.query(`SELECT to_regclass('_pg_live_sync.subscription_rel') IS NOT NULL AS present`);
   return r.rows[0].present as boolean;
+}
+
+/**
+ * The state schema runs no one else's code: whoever owns it, or a relation in it, can add a
+ * trigger, a rule or a view that runs as the role writing (or reading) the state, which is often
+ * a superuser. A run writes only state its own role owns; a reader (status, drop, ...) reads state
+ * owned by itself or by a superuser. Returns whether the schema exists.
+ */
+export async function assertStateOwner(client: pg.Client, as: 'writer' | 'reader'): Promise<boolean> {
+  const r = await client.query(
+    `SELECT current_user AS me, o.rolname AS owner, o.rolsuper AS owner_super,
+            (SELECT json_agg(json_build_object('name', c.relname, 'owner', ro.rolname, 'super', ro.rolsuper) ORDER BY c.relname)
+               FROM pg_class c JOIN pg_roles ro ON ro.oid = c.relowner
+              WHERE c.relnamespace = n.oid AND ro.rolname <> current_user) AS foreign_relations
+       FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+      WHERE n.nspname = $1`,
+    [STATE_SCHEMA],
+  );
+  if (r.rowCount === 0) return false;
+  const row = r.rows[0];
+  const trusted = (owner: string, isSuper: boolean) => owner === row.me || (as === 'reader' && isSuper);
+  const refuse = (what: string, owner: string, alter: string) => {
+    const fix = as === 'reader'
+      ? `read it as that role (connect to the target as "${owner}"), or if no sync of yours runs as "${owner}", drop it: DROP SCHEMA ${STATE_SCHEMA} CASCADE;`
+      : `if you did not create it, drop it (DROP SCHEMA ${STATE_SCHEMA} CASCADE; the sync's progress goes with it) and run again; otherwise, after checking it for triggers, rules and views, make ${quoteIdent(row.me)} its owner: ${alter} OWNER TO ${quoteIdent(row.me)};`;
+    return new SyncError(`${what} on the target is owned by role "${owner}", not by "${row.me}", the role ${as === 'reader' ? 'reading it' : 'the sync connects as'}: code that role put there would run with ${as === 'reader' ? 'your' : "the sync's"} privileges; ${fix}`, 'state_owner');
+  };
+  if (!trusted(row.owner, row.owner_super)) throw refuse(`the sync's state schema ${STATE_SCHEMA}`, row.owner, `ALTER SCHEMA ${STATE_SCHEMA}`);
+  const foreign = ((row.foreign_relations ?? []) as { name: string; owner: string; super: boolean }[]).find((f) => !trusted(f.owner, f.super));
+  if (foreign) {
+    const name = `${STATE_SCHEMA}.${quoteIdent(foreign.name)}`;
+    throw refuse(`${name} in the sync's state schema`, foreign.owner, `ALTER TABLE ${name}`);
+  }
+  return true;
 }
 
 /** Held for the life of a run: a second `run` of the same subscription is refused, not interleaved. */
@@ -140,8 +189,10 @@ export async function tryLockSubscription(client: pg.Client, subname: string): P
 
 export async function loadSubscription(client: pg.Client, subname: string): Promise<SubscriptionRow | null> {
   const r = await client.query(
-    `SELECT subname, slot_name, publications, source, consistent_lsn::text, applied_lsn::text, applied_commit_time, last_error, acks_applied_only
-       FROM _pg_live_sync.subscription WHERE subname = $1`,
+    `SELECT subname, slot_name, publications, source, consistent_lsn::text, applied_lsn::text, applied_commit_time, last_error, acks_applied_only,
+            to_jsonb(s) ->> 'source_system_identifier' AS source_system_identifier, (to_jsonb(s) ->> 'source_database_oid')::int8 AS source_database_oid,
+            to_jsonb(s) ->> 'source_database' AS source_database
+       FROM _pg_live_sync.subscription s WHERE subname = $1`,
     [subname],
   );
   if (r.rowCount === 0) return null;
@@ -156,7 +207,20 @@ export async function loadSubscription(client: pg.Client, subname: string): Prom
     appliedCommitTime: row.applied_commit_time,
     lastError: row.last_error,
     acksAppliedOnly: row.acks_applied_only,
+    sourceIdentity: {
+      systemId: row.source_system_identifier ?? null,
+      oid: row.source_database_oid === null ? null : Number(row.source_database_oid),
+      name: row.source_database ?? null,
+    },
   };
+}
+
+/** The source database a sync streams from, recorded at its start (or, for older state, at its next run). */
+export async function recordSourceIdentity(client: pg.Client, subname: string, source: DatabaseIdentity): Promise<void> {
+  await client.query(
+    `UPDATE _pg_live_sync.subscription SET source_system_identifier = $2, source_database_oid = $3, source_database = $4, updated_at = now() WHERE subname = $1`,
+    [subname, source.systemId, source.oid, source.name],
+  );
 }
 
 /**

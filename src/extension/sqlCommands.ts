@@ -12,8 +12,8 @@ import { counted, formatCount } from '../engine/units';
 export class SqlCommands {
   constructor(private readonly connections: ConnectionStore, private readonly log: vscode.LogOutputChannel, private readonly afterChange: () => void) {}
 
-  private async withClient<T>(name: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-    const client = await connect(await this.connections.endpoint(name), { applicationName: 'pg_live_sync_sql' });
+  private async withClient<T>(name: string, fn: (client: pg.Client) => Promise<T>, userSql = false): Promise<T> {
+    const client = await connect(await this.connections.endpoint(name), { applicationName: 'pg_live_sync_sql', userSql });
     try {
       return await fn(client);
     } finally {
@@ -211,7 +211,7 @@ export class SqlCommands {
       }
       const pending = await c.query(`SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1`).catch(() => ({ rows: [] as { name: string }[] }));
       if (pending.rows.length > 0) lines.push(note(`RESTART NEEDED: ${pending.rows.map((r) => r.name).join(', ')} change(s) take effect after the server restarts`));
-    });
+    }, true);
     for (const l of lines) this.log.info(l.replace(/^-- /, `sql on ${name}: `));
     await this.openSql(lines.join('\n') + '\n');
     if (failed) void vscode.window.showErrorMessage(`${formatCount(ok)} of ${counted(statements.length, 'statement')} ran on ${name}; then: ${failed}`);

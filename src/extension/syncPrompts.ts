@@ -3,6 +3,7 @@ import { connect } from '../engine/connection';
 import { errorMessage } from '../engine/errors';
 import { listPublications } from '../engine/probe';
 import { validateSubscriptionName } from '../engine/slot';
+import { stateSchemaExists } from '../engine/state';
 import { parseTableMap } from '../engine/tablemap';
 import type { TableMap } from '../engine/types';
 import type { ConnectionStore } from './connections';
@@ -85,8 +86,8 @@ export async function askAttach(connections: ConnectionStore): Promise<SyncDefin
   const client = await connect(await connections.endpoint(target));
   let subs: { subname: string; source: string; publications: string[] }[] = [];
   try {
-    const present = await client.query(`SELECT to_regclass('_pg_live_sync.subscription') IS NOT NULL AS p`);
-    if (present.rows[0].p) subs = (await client.query('SELECT subname, source, publications FROM _pg_live_sync.subscription ORDER BY 1')).rows;
+    // Refuses state another role could have put code into, as every reader of it does.
+    if (await stateSchemaExists(client)) subs = (await client.query('SELECT subname, source, publications FROM _pg_live_sync.subscription ORDER BY 1')).rows;
   } finally {
     await client.end();
   }

@@ -33,7 +33,8 @@ export interface Cluster {
   query<T extends pg.QueryResultRow = pg.QueryResultRow>(database: string, sql: string, params?: unknown[]): Promise<pg.QueryResult<T>>;
   createDatabase(database: string): Promise<void>;
   stop(): void;
-  restart(): void;
+  /** `immediate`: stopped as a crash would (pg_ctl stop -m immediate), WAL not yet written is lost. */
+  restart(mode?: 'fast' | 'immediate'): void;
 }
 
 export function serverBinariesMissing(): string | undefined {
@@ -141,8 +142,8 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       stopNow('immediate');
       rmSync(dir, { recursive: true, force: true });
     },
-    restart() {
-      stopNow('fast');
+    restart(mode = 'fast') {
+      stopNow(mode);
       start();
     },
   };

@@ -30,9 +30,17 @@ describe('session options', () => {
     const merged = sessionOptions('-c work_mem=8MB -cTimeZone=Asia/Tokyo --datestyle=German -c search_path=a\\ b -c Extra_Float_Digits=0 --session-replication-role=replica -c statement_timeout=5s');
     assert.equal(
       merged,
-      '-c work_mem=8MB -c search_path=a\\ b -c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex -c statement_timeout=0 -c idle_in_transaction_session_timeout=0',
+      '-c work_mem=8MB -c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex -c statement_timeout=0 -c idle_in_transaction_session_timeout=0 -c synchronous_commit=on -c search_path=pg_catalog,pg_temp',
     );
     assert.equal(sessionOptions(''), sessionOptions('   '));
+  });
+
+  it('pin search_path and synchronous_commit in engine sessions; a session running the user\'s own SQL keeps their search_path', () => {
+    assert.match(sessionOptions('-c synchronous_commit=off'), /^-c DateStyle=ISO .* -c synchronous_commit=on -c search_path=pg_catalog,pg_temp$/);
+    assert.equal(
+      sessionOptions('-c search_path=app,public -c synchronous_commit=off', true),
+      '-c search_path=app,public -c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex -c statement_timeout=0 -c idle_in_transaction_session_timeout=0 -c synchronous_commit=on',
+    );
   });
 });
 
