@@ -101,7 +101,7 @@ describe('apply: per-table queues and pipelined statements', () => {
     const { db, sourceUrl, targetUrl } = await freshDatabases(pair, sub, `CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);`);
     // On the target only: each row of a records how many rows b had when it arrived.
     await pair.target.query(db, `CREATE TABLE seen (id int, b_rows bigint);
-      CREATE FUNCTION record() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO seen SELECT NEW.id, count(*) FROM b; RETURN NULL; END $$;
+      CREATE FUNCTION record() RETURNS trigger LANGUAGE plpgsql SET search_path = public AS $$ BEGIN INSERT INTO seen SELECT NEW.id, count(*) FROM b; RETURN NULL; END $$;
       CREATE TRIGGER record AFTER INSERT ON a FOR EACH ROW EXECUTE FUNCTION record();
       ALTER TABLE a ENABLE ALWAYS TRIGGER record;`);
     await pair.source.query(db, `CREATE PUBLICATION pub FOR TABLE a, b`);

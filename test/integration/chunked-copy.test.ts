@@ -44,7 +44,7 @@ async function holderOsPids(db: string, sub: string): Promise<number[]> {
 /** A big table on the source and, on the target, a trigger that logs every row inserted into it, replicated or copied. */
 const BIG = `CREATE TABLE big (id int PRIMARY KEY, pad text);`;
 const BIG_TARGET_LOG = `CREATE TABLE ins_log (id int);
-  CREATE FUNCTION log_ins() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO ins_log VALUES (NEW.id); RETURN NEW; END $$;
+  CREATE FUNCTION log_ins() RETURNS trigger LANGUAGE plpgsql SET search_path = public AS $$ BEGIN INSERT INTO ins_log VALUES (NEW.id); RETURN NEW; END $$;
   CREATE TRIGGER log_ins AFTER INSERT ON big FOR EACH ROW EXECUTE FUNCTION log_ins();
   ALTER TABLE big ENABLE ALWAYS TRIGGER log_ins;`;
 const BIG_ROWS = 20_000;

@@ -45,7 +45,7 @@ const runArgs = (sourceUrl: string, targetUrl: string, sub: string) => ['run', '
 async function injectFaults(db: string, table: string, codes: string[]): Promise<void> {
   await pair.target.query(db, `
     CREATE SEQUENCE fault_count;
-    CREATE FUNCTION inject_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+    CREATE FUNCTION inject_fault() RETURNS trigger LANGUAGE plpgsql SET search_path = public AS $$
     DECLARE
       codes text[] := ARRAY[${codes.map((c) => `'${c}'`).join(', ')}];
       n bigint := nextval('fault_count');

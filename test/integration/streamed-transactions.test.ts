@@ -170,7 +170,7 @@ describe('transactions streamed while open', () => {
     // within a target transaction; the target transactions are ordered by their commit times
     // (one is applied while open on its own connection, so its rows are written early).
     await pair.target.query(db, `CREATE TABLE applied_order (seq bigserial PRIMARY KEY, label text);
-      CREATE FUNCTION note_mark() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO applied_order (label) VALUES (NEW.label); RETURN NEW; END $$;
+      CREATE FUNCTION note_mark() RETURNS trigger LANGUAGE plpgsql SET search_path = public AS $$ BEGIN INSERT INTO applied_order (label) VALUES (NEW.label); RETURN NEW; END $$;
       CREATE TRIGGER note_mark AFTER INSERT ON marks FOR EACH ROW EXECUTE FUNCTION note_mark();
       ALTER TABLE marks ENABLE ALWAYS TRIGGER note_mark`);
     const [a, b] = await Promise.all([sourceSession(db), sourceSession(db)]);

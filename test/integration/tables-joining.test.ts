@@ -265,7 +265,7 @@ describe('tables joining and leaving while run streams', () => {
       schema: `CREATE TABLE a (id int PRIMARY KEY, v int); CREATE TABLE ${table} (id bigint PRIMARY KEY, v bigint); CREATE TABLE w (id int PRIMARY KEY, v int);`,
       source: `INSERT INTO ${table} SELECT g, g FROM generate_series(1, 300000) g; CREATE PUBLICATION pub FOR TABLE a;`,
       target: `CREATE TABLE gate_closed (); INSERT INTO gate_closed DEFAULT VALUES;
-        CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.v = -42 THEN ${action}; END IF; RETURN NEW; END $$;
+        CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql SET search_path = public AS $$ BEGIN IF NEW.v = -42 THEN ${action}; END IF; RETURN NEW; END $$;
         CREATE TRIGGER gate BEFORE INSERT ON ${table} FOR EACH ROW EXECUTE FUNCTION gate(); ALTER TABLE ${table} ENABLE ALWAYS TRIGGER gate;`,
       ready: 1,
     });
@@ -372,7 +372,7 @@ describe('tables joining and leaving while run streams', () => {
     const { db, run } = await started('join_block', {
       schema,
       source: `INSERT INTO joining SELECT g, 0 FROM generate_series(1, 50000) g; CREATE PUBLICATION pub FOR TABLE other;`,
-      target: `CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+      target: `CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql SET search_path = public AS $$ BEGIN
                  IF current_setting('application_name') = 'pg_live_sync_tablesync' THEN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242); END IF;
                  RETURN NEW; END $$;
                CREATE TRIGGER gate BEFORE INSERT OR UPDATE ON joining FOR EACH ROW EXECUTE FUNCTION gate();
