@@ -570,7 +570,7 @@ async function check(args: string[]): Promise<number> {
       }
       const src = await checkSource(source, sourceEp, publications, subscription);
       const tgt = await checkTarget(target, targetEp, src.published, tableMaps, { source, freshStart: true, createTables: v['create-tables'] === true });
-      const findings = [...src.findings, ...unmatchedTableMaps(tableMaps, src.published, publications), ...tgt.findings];
+      const findings = [...src.findings, ...(await unmatchedTableMaps(source, tableMaps, src.published, publications)), ...tgt.findings];
       for (const f of findings) process.stdout.write(`${f.severity}: ${oneLine(f.message)}\n`);
       const errors = findings.filter((f) => f.severity === 'error').length;
       process.stdout.write(`check: ${counted(src.published.length, 'table')}, ${counted(errors, 'error')}, ${counted(findings.length - errors, 'warning')}${errors === 0 ? '; ready to run' : ''}\n`);

@@ -159,7 +159,7 @@ export class SyncEngine {
         await this.createMissingTables(src.published, { source, target });
       }
       const tgt = await checkTarget(target, this.target, src.published, options.tableMaps, { source, freshStart: fresh });
-      const findings = [...src.findings, ...unmatchedTableMaps(options.tableMaps, src.published, options.publications), ...tgt.findings];
+      const findings = [...src.findings, ...(await unmatchedTableMaps(source, options.tableMaps, src.published, options.publications)), ...tgt.findings];
       // On a fresh start every problem is bad input. Once running, a table's own problem puts
       // that table in error (retried) and the others go on.
       refuseOnErrors(findings, fresh);

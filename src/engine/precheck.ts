@@ -269,19 +269,29 @@ async function untrustedOwnerWarnings(client: pg.Client, tables: SyncedTable[]):
  * on the source that the target never had.
  */
 /**
- * `--table-map` entries that match nothing the publications publish: a typo there would otherwise
- * sync the table under its own name, silently. A table's map is an error; a schema's a warning
- * (it may be meant for tables added to the publication later).
+ * `--table-map` entries that match nothing the publications publish. A table the source lacks is
+ * a typo, which would otherwise sync the table under its own name without a word: an error. A
+ * table that exists but is not published yet (it may join later), or a schema with no published
+ * table, is a warning.
  */
-export function unmatchedTableMaps(maps: TableMap[], published: PublishedTable[], publications: string[]): Finding[] {
+export async function unmatchedTableMaps(source: pg.Client, maps: TableMap[], published: PublishedTable[], publications: string[]): Promise<Finding[]> {
   const pubs = publications.map((p) => `"${p}"`).join(', ');
-  return maps.flatMap((m): Finding[] => {
+  const findings: Finding[] = [];
+  for (const m of maps) {
     const { schema, table } = m.source;
-    if (published.some((t) => t.schema === schema && (table === undefined || t.table === table))) return [];
-    return table === undefined
-      ? [{ severity: 'warning', message: `--table-map maps schema ${quoteIdent(schema)}, but publication ${pubs} publishes no table in it; check the schema name` }]
-      : [{ severity: 'error', message: `--table-map names the source table ${qualified(schema, table)}, which publication ${pubs} does not publish; fix the name (names are exact, as the catalog spells them) or add the table to the publication` }];
-  });
+    if (published.some((t) => t.schema === schema && (table === undefined || t.table === table))) continue;
+    if (table === undefined) {
+      findings.push({ severity: 'warning', message: `--table-map maps schema ${quoteIdent(schema)}, but publication ${pubs} publishes no table in it; check the schema name` });
+      continue;
+    }
+    const exists = (await source.query(
+      `SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, [schema, table],
+    )).rowCount! > 0;
+    findings.push(exists
+      ? { severity: 'warning', message: `--table-map names the source table ${qualified(schema, table)}, which publication ${pubs} does not publish yet; the map applies once it joins` }
+      : { severity: 'error', message: `--table-map names the source table ${qualified(schema, table)}, which the source does not have; fix the name (names are exact, as the catalog spells them)` });
+  }
+  return findings;
 }
 
 export function mapColumns(t: PublishedTable, map: ColumnMap, freshStart: boolean, tableError: (message: string) => void): SyncedColumn[] {

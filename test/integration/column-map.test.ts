@@ -289,9 +289,9 @@ describe('column map', () => {
     it('columns on a whole-schema map', async (t) => {
       await refused(t, 'cm_bad_schema', JSON.stringify({ source: { schema: 'public' }, target: { schema: 'other' }, columns: { a: 'x' } }), /"columns" on a whole-schema map.*give "source\.table"/);
     });
-    it('a map naming a table the publication does not publish (a typo: names are exact)', async (t) => {
+    it('a map naming a table the source does not have (a typo: names are exact)', async (t) => {
       await refused(t, 'cm_bad_table', JSON.stringify({ source: { schema: 'public', table: 'T' }, target: { schema: 'public', table: 't' } }),
-        /--table-map names the source table "public"\."T", which publication "pub" does not publish; fix the name/);
+        /--table-map names the source table "public"\."T", which the source does not have; fix the name/);
     });
     it('with --create-tables, a bad map creates no table', async (t) => {
       await refused(t, 'cm_bad_create', map('t', { nope: 'x' }, { schema: 'other' }), /"columns" names "nope", which is not a published column/, '', ['--create-tables']);

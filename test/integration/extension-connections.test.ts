@@ -269,7 +269,8 @@ describe('size estimates the panel shows progress against', () => {
     const db = await freshDatabase('estimates');
     const client = await connect(endpoint(connectionUrl(config(db), PASSWORD)));
     try {
-      await client.query(`CREATE TABLE plain (id int PRIMARY KEY, pad text);
+      // Engine sessions pin search_path to pg_catalog: this one creates the fixtures, so it says where.
+      await client.query(`SET search_path = public; CREATE TABLE plain (id int PRIMARY KEY, pad text);
         INSERT INTO plain SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g;
         CREATE TABLE parted (id int, pad text, PRIMARY KEY (id)) PARTITION BY RANGE (id);
         CREATE TABLE parted_a PARTITION OF parted FOR VALUES FROM (0) TO (1000);
