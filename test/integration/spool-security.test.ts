@@ -138,7 +138,7 @@ describe('the spool and other local users', () => {
     assert.ok(spoolFiles(base).length > 0, 'the killed run left its rows on disk');
     const r = await runCli(['drop', '--subscription', sub, '--source', sourceUrl, '--target', targetUrl], env);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stderr, new RegExp(`removed 1 local spool folder\\(s\\) of subscription "${sub}".*${spoolDirFor(sourceUrl, `pg_live_sync_${sub}`, base)}`));
+    assert.match(r.stderr, new RegExp(`removed 1 local spool folder of subscription "${sub}".*${spoolDirFor(sourceUrl, `pg_live_sync_${sub}`, base)}`));
     assert.deepEqual(readdirSync(base), []);
   });
 });
