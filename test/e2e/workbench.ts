@@ -425,7 +425,12 @@ function makeHandle(page: Page, browser: Browser, port: number, serverPid: numbe
         throw new Error(`no "${label}" button in the dialog: ${text}; buttons: ${(await dialog.getByRole('button').allTextContents()).join(', ')}`);
       });
       await button.click();
-      await dialog.waitFor({ state: 'hidden', timeout: UI_TIMEOUT });
+      // Gone, or replaced by the next dialog (a modal that leads to another reuses the element).
+      await poll(`the dialog "${text.slice(0, 60)}" to close`, async () => {
+        if (!(await dialog.isVisible())) return true;
+        const now = ((await dialog.locator('.dialog-message-row').textContent().catch(() => null)) ?? '').trim();
+        return now !== text;
+      }, UI_TIMEOUT, 100);
       return text;
     },
 
