@@ -35,6 +35,13 @@ async function rels(db: string, sub: string): Promise<Map<string, Rel>> {
 }
 const rel = async (db: string, sub: string, table: string) => (await rels(db, sub)).get(table);
 
+/** Waits for `table` to record an error, and returns its row. */
+const recordedError = (db: string, sub: string, table: string) =>
+  waitFor(`${table} to record an error`, async () => {
+    const r = await rel(db, sub, table);
+    return r?.last_error ? r : null;
+  }, 30_000, 50);
+
 /** Waits for every table to be in one of `states` ('sr': handed over to the main stream). */
 async function waitState(db: string, sub: string, tables: string[], states: string, run: CliRun, timeoutMs: number): Promise<void> {
   await waitFor(`${tables.join(', ')} in state ${states.split('').join(' or ')}`, async () => {
@@ -179,10 +186,7 @@ describe('tables joining and leaving while run streams', () => {
     });
     try {
       await pair.source.query(db, `ALTER PUBLICATION pub ADD TABLE c`);
-      const failed = await waitFor('c to record an error', async () => {
-        const c = await rel(db, sub, 'c');
-        return c?.last_error ? c : null;
-      }, 30_000, 50);
+      const failed = await recordedError(db, sub, 'c');
       t.diagnostic(`c: state ${failed.state}, last_error: ${failed.last_error}`);
       assert.notEqual(failed.state, 'r');
       assert.match(failed.last_error!, /does not exist/);
@@ -220,10 +224,7 @@ describe('tables joining and leaving while run streams', () => {
     });
     try {
       await pair.source.query(db, `ALTER PUBLICATION pub ADD TABLE c`);
-      const failed = await waitFor('c to record an error', async () => {
-        const c = await rel(db, sub, 'c');
-        return c?.last_error ? c : null;
-      }, 30_000, 50);
+      const failed = await recordedError(db, sub, 'c');
       t.diagnostic(`c: last_error: ${failed.last_error}`);
       assert.match(failed.last_error!, /"secret"/);
       // The fix on the source: publish c without the column. The catalog read when c joined still has it.
